@@ -1,0 +1,180 @@
+//! The compiled catalog: tiers by index and scope names interned to small ids, as one immutable
+//! snapshot the hot path reads through an `ArcSwap` (a change builds a new snapshot).
+
+use std::collections::HashMap;
+
+use super::bucket::Limit;
+use crate::store::catalog_file::CatalogDoc;
+use crate::tiers::TierSpec;
+
+/// A tier ready for checks.
+#[derive(Debug, Clone)]
+pub struct CompiledTier {
+    /// The description it came from (normalized).
+    pub spec: TierSpec,
+    /// Burst limits, shortest period first.
+    pub limits: Vec<Limit>,
+    /// Scope ids the tier includes, sorted; `None` = every scope.
+    pub scopes: Option<Box<[u16]>>,
+}
+
+/// An immutable snapshot of tiers and scopes.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    doc: CatalogDoc,
+    tiers: Vec<Option<CompiledTier>>,
+    tier_by_name: HashMap<String, u16>,
+    scope_ids: HashMap<String, u16>,
+}
+
+/// Why a catalog could not be compiled or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A tier's description is invalid.
+    #[error(transparent)]
+    Tier(#[from] crate::tiers::TierError),
+    /// Two tiers with one name.
+    #[error("tier {0:?} is defined twice")]
+    DuplicateTier(String),
+    /// Too many scopes, tiers or scope sets.
+    #[error("too many {0}")]
+    Full(&'static str),
+}
+
+impl Catalog {
+    /// Compiles `doc`, interning any scope a tier names that is not interned yet.
+    pub fn compile(mut doc: CatalogDoc) -> Result<Self, CatalogError> {
+        if doc.scope_sets.is_empty() {
+            doc.scope_sets.push(Vec::new());
+        }
+        let mut scope_ids: HashMap<String, u16> = HashMap::with_capacity(doc.scopes.len());
+        for (i, s) in doc.scopes.iter().enumerate() {
+            scope_ids.insert(s.clone(), i as u16);
+        }
+        let mut tiers = Vec::with_capacity(doc.tiers.len());
+        let mut tier_by_name = HashMap::new();
+        for (i, t) in doc.tiers.iter().enumerate() {
+            let Some(spec) = t else {
+                tiers.push(None);
+                continue;
+            };
+            let limits = spec.validate()?;
+            let scopes = match &spec.scopes {
+                None => None,
+                Some(names) => {
+                    let mut ids = Vec::with_capacity(names.len());
+                    for n in names {
+                        let id = match scope_ids.get(n) {
+                            Some(&id) => id,
+                            None => {
+                                let id = u16::try_from(doc.scopes.len())
+                                    .map_err(|_| CatalogError::Full("scopes"))?;
+                                doc.scopes.push(n.clone());
+                                scope_ids.insert(n.clone(), id);
+                                id
+                            }
+                        };
+                        ids.push(id);
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                    Some(ids.into_boxed_slice())
+                }
+            };
+            if tier_by_name.insert(spec.name.clone(), i as u16).is_some() {
+                return Err(CatalogError::DuplicateTier(spec.name.clone()));
+            }
+            tiers.push(Some(CompiledTier {
+                spec: spec.clone(),
+                limits,
+                scopes,
+            }));
+        }
+        Ok(Catalog {
+            doc,
+            tiers,
+            tier_by_name,
+            scope_ids,
+        })
+    }
+
+    /// The stored form.
+    pub fn doc(&self) -> &CatalogDoc {
+        &self.doc
+    }
+
+    /// The tier at `index`.
+    #[inline]
+    pub fn tier(&self, index: u16) -> Option<&CompiledTier> {
+        self.tiers.get(usize::from(index))?.as_ref()
+    }
+
+    /// The index of the tier called `name`.
+    pub fn tier_index(&self, name: &str) -> Option<u16> {
+        self.tier_by_name.get(name).copied()
+    }
+
+    /// Every live tier with its index.
+    pub fn tiers(&self) -> impl Iterator<Item = (u16, &CompiledTier)> {
+        self.tiers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i as u16, t)))
+    }
+
+    /// The id of scope `name`, if any key or tier has ever named it.
+    #[inline]
+    pub fn scope_id(&self, name: &str) -> Option<u16> {
+        self.scope_ids.get(name).copied()
+    }
+
+    /// The scope ids of scope set `set` (empty = unrestricted).
+    #[inline]
+    pub fn scope_set(&self, set: u32) -> &[u16] {
+        self.doc
+            .scope_sets
+            .get(set as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The names of scope set `set`.
+    pub fn scope_names(&self, set: u32) -> Vec<String> {
+        self.scope_set(set)
+            .iter()
+            .filter_map(|&id| self.doc.scopes.get(usize::from(id)).cloned())
+            .collect()
+    }
+
+    /// Number of scope sets.
+    pub fn scope_set_count(&self) -> usize {
+        self.doc.scope_sets.len()
+    }
+}
+
+/// Returns the scope-set index for `names` in `doc`, adding scopes and the set as needed.
+pub fn intern_scope_set(doc: &mut CatalogDoc, names: &[String]) -> Result<u32, CatalogError> {
+    if doc.scope_sets.is_empty() {
+        doc.scope_sets.push(Vec::new());
+    }
+    let mut ids = Vec::with_capacity(names.len());
+    for n in names {
+        let id = match doc.scopes.iter().position(|s| s == n) {
+            Some(i) => i as u16,
+            None => {
+                let id = u16::try_from(doc.scopes.len()).map_err(|_| CatalogError::Full("scopes"))?;
+                doc.scopes.push(n.clone());
+                id
+            }
+        };
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(i) = doc.scope_sets.iter().position(|s| *s == ids) {
+        return Ok(i as u32);
+    }
+    let i = u32::try_from(doc.scope_sets.len()).map_err(|_| CatalogError::Full("scope sets"))?;
+    doc.scope_sets.push(ids);
+    Ok(i)
+}

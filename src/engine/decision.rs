@@ -1,0 +1,169 @@
+//! The answer to one check, and the per-limit figures every transport renders as headers or
+//! wire fields. A denial is a normal `Decision`, never an error.
+
+use crate::keys::KeyId;
+use crate::tiers::MAX_LIMITS;
+
+/// Why a key was not accepted (all render as 401; the reason is for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// No key was presented.
+    Missing,
+    /// The key is not of quotad's form.
+    Malformed,
+    /// No live record has this key.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+    /// The key expired.
+    Expired,
+}
+
+impl AuthFailure {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Revoked => "revoked",
+            AuthFailure::Expired => "expired",
+        }
+    }
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Admitted; the cost was taken from every limit and the quota.
+    Allowed,
+    /// 401: no usable key.
+    Unauthorized(AuthFailure),
+    /// 403: the key lacks the required scope.
+    Forbidden,
+    /// 403: the key's tier does not include the required scope.
+    PlanRequired,
+    /// 429: the burst limit at this index of [`Decision::limits`] is spent.
+    RateLimited(usize),
+    /// 429: the monthly quota is spent.
+    QuotaExceeded,
+}
+
+impl Verdict {
+    /// The stable code used on every transport.
+    pub fn code(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Unauthorized(_) => "unauthorized",
+            Verdict::Forbidden => "forbidden",
+            Verdict::PlanRequired => "plan_required",
+            Verdict::RateLimited(_) => "rate_limited",
+            Verdict::QuotaExceeded => "quota_exceeded",
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub fn is_allowed(self) -> bool {
+        self == Verdict::Allowed
+    }
+}
+
+/// Which kind of limit a [`LimitStatus`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// A burst window of `period_secs`.
+    Window {
+        /// Its period in seconds.
+        period_secs: u64,
+    },
+    /// The calendar-monthly quota.
+    Monthly,
+}
+
+/// The state of one limit after the check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Window or monthly quota.
+    pub kind: LimitKind,
+    /// Requests allowed per period.
+    pub limit: u64,
+    /// Requests left (after this one, if it was admitted).
+    pub remaining: u64,
+    /// When the limit is fully restored (window) or resets (month), Unix seconds.
+    pub reset: u64,
+}
+
+impl LimitStatus {
+    const EMPTY: LimitStatus = LimitStatus {
+        kind: LimitKind::Monthly,
+        limit: 0,
+        remaining: 0,
+        reset: 0,
+    };
+
+    /// The period in seconds (for the monthly quota: the length of the current month).
+    pub fn window_secs(&self, now_s: u64) -> u64 {
+        match self.kind {
+            LimitKind::Window { period_secs } => period_secs,
+            LimitKind::Monthly => {
+                let start = super::month::month_start(super::month::month_of(now_s));
+                self.reset.saturating_sub(start)
+            }
+        }
+    }
+}
+
+/// A check's full answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What was decided.
+    pub verdict: Verdict,
+    /// The key, once identified (also on 403/429).
+    pub key_id: Option<KeyId>,
+    /// The key's tier index (for names, ask the engine).
+    pub tier: Option<u16>,
+    /// Seconds to wait before retrying, when denied for a limit or the quota (>= 1).
+    pub retry_after: Option<u64>,
+    /// The time of the check, Unix seconds.
+    pub now_s: u64,
+    limits: [LimitStatus; MAX_LIMITS + 1],
+    len: u8,
+    primary: u8,
+}
+
+impl Decision {
+    /// A decision with no limit figures (401 and 403).
+    pub fn bare(verdict: Verdict, key_id: Option<KeyId>, tier: Option<u16>, now_s: u64) -> Self {
+        Decision {
+            verdict,
+            key_id,
+            tier,
+            retry_after: None,
+            now_s,
+            limits: [LimitStatus::EMPTY; MAX_LIMITS + 1],
+            len: 0,
+            primary: 0,
+        }
+    }
+
+    pub(crate) fn push_limit(&mut self, s: LimitStatus) {
+        if usize::from(self.len) < self.limits.len() {
+            self.limits[usize::from(self.len)] = s;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn set_primary(&mut self, i: usize) {
+        self.primary = i as u8;
+    }
+
+    /// Every limit: the tier's windows (shortest first), then the monthly quota if there is one.
+    pub fn limits(&self) -> &[LimitStatus] {
+        &self.limits[..usize::from(self.len)]
+    }
+
+    /// The most restrictive limit: the one that denied, else the one with least remaining.
+    pub fn primary(&self) -> Option<&LimitStatus> {
+        self.limits().get(usize::from(self.primary))
+    }
+}

@@ -1,0 +1,1167 @@
+//! The decision engine: keys, tiers, burst buckets and monthly quotas over memory-mapped state.
+//!
+//! [`Engine::check`] is the one question every transport asks. It runs under one shard lock:
+//! authenticate the key (a keyed SipHash compared with the digest cached at the first successful
+//! SHA-256 verification), check revocation, expiry, scope and plan, evaluate every GCRA bucket and
+//! the monthly quota as pure functions, and, only if all admit, write the new counter state into
+//! the key's mapped slot. Denials write nothing.
+//!
+//! Admin operations (create, update, revoke, rotate, tiers) are serialized by one mutex, write the
+//! record or catalog durably (`msync` / `fsync`) and then publish the change to the hot path.
+
+pub mod bucket;
+pub mod catalog;
+pub mod clock;
+pub mod decision;
+pub mod month;
+pub mod shards;
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use siphasher::sip128::{Hasher128, SipHasher13};
+use subtle::ConstantTimeEq;
+
+use crate::keys::format as keyfmt;
+use crate::keys::record::{
+    CreatedKey, KeyInfo, KeyUpdate, LimitUsage, NewKey, Usage, MAX_CONSUMER_LEN, MAX_KEY_NAME_LEN,
+    MAX_KEY_SCOPES,
+};
+use crate::keys::KeyId;
+use crate::store::arena::{Arena, ArenaKind};
+use crate::store::catalog_file::{self, CatalogDoc};
+use crate::store::datadir::DirLock;
+use crate::store::layout::{
+    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, COUNTERS_MAGIC,
+    FLAG_LIVE, FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
+};
+use crate::store::StoreError;
+use crate::tiers::{self, TierSpec};
+
+use self::bucket::evaluate;
+use self::catalog::{intern_scope_set, Catalog, CatalogError};
+use self::clock::{Clock, NANOS_PER_SEC};
+use self::decision::{AuthFailure, Decision, LimitKind, LimitStatus, Verdict};
+use self::month::MonthWindow;
+use self::shards::{Grace, HotEntry, ShardData, Shards};
+
+const COUNTERS: ArenaKind = ArenaKind {
+    stem: "counters",
+    magic: COUNTERS_MAGIC,
+    slot_size: 128,
+};
+const KEYS: ArenaKind = ArenaKind {
+    stem: "keys",
+    magic: KEYS_MAGIC,
+    slot_size: 512,
+};
+
+/// The most keys one data directory holds.
+pub const MAX_KEYS: u64 = u32::MAX as u64;
+/// The largest cost one check may ask for.
+pub const MAX_COST: u64 = 1_000_000;
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Tiers to put in force at start-up, replacing the stored ones (e.g. from `--tiers FILE`).
+    /// `None` keeps the stored tiers (built-ins on a new data directory).
+    pub tiers: Option<Vec<TierSpec>>,
+    /// `msync` each key record change before returning (on by default; benches turn it off).
+    pub sync_records: bool,
+}
+
+impl EngineOptions {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineOptions {
+            data_dir: data_dir.into(),
+            tiers: None,
+            sync_records: true,
+        }
+    }
+}
+
+/// An engine error. Denials are not errors; these are failed admin operations and storage faults.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No key with that id.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// No tier with that name.
+    #[error("unknown tier {0:?}")]
+    UnknownTier(String),
+    /// The tier is used by keys.
+    #[error("tier {tier:?} is used by {keys} key(s)")]
+    TierInUse {
+        /// The tier.
+        tier: String,
+        /// How many keys use it.
+        keys: u64,
+    },
+    /// A bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// A bad tier or catalog change.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A storage fault.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EngineError {
+    /// A stable code for transports: `not_found`, `bad_request`, `conflict` or `storage`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::UnknownKey => "not_found",
+            EngineError::UnknownTier(_) => "not_found",
+            EngineError::TierInUse { .. } => "conflict",
+            EngineError::Invalid(_) | EngineError::Catalog(_) => "bad_request",
+            EngineError::Store(_) => "storage",
+        }
+    }
+}
+
+struct AdminState {
+    key_count: u32,
+    /// Keys per tier index.
+    tier_use: Vec<u64>,
+}
+
+/// The engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Engine {
+    clock: Arc<dyn Clock>,
+    catalog: ArcSwap<Catalog>,
+    shards: Shards,
+    counters: Arena,
+    records: Arena,
+    admin: Mutex<AdminState>,
+    key_count: AtomicU64,
+    sip: (u64, u64),
+    data_dir: PathBuf,
+    sync_records: bool,
+    last_flush_ns: AtomicU64,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.data_dir)
+            .field("keys", &self.key_count())
+            .finish()
+    }
+}
+
+fn random_u64() -> Result<u64, EngineError> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn secs(ns: u64) -> u64 {
+    ns / NANOS_PER_SEC
+}
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(NANOS_PER_SEC)
+}
+
+fn hot_from_record(r: &RecordHalf) -> HotEntry {
+    HotEntry {
+        fast: 0,
+        id: r.id,
+        expires_at_ns: if r.expires_at_s == 0 {
+            u64::MAX
+        } else {
+            r.expires_at_s.saturating_mul(NANOS_PER_SEC)
+        },
+        quota_override: r.monthly_quota,
+        tier: r.tier,
+        flags: r.flags,
+        scope_set: r.scope_set,
+    }
+}
+
+/// Rewrites a slot so both halves agree with `state` and the newest half is intact (repairs a torn
+/// write left by a killed process before the hot path, which trusts sequence numbers, reads it).
+fn repair<H: layout::Half>(slot: &mut [H; 2], state: H) {
+    let seq = state.seq();
+    let mut older = state;
+    older.set_seq(seq.wrapping_sub(1));
+    older.set_crc(0);
+    let c = older.compute_crc();
+    older.set_crc(c);
+    slot[0] = older;
+    slot[1] = state;
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory and loads every key.
+    ///
+    /// Refuses to start, naming the file and the fault, on any damaged, truncated or foreign file;
+    /// nothing is overwritten in that case.
+    pub fn open(opts: EngineOptions, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
+        let dir = opts.data_dir.clone();
+        let lock = DirLock::acquire(&dir)?;
+        let (mut doc, fresh) = match catalog_file::load(&dir)? {
+            Some(doc) => (doc, false),
+            None => {
+                let stray = Arena::segment_path(&dir, &KEYS, 0);
+                if stray.exists() {
+                    return Err(StoreError::corrupt(
+                        dir.join(catalog_file::CATALOG_FILE),
+                        format!("missing, but {} exists", stray.display()),
+                    )
+                    .into());
+                }
+                let doc = CatalogDoc {
+                    data_dir_id: random_u64()?,
+                    tiers: tiers::builtin_tiers().into_iter().map(Some).collect(),
+                    scopes: Vec::new(),
+                    scope_sets: vec![Vec::new()],
+                };
+                (doc, true)
+            }
+        };
+        let records = Arena::open(&dir, KEYS, doc.data_dir_id)?;
+        let counters = Arena::open(&dir, COUNTERS, doc.data_dir_id)?;
+        let now = clock.now_ns();
+        let shards = Shards::new(now);
+
+        // Catalog as stored, for validating records.
+        let stored = Catalog::compile(doc.clone()).map_err(|e| {
+            StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string())
+        })?;
+        let mut tier_use = vec![0u64; doc.tiers.len()];
+        let key_count = Self::load_records(&records, &stored, &shards, &mut tier_use)?;
+        if key_count > 0 {
+            counters.ensure(key_count - 1)?;
+        }
+        Self::check_counters(&counters, &shards, key_count)?;
+
+        let mut changed = fresh;
+        if let Some(new_tiers) = opts.tiers {
+            let before = doc.clone();
+            replace_tiers(&mut doc, &tier_use, new_tiers)?;
+            changed |= doc != before;
+        }
+        let catalog = Catalog::compile(doc)?;
+        tier_use.resize(catalog.doc().tiers.len(), 0);
+        if changed {
+            catalog_file::store(&dir, catalog.doc())?;
+        }
+        Ok(Engine {
+            clock,
+            catalog: ArcSwap::from_pointee(catalog),
+            shards,
+            counters,
+            records,
+            admin: Mutex::new(AdminState {
+                key_count,
+                tier_use,
+            }),
+            key_count: AtomicU64::new(u64::from(key_count)),
+            sip: (random_u64()?, random_u64()?),
+            data_dir: dir,
+            sync_records: opts.sync_records,
+            last_flush_ns: AtomicU64::new(now),
+            _lock: lock,
+        })
+    }
+
+    fn load_records(
+        records: &Arena,
+        catalog: &Catalog,
+        shards: &Shards,
+        tier_use: &mut [u64],
+    ) -> Result<u32, EngineError> {
+        let cap = records.capacity();
+        let mut count: u32 = 0;
+        let mut ended = false;
+        for slot in 0..cap as u32 {
+            let Some(ptr) = records.slot_ptr(slot) else {
+                break;
+            };
+            // SAFETY: start-up, single-threaded; the pointer addresses one 512-byte slot.
+            let rs = unsafe { &mut *(ptr as *mut RecordSlot) };
+            let fault = |detail: String| StoreError::corrupt(records.path_of(slot), detail);
+            match layout::read_checked(rs) {
+                SlotState::Empty => ended = true,
+                SlotState::Interrupted => {
+                    // A key creation killed mid-write: it never returned, so the key never
+                    // existed. Only possible for the last slot.
+                    ended = true;
+                    tracing::warn!(slot, file = %records.path_of(slot).display(), "discarding an interrupted key creation");
+                    *rs = RecordSlot::new_zeroed_pair();
+                }
+                SlotState::Damaged => {
+                    return Err(fault(format!("key record in slot {slot}: both copies fail their checksum")).into())
+                }
+                SlotState::Valid(r) => {
+                    if ended {
+                        return Err(fault(format!(
+                            "key record in slot {slot} follows an empty slot (records are written in order)"
+                        ))
+                        .into());
+                    }
+                    if r.id as u32 != slot || r.flags & FLAG_LIVE == 0 {
+                        return Err(fault(format!("key record in slot {slot} carries id {:#x}", r.id)).into());
+                    }
+                    if catalog.tier(r.tier).is_none() {
+                        return Err(fault(format!(
+                            "key record in slot {slot} names tier #{} which catalog.json lacks",
+                            r.tier
+                        ))
+                        .into());
+                    }
+                    if r.scope_set as usize >= catalog.scope_set_count() {
+                        return Err(fault(format!(
+                            "key record in slot {slot} names scope set #{} which catalog.json lacks",
+                            r.scope_set
+                        ))
+                        .into());
+                    }
+                    if rs[layout::newest(rs)] != r {
+                        repair(rs, r);
+                    }
+                    let (shard, idx) = Shards::locate(slot);
+                    let mut g = shards.lock(slot);
+                    debug_assert_eq!(g.entries.len(), idx, "shard {shard}");
+                    g.entries.push(hot_from_record(&r));
+                    if r.previous_valid_until_ns != 0 {
+                        g.grace.insert(
+                            idx as u32,
+                            Grace {
+                                fast: 0,
+                                until_ns: r.previous_valid_until_ns,
+                            },
+                        );
+                    }
+                    tier_use[usize::from(r.tier)] += 1;
+                    count = slot + 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn check_counters(counters: &Arena, shards: &Shards, key_count: u32) -> Result<(), EngineError> {
+        for slot in 0..counters.capacity() as u32 {
+            let Some(ptr) = counters.slot_ptr(slot) else {
+                break;
+            };
+            // SAFETY: start-up, single-threaded; one 128-byte slot.
+            let cs = unsafe { &mut *(ptr as *mut CounterSlot) };
+            let fault = |detail: String| StoreError::corrupt(counters.path_of(slot), detail);
+            let state = layout::read_checked(cs);
+            if slot >= key_count {
+                if !matches!(state, SlotState::Empty) {
+                    return Err(fault(format!("counter slot {slot} holds data but no key record exists")).into());
+                }
+                continue;
+            }
+            match state {
+                SlotState::Empty => {}
+                SlotState::Interrupted => *cs = CounterSlot::default(),
+                SlotState::Damaged => {
+                    return Err(fault(format!("counter slot {slot}: both copies fail their checksum")).into())
+                }
+                SlotState::Valid(c) => {
+                    let (_, idx) = Shards::locate(slot);
+                    let id = shards.lock(slot).entries[idx].id;
+                    if c.key_id != id {
+                        return Err(fault(format!(
+                            "counter slot {slot} belongs to key {:#x}, record says {id:#x}",
+                            c.key_id
+                        ))
+                        .into());
+                    }
+                    if cs[layout::newest(cs)] != c {
+                        repair(cs, c);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Number of keys (live, revoked and expired).
+    pub fn key_count(&self) -> u64 {
+        self.key_count.load(Ordering::Relaxed)
+    }
+
+    /// The current catalog snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The name of tier `index`.
+    pub fn tier_name(&self, index: u16) -> Option<String> {
+        self.catalog.load().tier(index).map(|t| t.spec.name.clone())
+    }
+
+    #[inline]
+    fn fast_digest(&self, raw: &str) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.sip.0, self.sip.1);
+        h.write(raw.as_bytes());
+        h.finish128().as_u128()
+    }
+
+    /// # Safety
+    /// The caller holds the lock of the shard owning `slot`, and `slot` has a record.
+    #[inline]
+    unsafe fn counter_slot(&self, slot: u32) -> Option<&mut CounterSlot> {
+        self.counters.slot_ptr(slot).map(|p| &mut *(p as *mut CounterSlot))
+    }
+
+    /// # Safety
+    /// The caller holds the lock of the shard owning `slot`.
+    #[inline]
+    unsafe fn record_slot(&self, slot: u32) -> Option<&mut RecordSlot> {
+        self.records.slot_ptr(slot).map(|p| &mut *(p as *mut RecordSlot))
+    }
+
+    /// Decides whether `raw_key` may make a call needing `scope` (if any) at `cost` (>= 1).
+    ///
+    /// Order: unauthorized, forbidden, plan_required, burst limits, monthly quota. A denied
+    /// request consumes nothing; an admitted one takes `cost` from every limit and the quota.
+    pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
+        let now = self.clock.now_ns();
+        let now_s = secs(now);
+        let unauthorized = |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
+        let raw = match raw_key {
+            None | Some("") => return unauthorized(AuthFailure::Missing, None, None),
+            Some(r) => r,
+        };
+        let Ok(id) = keyfmt::parse(raw) else {
+            return unauthorized(AuthFailure::Malformed, None, None);
+        };
+        let cost = cost.clamp(1, MAX_COST);
+        let fast = self.fast_digest(raw);
+        let catalog = self.catalog.load();
+        let slot = id.slot();
+        let (_, idx) = Shards::locate(slot);
+        let mut guard = self.shards.lock(slot);
+        let shard: &mut ShardData = &mut guard;
+        let Some(entry) = shard.entries.get(idx).copied() else {
+            return unauthorized(AuthFailure::Unknown, None, None);
+        };
+        if entry.id != id.0 {
+            return unauthorized(AuthFailure::Unknown, None, None);
+        }
+        if entry.fast != fast || entry.fast == 0 {
+            match self.authenticate_slow(shard, idx, slot, raw, fast, now) {
+                Ok(()) => {}
+                Err(why) => return unauthorized(why, Some(id), None),
+            }
+        }
+        let tier_ix = entry.tier;
+        if entry.flags & FLAG_REVOKED != 0 {
+            return unauthorized(AuthFailure::Revoked, Some(id), Some(tier_ix));
+        }
+        if now >= entry.expires_at_ns {
+            return unauthorized(AuthFailure::Expired, Some(id), Some(tier_ix));
+        }
+        let Some(tier) = catalog.tier(tier_ix) else {
+            // Unreachable while tiers in use cannot be deleted; deny rather than admit.
+            return unauthorized(AuthFailure::Unknown, Some(id), None);
+        };
+        if let Some(scope) = scope {
+            let sid = catalog.scope_id(scope);
+            let granted = catalog.scope_set(entry.scope_set);
+            if !granted.is_empty() && !sid.is_some_and(|s| granted.contains(&s)) {
+                return Decision::bare(Verdict::Forbidden, Some(id), Some(tier_ix), now_s);
+            }
+            if let Some(plan) = &tier.scopes {
+                if !sid.is_some_and(|s| plan.contains(&s)) {
+                    return Decision::bare(Verdict::PlanRequired, Some(id), Some(tier_ix), now_s);
+                }
+            }
+        }
+
+        if !shard.month.contains(now) {
+            shard.month = MonthWindow::containing(now);
+        }
+        let month = shard.month;
+        // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
+        let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
+            return unauthorized(AuthFailure::Unknown, Some(id), None);
+        };
+        let cur = cs[layout::newest(cs)];
+        let mut evals = [None; tiers::MAX_LIMITS];
+        let mut denied_by: Option<(usize, u64)> = None;
+        for (i, limit) in tier.limits.iter().enumerate() {
+            let e = evaluate(cur.tat[i], now, cost, limit);
+            if !e.allowed && denied_by.is_none_or(|(_, w)| e.retry_after_ns > w) {
+                denied_by = Some((i, e.retry_after_ns));
+            }
+            evals[i] = Some(e);
+        }
+        let quota = if entry.quota_override != NO_OVERRIDE {
+            Some(entry.quota_override)
+        } else {
+            tier.spec.monthly_quota
+        };
+        let used = if cur.month == month.id { cur.month_used } else { 0 };
+        let quota_denied = quota.is_some_and(|q| used.saturating_add(cost) > q);
+        let admit = denied_by.is_none() && !quota_denied;
+
+        // Figures as they stand after the decision: consumed when admitted, untouched otherwise.
+        let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+        let mut tightest = (u64::MAX, 0usize);
+        let mut next = cur;
+        for (i, limit) in tier.limits.iter().enumerate() {
+            let Some(e) = evals[i] else { break };
+            let (remaining, full_at) = if admit {
+                next.tat[i] = e.new_tat;
+                (e.remaining, e.full_at_ns)
+            } else if e.allowed {
+                (e.remaining + cost, cur.tat[i].clamp(now, e.full_at_ns))
+            } else {
+                (e.remaining, e.full_at_ns)
+            };
+            if remaining < tightest.0 {
+                tightest = (remaining, i);
+            }
+            d.push_limit(LimitStatus {
+                kind: LimitKind::Window {
+                    period_secs: limit.period_secs(),
+                },
+                limit: limit.requests(),
+                remaining,
+                reset: ceil_secs(full_at),
+            });
+        }
+        if let Some(q) = quota {
+            let remaining = if admit { q - used - cost } else { q.saturating_sub(used) };
+            if remaining < tightest.0 {
+                tightest = (remaining, d.limits().len());
+            }
+            d.push_limit(LimitStatus {
+                kind: LimitKind::Monthly,
+                limit: q,
+                remaining,
+                reset: month.end_ns / NANOS_PER_SEC,
+            });
+        }
+        if let Some((i, wait)) = denied_by {
+            d.verdict = Verdict::RateLimited(i);
+            d.retry_after = Some(ceil_secs(wait).max(1));
+            d.set_primary(i);
+            return d;
+        }
+        if quota_denied {
+            d.verdict = Verdict::QuotaExceeded;
+            d.retry_after = Some(month::secs_until_next_month(now));
+            d.set_primary(d.limits().len() - 1);
+            return d;
+        }
+        d.set_primary(tightest.1);
+        next.key_id = entry.id;
+        next.month = month.id;
+        next.month_used = used + cost;
+        next.last_used_s = now_s.min(u64::from(u32::MAX)) as u32;
+        layout::write_next(cs, next);
+        d
+    }
+
+    /// Verifies `raw` against the stored SHA-256 (current secret, or the previous one during a
+    /// rotation grace period) and caches its fast digest. Runs once per key per process, and for
+    /// every wrong secret.
+    #[cold]
+    fn authenticate_slow(
+        &self,
+        shard: &mut ShardData,
+        idx: usize,
+        slot: u32,
+        raw: &str,
+        fast: u128,
+        now: u64,
+    ) -> Result<(), AuthFailure> {
+        if let Some(g) = shard.grace.get(&(idx as u32)).copied() {
+            if g.fast == fast && g.fast != 0 {
+                return if now < g.until_ns {
+                    Ok(())
+                } else {
+                    Err(AuthFailure::Unknown)
+                };
+            }
+        }
+        // SAFETY: we hold the shard lock of `slot`.
+        let Some(rs) = (unsafe { self.record_slot(slot) }) else {
+            return Err(AuthFailure::Unknown);
+        };
+        let rec = rs[layout::newest(rs)];
+        let h = keyfmt::hash(raw);
+        if bool::from(h.ct_eq(&rec.hash_current)) {
+            shard.entries[idx].fast = fast;
+            return Ok(());
+        }
+        if rec.previous_valid_until_ns != 0 && bool::from(h.ct_eq(&rec.hash_previous)) {
+            if let Some(g) = shard.grace.get_mut(&(idx as u32)) {
+                g.fast = fast;
+            }
+            return if now < rec.previous_valid_until_ns {
+                Ok(())
+            } else {
+                Err(AuthFailure::Unknown)
+            };
+        }
+        Err(AuthFailure::Unknown)
+    }
+
+    /// `msync`s every counter page; bounds what a power loss (not a crash) can cost.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.counters.flush_all()?;
+        self.records.flush_all()?;
+        self.last_flush_ns.store(self.clock.now_ns(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// When [`Engine::flush`] last completed, ns since the epoch.
+    pub fn last_flush_ns(&self) -> u64 {
+        self.last_flush_ns.load(Ordering::Relaxed)
+    }
+
+    // ----- admin: keys -----------------------------------------------------------------------
+
+    fn validate_new(&self, k: &NewKey) -> Result<(), EngineError> {
+        if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0') {
+            return Err(EngineError::Invalid(format!(
+                "consumer must be 1-{MAX_CONSUMER_LEN} bytes without NUL"
+            )));
+        }
+        validate_name(k.name.as_deref())?;
+        validate_scopes(&k.scopes)?;
+        if let Some(p) = &k.prefix {
+            if !keyfmt::valid_prefix(p) {
+                return Err(EngineError::Invalid(format!(
+                    "prefix must be at most {} characters of A-Z a-z 0-9 _ -",
+                    keyfmt::MAX_PREFIX_LEN
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates one key; the record is durable before this returns. The raw key is in the result
+    /// and nowhere else.
+    pub fn create_key(&self, new: NewKey) -> Result<CreatedKey, EngineError> {
+        let mut v = self.create_keys(vec![new])?;
+        v.pop()
+            .ok_or_else(|| EngineError::Invalid("no key created".into()))
+    }
+
+    /// Creates many keys with one `msync` at the end (bulk import, load generation).
+    pub fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, EngineError> {
+        for k in &news {
+            self.validate_new(k)?;
+        }
+        let mut admin = self.admin.lock();
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        let mut plan = Vec::with_capacity(news.len());
+        for k in &news {
+            let tier = catalog
+                .tier_index(&k.tier)
+                .ok_or_else(|| EngineError::Invalid(format!("unknown tier {:?}", k.tier)))?;
+            let set = intern_scope_set(&mut doc, &k.scopes)?;
+            plan.push((tier, set));
+        }
+        if u64::from(admin.key_count) + news.len() as u64 > MAX_KEYS {
+            return Err(StoreError::Full {
+                path: self.data_dir.clone(),
+            }
+            .into());
+        }
+        if doc != *catalog.doc() {
+            let compiled = Catalog::compile(doc)?;
+            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.catalog.store(Arc::new(compiled));
+        }
+        let now = self.clock.now_ns();
+        let first = admin.key_count;
+        let last = first + news.len() as u32;
+        if last > first {
+            self.records.ensure(last - 1)?;
+            self.counters.ensure(last - 1)?;
+        }
+        let mut out = Vec::with_capacity(news.len());
+        for (i, (k, (tier, set))) in news.into_iter().zip(plan).enumerate() {
+            let slot = first + i as u32;
+            let tag = random_u64()? as u32;
+            let id = KeyId::new(slot, tag);
+            let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
+            let raw = keyfmt::generate(prefix, id)
+                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+            let rec = RecordHalf {
+                seq: 0,
+                crc: 0,
+                id: id.0,
+                hash_current: keyfmt::hash(&raw),
+                hash_previous: [0; 32],
+                previous_valid_until_ns: 0,
+                created_at_s: secs(now),
+                expires_at_s: k.expires_at.unwrap_or(0),
+                monthly_quota: k.monthly_quota.unwrap_or(NO_OVERRIDE),
+                tier,
+                flags: FLAG_LIVE,
+                scope_set: set,
+                display_prefix: layout::put_str(&keyfmt::display_prefix(&raw)),
+                consumer: layout::put_str(&k.consumer),
+                name: layout::put_str(k.name.as_deref().unwrap_or("")),
+            };
+            {
+                let mut g = self.shards.lock(slot);
+                // SAFETY: shard lock held; `ensure` created the slot.
+                let rs = unsafe { self.record_slot(slot) }.ok_or(EngineError::UnknownKey)?;
+                // Both halves, so that a damaged copy of a key never updated since can be told
+                // apart from an interrupted creation.
+                layout::write_next(rs, rec);
+                layout::write_next(rs, rec);
+                g.entries.push(hot_from_record(&rec));
+            }
+            if self.sync_records && out.len() < 64 {
+                self.records.flush_slot(slot)?;
+            }
+            admin.tier_use[usize::from(tier)] += 1;
+            out.push((slot, raw));
+        }
+        if self.sync_records && out.len() >= 64 {
+            self.records.flush_all()?;
+        }
+        admin.key_count = last;
+        self.key_count.store(u64::from(last), Ordering::Relaxed);
+        drop(admin);
+        out.into_iter()
+            .map(|(slot, raw)| {
+                let info = self.info_by_slot(slot)?;
+                Ok(CreatedKey { info, raw })
+            })
+            .collect()
+    }
+
+    fn read_record(&self, id: KeyId) -> Result<RecordHalf, EngineError> {
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count() {
+            return Err(EngineError::UnknownKey);
+        }
+        let _g = self.shards.lock(slot);
+        // SAFETY: shard lock held.
+        let rs = unsafe { self.record_slot(slot) }.ok_or(EngineError::UnknownKey)?;
+        let r = rs[layout::newest(rs)];
+        if r.id != id.0 {
+            return Err(EngineError::UnknownKey);
+        }
+        Ok(r)
+    }
+
+    fn info_by_slot(&self, slot: u32) -> Result<KeyInfo, EngineError> {
+        let _g = self.shards.lock(slot);
+        // SAFETY: shard lock held.
+        let rs = unsafe { self.record_slot(slot) }.ok_or(EngineError::UnknownKey)?;
+        let r = rs[layout::newest(rs)];
+        drop(_g);
+        Ok(self.info_from(&r))
+    }
+
+    fn info_from(&self, r: &RecordHalf) -> KeyInfo {
+        let cat = self.catalog.load();
+        KeyInfo {
+            id: KeyId(r.id),
+            prefix: layout::get_str(&r.display_prefix).unwrap_or("").to_string(),
+            consumer: layout::get_str(&r.consumer).unwrap_or("").to_string(),
+            tier: cat
+                .tier(r.tier)
+                .map(|t| t.spec.name.clone())
+                .unwrap_or_default(),
+            scopes: cat.scope_names(r.scope_set),
+            expires_at: (r.expires_at_s != 0).then_some(r.expires_at_s),
+            monthly_quota: (r.monthly_quota != NO_OVERRIDE).then_some(r.monthly_quota),
+            name: layout::get_str(&r.name)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            created_at: r.created_at_s,
+            revoked: r.flags & FLAG_REVOKED != 0,
+            previous_valid_until: (r.previous_valid_until_ns != 0)
+                .then_some(r.previous_valid_until_ns.div_ceil(NANOS_PER_SEC)),
+        }
+    }
+
+    /// The record of key `id`.
+    pub fn key(&self, id: KeyId) -> Result<KeyInfo, EngineError> {
+        let r = self.read_record(id)?;
+        Ok(self.info_from(&r))
+    }
+
+    /// Keys in id order starting after `after`, filtered by consumer and tier, at most `limit`.
+    /// Returns the page and whether more may follow.
+    pub fn list_keys(
+        &self,
+        consumer: Option<&str>,
+        tier: Option<&str>,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> (Vec<KeyInfo>, Option<KeyId>) {
+        let start = after.map(|a| a.slot() + 1).unwrap_or(0);
+        let n = self.key_count() as u32;
+        let mut out = Vec::new();
+        for slot in start..n {
+            let Ok(info) = self.info_by_slot(slot) else {
+                continue;
+            };
+            if consumer.is_some_and(|c| c != info.consumer) || tier.is_some_and(|t| t != info.tier) {
+                continue;
+            }
+            if out.len() == limit {
+                let cursor = out.last().map(|k: &KeyInfo| k.id);
+                return (out, cursor);
+            }
+            out.push(info);
+        }
+        (out, None)
+    }
+
+    /// Applies `f` to key `id`'s record under the admin lock, writes it durably and publishes it.
+    fn modify(
+        &self,
+        id: KeyId,
+        f: impl FnOnce(&mut RecordHalf, &mut CatalogDoc, &Catalog, &mut AdminState) -> Result<(), EngineError>,
+    ) -> Result<RecordHalf, EngineError> {
+        let mut admin = self.admin.lock();
+        let old = self.read_record(id)?;
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        let mut rec = old;
+        f(&mut rec, &mut doc, &catalog, &mut admin)?;
+        if doc != *catalog.doc() {
+            let compiled = Catalog::compile(doc)?;
+            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.catalog.store(Arc::new(compiled));
+        }
+        let slot = id.slot();
+        {
+            let mut g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            let rs = unsafe { self.record_slot(slot) }.ok_or(EngineError::UnknownKey)?;
+            layout::write_next(rs, rec);
+            let (_, idx) = Shards::locate(slot);
+            let keep_fast = rec.hash_current == old.hash_current;
+            let fast = g.entries[idx].fast;
+            g.entries[idx] = hot_from_record(&rec);
+            if keep_fast {
+                g.entries[idx].fast = fast;
+            }
+            if rec.previous_valid_until_ns != 0 {
+                g.grace.insert(
+                    idx as u32,
+                    Grace {
+                        fast: if keep_fast { 0 } else { fast },
+                        until_ns: rec.previous_valid_until_ns,
+                    },
+                );
+            } else {
+                g.grace.remove(&(idx as u32));
+            }
+        }
+        if self.sync_records {
+            self.records.flush_slot(slot)?;
+        }
+        if rec.tier != old.tier {
+            admin.tier_use[usize::from(old.tier)] -= 1;
+            admin.tier_use[usize::from(rec.tier)] += 1;
+        }
+        Ok(rec)
+    }
+
+    /// Changes tier, scopes, expiry, quota override or name; in force from the next check.
+    pub fn update_key(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, EngineError> {
+        if let Some(s) = &upd.scopes {
+            validate_scopes(s)?;
+        }
+        if let Some(n) = &upd.name {
+            validate_name(n.as_deref())?;
+        }
+        let rec = self.modify(id, |r, doc, cat, admin| {
+            if let Some(t) = &upd.tier {
+                let ix = cat
+                    .tier_index(t)
+                    .ok_or_else(|| EngineError::Invalid(format!("unknown tier {t:?}")))?;
+                if admin.tier_use.len() <= usize::from(ix) {
+                    admin.tier_use.resize(usize::from(ix) + 1, 0);
+                }
+                r.tier = ix;
+            }
+            if let Some(s) = &upd.scopes {
+                r.scope_set = intern_scope_set(doc, s)?;
+            }
+            if let Some(e) = upd.expires_at {
+                r.expires_at_s = e.unwrap_or(0);
+            }
+            if let Some(q) = upd.monthly_quota {
+                r.monthly_quota = q.unwrap_or(NO_OVERRIDE);
+            }
+            if let Some(n) = &upd.name {
+                r.name = layout::put_str(n.as_deref().unwrap_or(""));
+            }
+            Ok(())
+        })?;
+        Ok(self.info_from(&rec))
+    }
+
+    /// Revokes key `id`: its next check is 401.
+    pub fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, EngineError> {
+        let rec = self.modify(id, |r, _, _, _| {
+            r.flags |= FLAG_REVOKED;
+            r.previous_valid_until_ns = 0;
+            Ok(())
+        })?;
+        Ok(self.info_from(&rec))
+    }
+
+    /// Gives key `id` a new secret; the old one works for `grace_secs` more seconds. Usage is kept.
+    pub fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, EngineError> {
+        let mut raw = String::new();
+        let now = self.clock.now_ns();
+        let rec = self.modify(id, |r, _, _, _| {
+            if r.flags & FLAG_REVOKED != 0 {
+                return Err(EngineError::Invalid("a revoked key cannot be rotated".into()));
+            }
+            let prefix_len = layout::get_str(&r.display_prefix)
+                .map(|p| p.len().saturating_sub(8))
+                .unwrap_or(0);
+            let prefix = layout::get_str(&r.display_prefix)
+                .and_then(|p| p.get(..prefix_len))
+                .unwrap_or(keyfmt::DEFAULT_PREFIX)
+                .to_string();
+            raw = keyfmt::generate(&prefix, KeyId(r.id))
+                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+            r.hash_previous = r.hash_current;
+            r.hash_current = keyfmt::hash(&raw);
+            r.previous_valid_until_ns = if grace_secs == 0 {
+                0
+            } else {
+                now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC))
+            };
+            r.display_prefix = layout::put_str(&keyfmt::display_prefix(&raw));
+            Ok(())
+        })?;
+        Ok(CreatedKey {
+            info: self.info_from(&rec),
+            raw,
+        })
+    }
+
+    /// Live usage of key `id` (nothing is consumed).
+    pub fn usage(&self, id: KeyId) -> Result<Usage, EngineError> {
+        let rec = self.read_record(id)?;
+        let cat = self.catalog.load();
+        let tier = cat
+            .tier(rec.tier)
+            .ok_or_else(|| EngineError::UnknownTier(format!("#{}", rec.tier)))?;
+        let now = self.clock.now_ns();
+        let slot = id.slot();
+        let c: CounterHalf = {
+            let _g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            unsafe { self.counter_slot(slot) }
+                .map(|cs| cs[layout::newest(cs)])
+                .unwrap_or_default()
+        };
+        let limits = tier
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let e = evaluate(c.tat[i], now, 1, l);
+                LimitUsage {
+                    requests: l.requests(),
+                    period_seconds: l.period_secs(),
+                    remaining: if e.allowed { e.remaining + 1 } else { 0 },
+                    reset: ceil_secs(c.tat[i].clamp(now, now + l.interval_ns() * l.requests())),
+                }
+            })
+            .collect();
+        let month = MonthWindow::containing(now);
+        Ok(Usage {
+            limits,
+            monthly_used: if c.month == month.id { c.month_used } else { 0 },
+            monthly_quota: if rec.monthly_quota != NO_OVERRIDE {
+                Some(rec.monthly_quota)
+            } else {
+                tier.spec.monthly_quota
+            },
+            last_used_at: (c.last_used_s != 0).then_some(u64::from(c.last_used_s)),
+        })
+    }
+
+    // ----- admin: tiers ----------------------------------------------------------------------
+
+    /// Every tier in force.
+    pub fn tiers(&self) -> Vec<TierSpec> {
+        self.catalog.load().tiers().map(|(_, t)| t.spec.clone()).collect()
+    }
+
+    /// Number of keys on each tier, by name.
+    pub fn tier_usage(&self) -> Vec<(String, u64)> {
+        let admin = self.admin.lock();
+        self.catalog
+            .load()
+            .tiers()
+            .map(|(i, t)| (t.spec.name.clone(), admin.tier_use.get(usize::from(i)).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Creates or replaces a tier; durable, and in force from the next check. Counters are kept.
+    pub fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, EngineError> {
+        let spec = spec.normalized();
+        spec.validate().map_err(CatalogError::from)?;
+        self.change_catalog(|doc, _| {
+            match doc
+                .tiers
+                .iter_mut()
+                .find(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+            {
+                Some(slot) => *slot = Some(spec.clone()),
+                None => {
+                    if doc.tiers.len() >= usize::from(u16::MAX) {
+                        return Err(CatalogError::Full("tiers").into());
+                    }
+                    doc.tiers.push(Some(spec.clone()));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(spec)
+    }
+
+    /// Deletes a tier no key uses.
+    pub fn delete_tier(&self, name: &str) -> Result<(), EngineError> {
+        self.change_catalog(|doc, use_| {
+            let ix = doc
+                .tiers
+                .iter()
+                .position(|t| t.as_ref().is_some_and(|t| t.name == name))
+                .ok_or_else(|| EngineError::UnknownTier(name.to_string()))?;
+            let keys = use_.get(ix).copied().unwrap_or(0);
+            if keys > 0 {
+                return Err(EngineError::TierInUse {
+                    tier: name.to_string(),
+                    keys,
+                });
+            }
+            doc.tiers[ix] = None;
+            Ok(())
+        })
+    }
+
+    /// Replaces the whole set of tiers (a tiers file): tiers not in `specs` are deleted, which is
+    /// refused while keys use them.
+    pub fn apply_tiers(&self, specs: Vec<TierSpec>) -> Result<(), EngineError> {
+        self.change_catalog(|doc, use_| replace_tiers(doc, use_, specs))
+    }
+
+    fn change_catalog(
+        &self,
+        f: impl FnOnce(&mut CatalogDoc, &[u64]) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut admin = self.admin.lock();
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        f(&mut doc, &admin.tier_use)?;
+        let compiled = Catalog::compile(doc)?;
+        catalog_file::store(&self.data_dir, compiled.doc())?;
+        admin.tier_use.resize(compiled.doc().tiers.len(), 0);
+        self.catalog.store(Arc::new(compiled));
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "final msync failed");
+        }
+    }
+}
+
+fn validate_scopes(scopes: &[String]) -> Result<(), EngineError> {
+    if scopes.len() > MAX_KEY_SCOPES {
+        return Err(EngineError::Invalid(format!("at most {MAX_KEY_SCOPES} scopes per key")));
+    }
+    if let Some(bad) = scopes.iter().find(|s| !tiers::valid_scope(s)) {
+        return Err(EngineError::Invalid(format!(
+            "invalid scope {bad:?}: use 1-64 characters of A-Z a-z 0-9 _ - . : /"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
+    match name {
+        Some(n) if n.len() > MAX_KEY_NAME_LEN || n.contains('\0') => Err(EngineError::Invalid(
+            format!("name must be at most {MAX_KEY_NAME_LEN} bytes without NUL"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the tiers of `doc` by `specs`, keeping the index of every tier that stays.
+fn replace_tiers(doc: &mut CatalogDoc, use_: &[u64], specs: Vec<TierSpec>) -> Result<(), EngineError> {
+    let mut specs: Vec<TierSpec> = specs.into_iter().map(TierSpec::normalized).collect();
+    for s in &specs {
+        s.validate().map_err(CatalogError::from)?;
+    }
+    for (ix, slot) in doc.tiers.iter_mut().enumerate() {
+        let Some(old) = slot else { continue };
+        match specs.iter().position(|s| s.name == old.name) {
+            Some(p) => *slot = Some(specs.remove(p)),
+            None => {
+                let keys = use_.get(ix).copied().unwrap_or(0);
+                if keys > 0 {
+                    return Err(EngineError::TierInUse {
+                        tier: old.name.clone(),
+                        keys,
+                    });
+                }
+                *slot = None;
+            }
+        }
+    }
+    for s in specs {
+        if doc.tiers.iter().flatten().any(|t| t.name == s.name) {
+            return Err(CatalogError::DuplicateTier(s.name).into());
+        }
+        doc.tiers.push(Some(s));
+    }
+    Ok(())
+}
+
+trait ZeroPair {
+    fn new_zeroed_pair() -> Self;
+}
+
+impl ZeroPair for RecordSlot {
+    fn new_zeroed_pair() -> Self {
+        <RecordSlot as zerocopy::FromZeros>::new_zeroed()
+    }
+}

@@ -1,0 +1,171 @@
+//! The raw key: `PREFIX` + 43 characters of URL-safe base64 (no padding) encoding 32 bytes:
+//!
+//! ```text
+//!  0               8                                        32
+//! +---------------+-----------------------------------------+
+//! | key id (u64LE)|  secret: 24 bytes from the OS RNG       |
+//! +---------------+-----------------------------------------+
+//! ```
+//!
+//! The id lets the engine find the record without a table lookup; the 192-bit secret is what
+//! authenticates. The prefix (default `qd_`, up to 16 characters of `A-Z a-z 0-9 _ -`) is part of
+//! the key and covered by its hash. quotad stores only `SHA-256(raw key)` and a display prefix;
+//! the raw key is returned once, at creation or rotation.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// The default raw-key prefix.
+pub const DEFAULT_PREFIX: &str = "qd_";
+/// The longest prefix allowed.
+pub const MAX_PREFIX_LEN: usize = 16;
+/// Length of the encoded body after the prefix.
+pub const BODY_LEN: usize = 43;
+/// The longest raw key that can be well formed.
+pub const MAX_RAW_LEN: usize = MAX_PREFIX_LEN + BODY_LEN;
+/// Secret bytes per key (192 bits).
+pub const SECRET_LEN: usize = 24;
+
+/// A key's stable identifier: slot index in the low 32 bits, a random tag in the high 32 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub u64);
+
+impl KeyId {
+    /// Builds an id from a slot and a tag.
+    pub fn new(slot: u32, tag: u32) -> Self {
+        KeyId(u64::from(tag) << 32 | u64::from(slot))
+    }
+
+    /// The slot in the data files.
+    pub fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// Parses the public form `key_<16 hex digits>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("key_")?;
+        if hex.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(KeyId)
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key_{:016x}", self.0)
+    }
+}
+
+/// Why a presented key is not well formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RawKeyError {
+    /// Not of the form prefix + 43 base64url characters.
+    #[error("malformed API key")]
+    Malformed,
+}
+
+/// Whether `p` is an acceptable key prefix.
+pub fn valid_prefix(p: &str) -> bool {
+    p.len() <= MAX_PREFIX_LEN
+        && p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Extracts the key id from a presented raw key without allocating.
+pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
+    let b = raw.as_bytes();
+    if b.len() < BODY_LEN || b.len() > MAX_RAW_LEN {
+        return Err(RawKeyError::Malformed);
+    }
+    let (prefix, body) = raw.split_at(b.len() - BODY_LEN);
+    if !valid_prefix(prefix) {
+        return Err(RawKeyError::Malformed);
+    }
+    // Only the first 11 characters (8 bytes and 2 bits) carry the id; decode just those, but
+    // require the whole body to be URL-safe base64 so garbage is refused early.
+    if !body
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return Err(RawKeyError::Malformed);
+    }
+    let mut buf = [0u8; 9];
+    URL_SAFE_NO_PAD
+        .decode_slice_unchecked(&body.as_bytes()[..12], &mut buf)
+        .map_err(|_| RawKeyError::Malformed)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&buf[..8]);
+    Ok(KeyId(u64::from_le_bytes(id)))
+}
+
+/// Makes a new raw key for `id` with `prefix`, secret bytes from the OS RNG.
+pub fn generate(prefix: &str, id: KeyId) -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 8 + SECRET_LEN];
+    bytes[..8].copy_from_slice(&id.0.to_le_bytes());
+    getrandom::getrandom(&mut bytes[8..])?;
+    let mut s = String::with_capacity(prefix.len() + BODY_LEN);
+    s.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(bytes, &mut s);
+    Ok(s)
+}
+
+/// `SHA-256(raw key)`: what is stored.
+pub fn hash(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
+/// The display prefix: the key's prefix and the first 8 body characters (id bits, no secret).
+pub fn display_prefix(raw: &str) -> String {
+    let cut = raw.len().saturating_sub(BODY_LEN) + 8;
+    raw.get(..cut).unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_back_to_their_id() {
+        let id = KeyId::new(1234, 0xdead_beef);
+        let k = generate("qd_", id).unwrap();
+        assert!(k.starts_with("qd_"));
+        assert_eq!(k.len(), 3 + BODY_LEN);
+        assert_eq!(parse(&k), Ok(id));
+        assert_eq!(id.slot(), 1234);
+        assert_ne!(generate("qd_", id).unwrap(), k, "secrets differ");
+    }
+
+    #[test]
+    fn key_ids_round_trip_through_text() {
+        let id = KeyId::new(7, 9);
+        assert_eq!(KeyId::parse(&id.to_string()), Some(id));
+        assert_eq!(KeyId::parse("key_xyz"), None);
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        let good = generate("ak_", KeyId(5)).unwrap();
+        assert!(parse(&good).is_ok());
+        for bad in [
+            "",
+            "qd_short",
+            &good[..good.len() - 1].replace("ak_", ""),
+            &good.replace('_', "!"),
+            &format!("{}{}", "p".repeat(17), &good[3..]),
+            &format!("qd_{}", "+".repeat(BODY_LEN)),
+        ] {
+            assert_eq!(parse(bad), Err(RawKeyError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn display_prefix_shows_no_secret_bytes() {
+        let k = generate("qd_", KeyId(1)).unwrap();
+        let d = display_prefix(&k);
+        assert_eq!(d.len(), 3 + 8);
+        assert!(k.starts_with(&d));
+    }
+}

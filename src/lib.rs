@@ -1,0 +1,20 @@
+//! # quotad — a rate-limit and quota daemon
+//!
+//! Layout (data flows one way: transport parses → engine decides → transport renders):
+//!
+//! - [`engine`]: the decision — clock, GCRA buckets, calendar months, the sharded key table and
+//!   [`engine::Engine::check`]. No sockets, no async.
+//! - [`keys`]: raw key format, generation and hashing; the public key record types.
+//! - [`tiers`]: plan tiers, the built-ins and TOML tier files.
+//! - [`store`]: the memory-mapped data files, their layout and checks, and the catalog file.
+
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod keys;
+pub mod store;
+pub mod tiers;
+
+pub use engine::clock::{Clock, FakeClock, QuantaClock};
+pub use engine::decision::{AuthFailure, Decision, LimitKind, LimitStatus, Verdict};
+pub use engine::{Engine, EngineError, EngineOptions};

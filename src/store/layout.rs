@@ -1,0 +1,320 @@
+//! The on-disk layout of the memory-mapped data files: fixed-width, little-endian `#[repr(C)]`
+//! records checked by `zerocopy`.
+//!
+//! Every segment file is one 4 KiB header page followed by `SLOTS_PER_SEGMENT` slots:
+//!
+//! ```text
+//! segment file  (counters-NNNNN.qd: 128-byte slots; keys-NNNNN.qd: 512-byte slots)
+//! +------------------+--------+--------+-----+
+//! | header (4096 B)  | slot 0 | slot 1 | ... |
+//! +------------------+--------+--------+-----+
+//!
+//! header: magic[8] version u32 slot_size u32 slots u32 segment u32 data_dir_id u64
+//!         created_unix u64 crc32 u32 pad u32            (crc32 over the bytes before it)
+//!
+//! slot = two halves; each half begins with   seq u32 | crc32 u32 | body ...
+//! ```
+//!
+//! A slot is double-buffered: an update writes the *older* half with `seq + 1` and a fresh CRC, so
+//! the newer half is never touched while it is the current state. A process killed in the middle
+//! of a write leaves at most the half being written torn, and the other half still holds the state
+//! before the (unreported) update. The CRC of each half covers its `seq` and body.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Size of the header page.
+pub const HEADER_LEN: usize = 4096;
+/// Slots per segment file.
+pub const SLOTS_PER_SEGMENT: u32 = 65_536;
+/// Current format version of both file kinds.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic of counter segments.
+pub const COUNTERS_MAGIC: [u8; 8] = *b"QDCOUNT1";
+/// Magic of key-record segments.
+pub const KEYS_MAGIC: [u8; 8] = *b"QDKEYS01";
+/// Burst buckets per key.
+pub const BUCKETS: usize = 4;
+
+/// The header at offset 0 of every segment file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct SegmentHeader {
+    /// `COUNTERS_MAGIC` or `KEYS_MAGIC`.
+    pub magic: [u8; 8],
+    /// `FORMAT_VERSION`.
+    pub version: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Slots in this file.
+    pub slots: u32,
+    /// Index of this segment.
+    pub segment: u32,
+    /// Identifies the data directory the file belongs to.
+    pub data_dir_id: u64,
+    /// When the file was created.
+    pub created_unix: u64,
+    /// CRC-32 of the bytes before this field.
+    pub crc: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+impl SegmentHeader {
+    /// The CRC the header should carry.
+    pub fn compute_crc(&self) -> u32 {
+        let bytes = self.as_bytes();
+        crc32fast::hash(&bytes[..bytes.len() - 8])
+    }
+}
+
+/// One half of a key's counter slot: every bucket, the month's usage and last use.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct CounterHalf {
+    /// Write sequence; the half with the larger (wrapping) value is current. 0 = never written.
+    pub seq: u32,
+    /// CRC-32 of `seq` and the body.
+    pub crc: u32,
+    /// Owner key id (guards against a slot read for the wrong record).
+    pub key_id: u64,
+    /// GCRA theoretical arrival time per burst limit, ns since the epoch (0 = full bucket).
+    pub tat: [u64; BUCKETS],
+    /// Requests counted in `month`.
+    pub month_used: u64,
+    /// Month of `month_used` (`year * 12 + month0`).
+    pub month: u32,
+    /// Last admitted request, Unix seconds (0 = never).
+    pub last_used_s: u32,
+}
+
+/// One half of a key record.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct RecordHalf {
+    /// Write sequence, as in [`CounterHalf`].
+    pub seq: u32,
+    /// CRC-32 of `seq` and the body.
+    pub crc: u32,
+    /// Key id (slot in the low 32 bits).
+    pub id: u64,
+    /// SHA-256 of the current raw key.
+    pub hash_current: [u8; 32],
+    /// SHA-256 of the previous raw key (during a rotation grace period).
+    pub hash_previous: [u8; 32],
+    /// The previous key is honoured until then, ns since the epoch (0 = not at all).
+    pub previous_valid_until_ns: u64,
+    /// Creation, Unix seconds.
+    pub created_at_s: u64,
+    /// Expiry, Unix seconds (0 = none).
+    pub expires_at_s: u64,
+    /// Monthly quota override (`NO_OVERRIDE` = the tier's).
+    pub monthly_quota: u64,
+    /// Tier index in the catalog.
+    pub tier: u16,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// Scope-set index in the catalog (0 = unrestricted).
+    pub scope_set: u32,
+    /// Display prefix, NUL-padded.
+    pub display_prefix: [u8; 16],
+    /// Consumer, NUL-padded.
+    pub consumer: [u8; 64],
+    /// Name, NUL-padded.
+    pub name: [u8; 56],
+}
+
+/// `RecordHalf::monthly_quota` when the tier's quota applies.
+pub const NO_OVERRIDE: u64 = u64::MAX;
+/// The key is revoked.
+pub const FLAG_REVOKED: u16 = 1;
+/// The record is in use (distinguishes a written record from zeroes).
+pub const FLAG_LIVE: u16 = 2;
+
+/// A counter slot: two halves.
+pub type CounterSlot = [CounterHalf; 2];
+/// A key-record slot: two halves.
+pub type RecordSlot = [RecordHalf; 2];
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 48);
+const _: () = assert!(std::mem::size_of::<CounterHalf>() == 64);
+const _: () = assert!(std::mem::size_of::<CounterSlot>() == 128);
+const _: () = assert!(std::mem::size_of::<RecordHalf>() == 256);
+const _: () = assert!(std::mem::size_of::<RecordSlot>() == 512);
+
+/// A double-buffered half: the shared `seq | crc | body` shape.
+pub trait Half: FromBytes + IntoBytes + KnownLayout + Immutable + Copy {
+    /// The write sequence.
+    fn seq(&self) -> u32;
+    /// Sets the write sequence.
+    fn set_seq(&mut self, seq: u32);
+    /// The stored CRC.
+    fn crc(&self) -> u32;
+    /// Sets the stored CRC.
+    fn set_crc(&mut self, crc: u32);
+
+    /// CRC-32 over `seq` and the body (bytes 8..).
+    fn compute_crc(&self) -> u32 {
+        let b = self.as_bytes();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b[..4]);
+        h.update(&b[8..]);
+        h.finalize()
+    }
+
+    /// Whether every byte is zero (never written).
+    fn is_zero(&self) -> bool {
+        self.as_bytes().iter().all(|&b| b == 0)
+    }
+}
+
+macro_rules! impl_half {
+    ($t:ty) => {
+        impl Half for $t {
+            #[inline]
+            fn seq(&self) -> u32 {
+                self.seq
+            }
+            #[inline]
+            fn set_seq(&mut self, seq: u32) {
+                self.seq = seq;
+            }
+            #[inline]
+            fn crc(&self) -> u32 {
+                self.crc
+            }
+            #[inline]
+            fn set_crc(&mut self, crc: u32) {
+                self.crc = crc;
+            }
+        }
+    };
+}
+impl_half!(CounterHalf);
+impl_half!(RecordHalf);
+
+/// Which half of a slot is current, by sequence (wrapping). Both zero: half 0 (the empty state).
+#[inline]
+pub fn newest<H: Half>(slot: &[H; 2]) -> usize {
+    if (slot[1].seq().wrapping_sub(slot[0].seq()) as i32) > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+/// Writes `body` as the new current state of `slot`: into the older half, with `seq + 1` and CRC.
+#[inline]
+pub fn write_next<H: Half>(slot: &mut [H; 2], mut body: H) {
+    let cur = newest(slot);
+    let seq = slot[cur].seq().wrapping_add(1).max(1);
+    body.set_seq(seq);
+    body.set_crc(0);
+    let crc = body.compute_crc();
+    body.set_crc(crc);
+    slot[1 - cur] = body;
+}
+
+/// What a slot holds after a crash-consistent read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState<H> {
+    /// Never written.
+    Empty,
+    /// A valid state (the newest valid half).
+    Valid(H),
+    /// One half never written, the other torn: the very first write was interrupted.
+    Interrupted,
+    /// Neither half is valid: the slot is damaged.
+    Damaged,
+}
+
+/// Reads a slot as start-up sees it: the newest half whose CRC holds; a torn write (one half bad,
+/// the other valid or empty) yields the other half, as the torn update was never acknowledged.
+pub fn read_checked<H: Half>(slot: &[H; 2]) -> SlotState<H> {
+    let ok = |h: &H| !h.is_zero() && h.compute_crc() == h.crc();
+    let (a, b) = (&slot[0], &slot[1]);
+    match (a.is_zero(), b.is_zero()) {
+        (true, true) => return SlotState::Empty,
+        (true, false) => {
+            return if ok(b) {
+                SlotState::Valid(*b)
+            } else {
+                SlotState::Interrupted
+            }
+        }
+        (false, true) => {
+            return if ok(a) {
+                SlotState::Valid(*a)
+            } else {
+                SlotState::Interrupted
+            }
+        }
+        _ => {}
+    }
+    match (ok(a), ok(b)) {
+        (true, true) => SlotState::Valid(slot[newest(slot)]),
+        (true, false) => SlotState::Valid(*a),
+        (false, true) => SlotState::Valid(*b),
+        (false, false) => SlotState::Damaged,
+    }
+}
+
+/// Copies `s` into a NUL-padded fixed field (the caller has checked the length).
+pub fn put_str<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = s.len().min(N);
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+/// Reads a NUL-padded fixed field; `None` if it is not UTF-8.
+pub fn get_str(b: &[u8]) -> Option<&str> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn half(x: u64) -> CounterHalf {
+        CounterHalf {
+            key_id: 7,
+            month_used: x,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn writes_alternate_halves_and_newest_follows() {
+        let mut slot = CounterSlot::default();
+        assert_eq!(read_checked(&slot), SlotState::Empty);
+        write_next(&mut slot, half(1));
+        assert_eq!(slot[newest(&slot)].month_used, 1);
+        write_next(&mut slot, half(2));
+        assert_eq!(slot[newest(&slot)].month_used, 2);
+        assert_eq!(slot[1 - newest(&slot)].month_used, 1);
+        assert!(matches!(read_checked(&slot), SlotState::Valid(h) if h.month_used == 2));
+    }
+
+    #[test]
+    fn a_torn_newest_half_falls_back_to_the_previous_state() {
+        let mut slot = CounterSlot::default();
+        write_next(&mut slot, half(1));
+        write_next(&mut slot, half(2));
+        let n = newest(&slot);
+        slot[n].tat[2] ^= 0xff;
+        assert!(matches!(read_checked(&slot), SlotState::Valid(h) if h.month_used == 1));
+        slot[1 - n].tat[0] ^= 1;
+        assert_eq!(read_checked(&slot), SlotState::Damaged);
+    }
+
+    #[test]
+    fn sequence_wraps_without_losing_order() {
+        let mut slot = CounterSlot::default();
+        slot[0].seq = u32::MAX;
+        slot[1].seq = u32::MAX - 1;
+        write_next(&mut slot, half(9));
+        assert_eq!(slot[1].seq, 1, "sequence 0 is skipped: it means never written");
+        assert_eq!(newest(&slot), 1);
+    }
+}
