@@ -1,0 +1,532 @@
+//! The engine through its public interface, on real files, with a fake clock.
+
+use std::sync::Arc;
+
+use quotad::keys::{KeyUpdate, NewKey};
+use quotad::tiers::{LimitSpec, TierSpec};
+use quotad::{AuthFailure, Engine, EngineOptions, FakeClock, LimitKind, Verdict};
+use time::macros::datetime;
+
+const S: u64 = 1_000_000_000;
+
+fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
+    Engine::open(EngineOptions::new(dir), Arc::new(clock.clone())).expect("open engine")
+}
+
+fn key(engine: &Engine, tier: &str) -> (quotad::keys::KeyId, String) {
+    let k = engine
+        .create_key(NewKey {
+            consumer: "acme".into(),
+            tier: tier.into(),
+            ..Default::default()
+        })
+        .unwrap();
+    (k.info.id, k.raw)
+}
+
+fn tier(name: &str, limits: &[(u64, u64)], monthly: Option<u64>) -> TierSpec {
+    TierSpec {
+        name: name.into(),
+        limits: limits
+            .iter()
+            .map(|&(requests, period_seconds)| LimitSpec {
+                requests,
+                period_seconds,
+            })
+            .collect(),
+        monthly_quota: monthly,
+        scopes: None,
+    }
+}
+
+/// 2026-03-10T12:00:00Z
+fn mid_march() -> FakeClock {
+    FakeClock::at_secs(datetime!(2026-03-10 12:00:00 UTC).unix_timestamp() as u64)
+}
+
+#[test]
+fn bucket_exhausts_then_refills_one_token_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let (_, raw) = key(&e, "default"); // 100 per minute
+    for i in 0..100 {
+        let d = e.check(Some(&raw), None, 1);
+        assert_eq!(d.verdict, Verdict::Allowed, "request {i}");
+        assert_eq!(d.primary().unwrap().remaining, 99 - i);
+    }
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::RateLimited(0));
+    assert_eq!(d.retry_after, Some(1)); // one token every 0.6 s
+    clock.advance_ns(600_000_000);
+    assert_eq!(e.check(Some(&raw), None, 1).verdict, Verdict::Allowed);
+    assert!(!e.check(Some(&raw), None, 1).verdict.is_allowed());
+    clock.advance_secs(60);
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::Allowed);
+    assert_eq!(d.primary().unwrap().remaining, 99, "a full minute refills the whole bucket");
+}
+
+#[test]
+fn several_windows_apply_at_once_and_the_tightest_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let (_, raw) = key(&e, "free"); // 60/min, 1000/hour, 10,000/month
+    let d = e.check(Some(&raw), None, 1);
+    let limits = d.limits();
+    assert_eq!(limits.len(), 3);
+    assert_eq!((limits[0].limit, limits[0].remaining), (60, 59));
+    assert_eq!((limits[1].limit, limits[1].remaining), (1000, 999));
+    assert_eq!(limits[2].kind, LimitKind::Monthly);
+    assert_eq!((limits[2].limit, limits[2].remaining), (10_000, 9_999));
+    assert_eq!(d.primary().unwrap().limit, 60);
+
+    // One attempt a second for 1,500 s: the minute window (1/s sustained) admits every one,
+    // the hourly window only its 1,000 burst plus 1,000/3,600 per second.
+    let mut admitted = 1u64;
+    let mut first_hourly_denial = None;
+    for t in 1..=1500u64 {
+        clock.advance_secs(1);
+        let d = e.check(Some(&raw), None, 1);
+        if d.verdict.is_allowed() {
+            admitted += 1;
+        } else {
+            assert_eq!(d.verdict, Verdict::RateLimited(1), "only the hourly window denies");
+            assert_eq!(d.primary().unwrap().limit, 1000);
+            first_hourly_denial.get_or_insert(t);
+        }
+    }
+    let bound = 1000 + 1500 * 1000 / 3600;
+    assert!(admitted <= bound && admitted >= bound - 1, "admitted {admitted}, bound {bound}");
+    let t = first_hourly_denial.expect("the hourly window must bind");
+    assert!((1380..=1390).contains(&t), "hourly window first denied at {t} s");
+}
+
+#[test]
+fn monthly_quota_resets_on_first_of_month_utc_including_new_year() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = datetime!(2026-12-31 23:59:00 UTC).unix_timestamp() as u64;
+    let clock = FakeClock::at_secs(start);
+    let e = open(dir.path(), &clock);
+    e.put_tier(tier("tiny", &[(1000, 1)], Some(3))).unwrap();
+    let (id, raw) = key(&e, "tiny");
+    for _ in 0..3 {
+        assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+    }
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::QuotaExceeded);
+    assert_eq!(d.retry_after, Some(60), "seconds until 2027-01-01T00:00:00Z");
+    assert_eq!(
+        d.primary().unwrap().reset,
+        datetime!(2027-01-01 00:00:00 UTC).unix_timestamp() as u64
+    );
+    assert_eq!(e.usage(id).unwrap().monthly_used, 3);
+    clock.advance_secs(59);
+    assert_eq!(e.check(Some(&raw), None, 1).retry_after, Some(1));
+    clock.advance_secs(1);
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::Allowed, "January has a fresh quota");
+    assert_eq!(d.limits().last().unwrap().remaining, 2);
+    assert_eq!(e.usage(id).unwrap().monthly_used, 1);
+}
+
+#[test]
+fn leap_day_belongs_to_february_and_march_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::at_secs(datetime!(2028-02-29 23:00:00 UTC).unix_timestamp() as u64);
+    let e = open(dir.path(), &clock);
+    e.put_tier(tier("tiny", &[(1000, 1)], Some(1))).unwrap();
+    let (_, raw) = key(&e, "tiny");
+    assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::QuotaExceeded);
+    assert_eq!(d.retry_after, Some(3600));
+    clock.advance_secs(3600);
+    assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+}
+
+#[test]
+fn cost_is_taken_from_every_limit_and_the_quota_or_from_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    e.put_tier(tier("t", &[(10, 60), (15, 3600)], Some(100))).unwrap();
+    let (id, raw) = key(&e, "t");
+    let d = e.check(Some(&raw), None, 8);
+    assert!(d.verdict.is_allowed());
+    let rem: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+    assert_eq!(rem, vec![2, 7, 92]);
+    // 5 more fits the hour and the month but not the minute: nothing is taken anywhere.
+    let d = e.check(Some(&raw), None, 5);
+    assert_eq!(d.verdict, Verdict::RateLimited(0));
+    let rem: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+    assert_eq!(rem, vec![2, 7, 92], "a denial reports the figures untouched");
+    assert_eq!(e.usage(id).unwrap().monthly_used, 8);
+    let u = e.usage(id).unwrap();
+    assert_eq!(u.limits[0].remaining, 2);
+    assert_eq!(u.limits[1].remaining, 7);
+    // After a minute the minute window is full again but the hour only has 7 (plus refill).
+    clock.advance_secs(60);
+    let d = e.check(Some(&raw), None, 9);
+    assert_eq!(d.verdict, Verdict::RateLimited(1));
+    assert_eq!(e.usage(id).unwrap().monthly_used, 8);
+    assert!(e.check(Some(&raw), None, 7).verdict.is_allowed());
+    assert_eq!(e.usage(id).unwrap().monthly_used, 15);
+}
+
+#[test]
+fn denials_consume_nothing_whatever_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let mut spec = tier("scoped", &[(5, 60)], Some(5));
+    spec.scopes = Some(vec!["a:read".into(), "a:write".into()]);
+    e.put_tier(spec).unwrap();
+    let k = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "scoped".into(),
+            scopes: vec!["a:read".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(e.check(Some(&k.raw), Some("a:write"), 1).verdict, Verdict::Forbidden);
+        assert_eq!(e.check(Some(&k.raw), None, 6).verdict, Verdict::RateLimited(0));
+    }
+    assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 0);
+    for _ in 0..5 {
+        assert!(e.check(Some(&k.raw), Some("a:read"), 1).verdict.is_allowed());
+    }
+}
+
+#[test]
+fn scopes_grant_only_themselves_and_empty_means_unrestricted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let write_only = e
+        .create_key(NewKey {
+            consumer: "ci".into(),
+            tier: "pro".into(),
+            scopes: vec!["sessions:write".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    let (_, open_key) = key(&e, "pro");
+    let check = |raw: &str, scope| e.check(Some(raw), scope, 1).verdict;
+    assert_eq!(check(&write_only.raw, Some("sessions:write")), Verdict::Allowed);
+    assert_eq!(check(&write_only.raw, Some("sessions:read")), Verdict::Forbidden);
+    assert_eq!(check(&write_only.raw, Some("never:seen")), Verdict::Forbidden);
+    assert_eq!(check(&write_only.raw, None), Verdict::Allowed);
+    assert_eq!(check(&open_key, Some("sessions:read")), Verdict::Allowed);
+    assert_eq!(check(&open_key, Some("anything:else")), Verdict::Allowed);
+}
+
+#[test]
+fn a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let mut basic = tier("basic", &[(100, 60)], None);
+    basic.scopes = Some(vec!["reports:read".into()]);
+    e.put_tier(basic).unwrap();
+    let (_, unrestricted) = key(&e, "basic");
+    let limited = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "basic".into(),
+            scopes: vec!["reports:read".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(e.check(Some(&unrestricted), Some("reports:read"), 1).verdict, Verdict::Allowed);
+    assert_eq!(
+        e.check(Some(&unrestricted), Some("governance:write"), 1).verdict,
+        Verdict::PlanRequired
+    );
+    // The key's own scopes are checked first: forbidden wins over plan_required.
+    assert_eq!(
+        e.check(Some(&limited.raw), Some("governance:write"), 1).verdict,
+        Verdict::Forbidden
+    );
+}
+
+#[test]
+fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let (id, raw) = key(&e, "default");
+    let why = |raw: Option<&str>| match e.check(raw, None, 1).verdict {
+        Verdict::Unauthorized(w) => Some(w),
+        _ => None,
+    };
+    assert_eq!(why(None), Some(AuthFailure::Missing));
+    assert_eq!(why(Some("")), Some(AuthFailure::Missing));
+    assert_eq!(why(Some("not a key")), Some(AuthFailure::Malformed));
+    // Right id, wrong secret.
+    let mut forged = raw.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(why(Some(&forged)), Some(AuthFailure::Unknown));
+    // A well-formed key for a slot that does not exist.
+    let ghost = quotad::keys::format::generate("qd_", quotad::keys::KeyId::new(999, 1)).unwrap();
+    assert_eq!(why(Some(&ghost)), Some(AuthFailure::Unknown));
+    assert_eq!(why(Some(&raw)), None);
+    e.revoke_key(id).unwrap();
+    assert_eq!(why(Some(&raw)), Some(AuthFailure::Revoked));
+
+    let expiring = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "default".into(),
+            expires_at: Some(clock_secs(&clock) + 10),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(why(Some(&expiring.raw)), None);
+    clock.advance_secs(10);
+    assert_eq!(why(Some(&expiring.raw)), Some(AuthFailure::Expired));
+    // Extending the expiry applies on the next check.
+    e.update_key(
+        expiring.info.id,
+        KeyUpdate {
+            expires_at: Some(None),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(why(Some(&expiring.raw)), None);
+}
+
+fn clock_secs(c: &FakeClock) -> u64 {
+    use quotad::Clock;
+    c.now_ns() / S
+}
+
+#[test]
+fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let (id, old) = key(&e, "default");
+    for _ in 0..40 {
+        assert!(e.check(Some(&old), None, 1).verdict.is_allowed());
+    }
+    let rotated = e.rotate_key(id, 30).unwrap();
+    assert_ne!(rotated.raw, old);
+    assert_eq!(rotated.info.id, id);
+    let d = e.check(Some(&rotated.raw), None, 1);
+    assert!(d.verdict.is_allowed());
+    assert_eq!(d.primary().unwrap().remaining, 59, "usage carried over");
+    assert!(e.check(Some(&old), None, 1).verdict.is_allowed(), "old key during grace");
+    clock.advance_secs(30);
+    assert_eq!(
+        e.check(Some(&old), None, 1).verdict,
+        Verdict::Unauthorized(AuthFailure::Unknown)
+    );
+    assert!(e.check(Some(&rotated.raw), None, 1).verdict.is_allowed());
+    assert_eq!(e.usage(id).unwrap().monthly_used, 43);
+
+    // Without grace the old secret stops at once.
+    let again = e.rotate_key(id, 0).unwrap();
+    assert!(!e.check(Some(&rotated.raw), None, 1).verdict.is_allowed());
+    assert!(e.check(Some(&again.raw), None, 1).verdict.is_allowed());
+}
+
+#[test]
+fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    e.put_tier(tier("t", &[(10, 60)], Some(1000))).unwrap();
+    let (id, raw) = key(&e, "t");
+    for _ in 0..4 {
+        assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+    }
+    // Raise the limit: the 4 used stay used.
+    e.put_tier(tier("t", &[(20, 60)], Some(1000))).unwrap();
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.primary().unwrap().limit, 20);
+    assert_eq!(d.primary().unwrap().remaining, 20 - 4 * 2 - 1);
+    // Lower it below what is owed: the bucket clamps to the new capacity, it is not reset.
+    e.put_tier(tier("t", &[(3, 60)], Some(5))).unwrap();
+    let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::QuotaExceeded, "5 used of the new monthly quota of 5");
+    assert_eq!(d.limits()[1].remaining, 0);
+    assert!(d.limits()[0].remaining <= 3, "the bucket never holds more than the new capacity");
+    let (_, fresh) = key(&e, "t");
+    let d = e.check(Some(&fresh), None, 1);
+    assert_eq!(d.limits()[0].remaining, 2);
+    assert_eq!(e.usage(id).unwrap().monthly_used, 5);
+    // Moving the key to another tier also applies at once.
+    e.update_key(
+        id,
+        KeyUpdate {
+            tier: Some("enterprise".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = e.check(Some(&raw), None, 1);
+    assert!(d.verdict.is_allowed());
+    assert_eq!(d.limits()[0].limit, 1000);
+    assert_eq!(e.usage(id).unwrap().monthly_used, 6);
+}
+
+#[test]
+fn a_per_key_quota_override_beats_the_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let k = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "pro".into(),
+            monthly_quota: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(e.check(Some(&k.raw), None, 2).verdict.is_allowed());
+    assert_eq!(e.check(Some(&k.raw), None, 1).verdict, Verdict::QuotaExceeded);
+}
+
+#[test]
+fn tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    key(&e, "free");
+    assert!(matches!(
+        e.delete_tier("free"),
+        Err(quotad::EngineError::TierInUse { keys: 1, .. })
+    ));
+    e.delete_tier("pro").unwrap();
+    assert!(e.tiers().iter().all(|t| t.name != "pro"));
+    let err = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "pro".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_request");
+}
+
+#[test]
+fn keys_tiers_and_usage_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let (id, raw, rotated) = {
+        let e = open(dir.path(), &clock);
+        e.put_tier(tier("gold", &[(50, 60)], Some(77))).unwrap();
+        let k = e
+            .create_key(NewKey {
+                consumer: "acme".into(),
+                tier: "gold".into(),
+                scopes: vec!["x:read".into()],
+                name: Some("prod".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        for _ in 0..7 {
+            assert!(e.check(Some(&k.raw), Some("x:read"), 1).verdict.is_allowed());
+        }
+        let r = e.rotate_key(k.info.id, 3600).unwrap();
+        (k.info.id, k.raw, r.raw)
+    };
+    let e = open(dir.path(), &clock);
+    let info = e.key(id).unwrap();
+    assert_eq!(info.consumer, "acme");
+    assert_eq!(info.tier, "gold");
+    assert_eq!(info.scopes, vec!["x:read".to_string()]);
+    assert_eq!(info.name.as_deref(), Some("prod"));
+    assert_eq!(e.usage(id).unwrap().monthly_used, 7);
+    let d = e.check(Some(&raw), Some("x:read"), 1);
+    assert!(d.verdict.is_allowed(), "the old key's grace survives a restart");
+    assert_eq!(d.limits()[1].remaining, 77 - 8);
+    assert!(e.check(Some(&rotated), Some("x:read"), 1).verdict.is_allowed());
+}
+
+#[test]
+fn a_second_process_cannot_open_a_data_directory_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let _e = open(dir.path(), &clock);
+    let err = Engine::open(EngineOptions::new(dir.path()), Arc::new(clock.clone())).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn raw_keys_are_not_stored_anywhere_in_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let raws: Vec<String> = {
+        let e = open(dir.path(), &clock);
+        (0..5).map(|_| key(&e, "default").1).collect()
+    };
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for raw in &raws {
+            let secret_part = &raw.as_bytes()[raw.len() - 30..];
+            assert!(
+                !bytes.windows(secret_part.len()).any(|w| w == secret_part),
+                "raw key text found on disk"
+            );
+        }
+    }
+}
+
+#[test]
+fn many_threads_on_one_key_admit_exactly_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = Arc::new(open(dir.path(), &clock));
+    const Q: u64 = 5_000;
+    e.put_tier(tier("q", &[(1_000_000_000, 1)], Some(Q))).unwrap();
+    let (id, raw) = key(&e, "q");
+    let threads = 8;
+    let per_thread = 2_000; // 16,000 attempts for a quota of 5,000
+    let admitted: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let e = &e;
+                let raw = &raw;
+                s.spawn(move || {
+                    (0..per_thread)
+                        .filter(|_| e.check(Some(raw), None, 1).verdict.is_allowed())
+                        .count() as u64
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(admitted, Q);
+    assert_eq!(e.usage(id).unwrap().monthly_used, Q);
+}
+
+#[test]
+fn many_threads_on_one_key_never_exceed_the_burst_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = Arc::new(open(dir.path(), &clock));
+    let (_, raw) = key(&e, "default"); // 100 per minute, time frozen
+    let admitted: usize = std::thread::scope(|s| {
+        (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..500)
+                        .filter(|_| e.check(Some(&raw), None, 1).verdict.is_allowed())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum()
+    });
+    assert_eq!(admitted, 100);
+}
