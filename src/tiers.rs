@@ -96,8 +96,7 @@ pub enum TierError {
 fn valid_name(s: &str, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b) || extra.contains(&b))
 }
 
@@ -125,10 +124,11 @@ impl TierSpec {
         }
         let mut limits = Vec::with_capacity(self.limits.len());
         for l in &self.limits {
-            let limit = Limit::new(l.requests, l.period_seconds).map_err(|source| TierError::Limit {
-                tier: self.name.clone(),
-                source,
-            })?;
+            let limit =
+                Limit::new(l.requests, l.period_seconds).map_err(|source| TierError::Limit {
+                    tier: self.name.clone(),
+                    source,
+                })?;
             limits.push(limit);
         }
         limits.sort_by_key(|l| l.period_secs());
@@ -187,7 +187,11 @@ pub fn builtin_tiers() -> Vec<TierSpec> {
         spec("default", &[(100, 60)], Some(100_000)),
         spec("free", &[(60, 60), (1_000, 3_600)], Some(10_000)),
         spec("pro", &[(300, 60), (10_000, 3_600)], Some(1_000_000)),
-        spec("enterprise", &[(1_000, 60), (50_000, 3_600)], Some(10_000_000)),
+        spec(
+            "enterprise",
+            &[(1_000, 60), (50_000, 3_600)],
+            Some(10_000_000),
+        ),
     ]
 }
 
@@ -289,8 +293,20 @@ mod tests {
     fn builtins_match_the_published_plan_numbers() {
         let t = builtin_tiers();
         let find = |n: &str| t.iter().find(|s| s.name == n).unwrap().clone();
-        assert_eq!(find("default").limits, vec![LimitSpec { requests: 100, period_seconds: 60 }]);
-        assert_eq!(find("free").limits[1], LimitSpec { requests: 1_000, period_seconds: 3_600 });
+        assert_eq!(
+            find("default").limits,
+            vec![LimitSpec {
+                requests: 100,
+                period_seconds: 60
+            }]
+        );
+        assert_eq!(
+            find("free").limits[1],
+            LimitSpec {
+                requests: 1_000,
+                period_seconds: 3_600
+            }
+        );
         assert_eq!(find("pro").limits[0].requests, 300);
         assert_eq!(find("enterprise").limits[1].requests, 50_000);
         for s in t {
@@ -318,8 +334,12 @@ mod tests {
     #[test]
     fn bad_tier_files_name_the_fault() {
         let e = parse_tiers_toml("[tiers.x]\nlimits = []\n", "f.toml").unwrap_err();
-        assert!(e.to_string().contains("f.toml") && e.to_string().contains("limits"), "{e}");
-        let e = parse_tiers_toml("[tiers.x]\nlimits=[{requests=1, period=\"1w\"}]", "f").unwrap_err();
+        assert!(
+            e.to_string().contains("f.toml") && e.to_string().contains("limits"),
+            "{e}"
+        );
+        let e =
+            parse_tiers_toml("[tiers.x]\nlimits=[{requests=1, period=\"1w\"}]", "f").unwrap_err();
         assert!(e.to_string().contains("bad period"), "{e}");
         let e = parse_tiers_toml("[tiers.x]\nlimit=[]", "f").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");

@@ -64,7 +64,11 @@ fn bucket_exhausts_then_refills_one_token_per_interval() {
     clock.advance_secs(60);
     let d = e.check(Some(&raw), None, 1);
     assert_eq!(d.verdict, Verdict::Allowed);
-    assert_eq!(d.primary().unwrap().remaining, 99, "a full minute refills the whole bucket");
+    assert_eq!(
+        d.primary().unwrap().remaining,
+        99,
+        "a full minute refills the whole bucket"
+    );
 }
 
 #[test]
@@ -92,15 +96,25 @@ fn several_windows_apply_at_once_and_the_tightest_is_reported() {
         if d.verdict.is_allowed() {
             admitted += 1;
         } else {
-            assert_eq!(d.verdict, Verdict::RateLimited(1), "only the hourly window denies");
+            assert_eq!(
+                d.verdict,
+                Verdict::RateLimited(1),
+                "only the hourly window denies"
+            );
             assert_eq!(d.primary().unwrap().limit, 1000);
             first_hourly_denial.get_or_insert(t);
         }
     }
     let bound = 1000 + 1500 * 1000 / 3600;
-    assert!(admitted <= bound && admitted >= bound - 1, "admitted {admitted}, bound {bound}");
+    assert!(
+        admitted <= bound && admitted >= bound - 1,
+        "admitted {admitted}, bound {bound}"
+    );
     let t = first_hourly_denial.expect("the hourly window must bind");
-    assert!((1380..=1390).contains(&t), "hourly window first denied at {t} s");
+    assert!(
+        (1380..=1390).contains(&t),
+        "hourly window first denied at {t} s"
+    );
 }
 
 #[test]
@@ -116,7 +130,11 @@ fn monthly_quota_resets_on_first_of_month_utc_including_new_year() {
     }
     let d = e.check(Some(&raw), None, 1);
     assert_eq!(d.verdict, Verdict::QuotaExceeded);
-    assert_eq!(d.retry_after, Some(60), "seconds until 2027-01-01T00:00:00Z");
+    assert_eq!(
+        d.retry_after,
+        Some(60),
+        "seconds until 2027-01-01T00:00:00Z"
+    );
     assert_eq!(
         d.primary().unwrap().reset,
         datetime!(2027-01-01 00:00:00 UTC).unix_timestamp() as u64
@@ -151,7 +169,8 @@ fn cost_is_taken_from_every_limit_and_the_quota_or_from_none() {
     let dir = tempfile::tempdir().unwrap();
     let clock = mid_march();
     let e = open(dir.path(), &clock);
-    e.put_tier(tier("t", &[(10, 60), (15, 3600)], Some(100))).unwrap();
+    e.put_tier(tier("t", &[(10, 60), (15, 3600)], Some(100)))
+        .unwrap();
     let (id, raw) = key(&e, "t");
     let d = e.check(Some(&raw), None, 8);
     assert!(d.verdict.is_allowed());
@@ -161,7 +180,11 @@ fn cost_is_taken_from_every_limit_and_the_quota_or_from_none() {
     let d = e.check(Some(&raw), None, 5);
     assert_eq!(d.verdict, Verdict::RateLimited(0));
     let rem: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
-    assert_eq!(rem, vec![2, 7, 92], "a denial reports the figures untouched");
+    assert_eq!(
+        rem,
+        vec![2, 7, 92],
+        "a denial reports the figures untouched"
+    );
     assert_eq!(e.usage(id).unwrap().monthly_used, 8);
     let u = e.usage(id).unwrap();
     assert_eq!(u.limits[0].remaining, 2);
@@ -192,12 +215,21 @@ fn denials_consume_nothing_whatever_the_reason() {
         })
         .unwrap();
     for _ in 0..20 {
-        assert_eq!(e.check(Some(&k.raw), Some("a:write"), 1).verdict, Verdict::Forbidden);
-        assert_eq!(e.check(Some(&k.raw), None, 6).verdict, Verdict::RateLimited(0));
+        assert_eq!(
+            e.check(Some(&k.raw), Some("a:write"), 1).verdict,
+            Verdict::Forbidden
+        );
+        assert_eq!(
+            e.check(Some(&k.raw), None, 6).verdict,
+            Verdict::RateLimited(0)
+        );
     }
     assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 0);
     for _ in 0..5 {
-        assert!(e.check(Some(&k.raw), Some("a:read"), 1).verdict.is_allowed());
+        assert!(e
+            .check(Some(&k.raw), Some("a:read"), 1)
+            .verdict
+            .is_allowed());
     }
 }
 
@@ -216,9 +248,18 @@ fn scopes_grant_only_themselves_and_empty_means_unrestricted() {
         .unwrap();
     let (_, open_key) = key(&e, "pro");
     let check = |raw: &str, scope| e.check(Some(raw), scope, 1).verdict;
-    assert_eq!(check(&write_only.raw, Some("sessions:write")), Verdict::Allowed);
-    assert_eq!(check(&write_only.raw, Some("sessions:read")), Verdict::Forbidden);
-    assert_eq!(check(&write_only.raw, Some("never:seen")), Verdict::Forbidden);
+    assert_eq!(
+        check(&write_only.raw, Some("sessions:write")),
+        Verdict::Allowed
+    );
+    assert_eq!(
+        check(&write_only.raw, Some("sessions:read")),
+        Verdict::Forbidden
+    );
+    assert_eq!(
+        check(&write_only.raw, Some("never:seen")),
+        Verdict::Forbidden
+    );
     assert_eq!(check(&write_only.raw, None), Verdict::Allowed);
     assert_eq!(check(&open_key, Some("sessions:read")), Verdict::Allowed);
     assert_eq!(check(&open_key, Some("anything:else")), Verdict::Allowed);
@@ -241,14 +282,20 @@ fn a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(e.check(Some(&unrestricted), Some("reports:read"), 1).verdict, Verdict::Allowed);
     assert_eq!(
-        e.check(Some(&unrestricted), Some("governance:write"), 1).verdict,
+        e.check(Some(&unrestricted), Some("reports:read"), 1)
+            .verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        e.check(Some(&unrestricted), Some("governance:write"), 1)
+            .verdict,
         Verdict::PlanRequired
     );
     // The key's own scopes are checked first: forbidden wins over plan_required.
     assert_eq!(
-        e.check(Some(&limited.raw), Some("governance:write"), 1).verdict,
+        e.check(Some(&limited.raw), Some("governance:write"), 1)
+            .verdict,
         Verdict::Forbidden
     );
 }
@@ -322,7 +369,10 @@ fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period() {
     let d = e.check(Some(&rotated.raw), None, 1);
     assert!(d.verdict.is_allowed());
     assert_eq!(d.primary().unwrap().remaining, 59, "usage carried over");
-    assert!(e.check(Some(&old), None, 1).verdict.is_allowed(), "old key during grace");
+    assert!(
+        e.check(Some(&old), None, 1).verdict.is_allowed(),
+        "old key during grace"
+    );
     clock.advance_secs(30);
     assert_eq!(
         e.check(Some(&old), None, 1).verdict,
@@ -355,9 +405,16 @@ fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counter
     // Lower it below what is owed: the bucket clamps to the new capacity, it is not reset.
     e.put_tier(tier("t", &[(3, 60)], Some(5))).unwrap();
     let d = e.check(Some(&raw), None, 1);
-    assert_eq!(d.verdict, Verdict::QuotaExceeded, "5 used of the new monthly quota of 5");
+    assert_eq!(
+        d.verdict,
+        Verdict::QuotaExceeded,
+        "5 used of the new monthly quota of 5"
+    );
     assert_eq!(d.limits()[1].remaining, 0);
-    assert!(d.limits()[0].remaining <= 3, "the bucket never holds more than the new capacity");
+    assert!(
+        d.limits()[0].remaining <= 3,
+        "the bucket never holds more than the new capacity"
+    );
     let (_, fresh) = key(&e, "t");
     let d = e.check(Some(&fresh), None, 1);
     assert_eq!(d.limits()[0].remaining, 2);
@@ -391,7 +448,10 @@ fn a_per_key_quota_override_beats_the_tier() {
         })
         .unwrap();
     assert!(e.check(Some(&k.raw), None, 2).verdict.is_allowed());
-    assert_eq!(e.check(Some(&k.raw), None, 1).verdict, Verdict::QuotaExceeded);
+    assert_eq!(
+        e.check(Some(&k.raw), None, 1).verdict,
+        Verdict::QuotaExceeded
+    );
 }
 
 #[test]
@@ -433,7 +493,10 @@ fn keys_tiers_and_usage_survive_reopening() {
             })
             .unwrap();
         for _ in 0..7 {
-            assert!(e.check(Some(&k.raw), Some("x:read"), 1).verdict.is_allowed());
+            assert!(e
+                .check(Some(&k.raw), Some("x:read"), 1)
+                .verdict
+                .is_allowed());
         }
         let r = e.rotate_key(k.info.id, 3600).unwrap();
         (k.info.id, k.raw, r.raw)
@@ -446,9 +509,15 @@ fn keys_tiers_and_usage_survive_reopening() {
     assert_eq!(info.name.as_deref(), Some("prod"));
     assert_eq!(e.usage(id).unwrap().monthly_used, 7);
     let d = e.check(Some(&raw), Some("x:read"), 1);
-    assert!(d.verdict.is_allowed(), "the old key's grace survives a restart");
+    assert!(
+        d.verdict.is_allowed(),
+        "the old key's grace survives a restart"
+    );
     assert_eq!(d.limits()[1].remaining, 77 - 8);
-    assert!(e.check(Some(&rotated), Some("x:read"), 1).verdict.is_allowed());
+    assert!(e
+        .check(Some(&rotated), Some("x:read"), 1)
+        .verdict
+        .is_allowed());
 }
 
 #[test]
@@ -486,7 +555,8 @@ fn many_threads_on_one_key_admit_exactly_the_quota() {
     let clock = mid_march();
     let e = Arc::new(open(dir.path(), &clock));
     const Q: u64 = 5_000;
-    e.put_tier(tier("q", &[(1_000_000_000, 1)], Some(Q))).unwrap();
+    e.put_tier(tier("q", &[(1_000_000_000, 1)], Some(Q)))
+        .unwrap();
     let (id, raw) = key(&e, "q");
     let threads = 8;
     let per_thread = 2_000; // 16,000 attempts for a quota of 5,000

@@ -162,7 +162,8 @@ pub fn intern_scope_set(doc: &mut CatalogDoc, names: &[String]) -> Result<u32, C
         let id = match doc.scopes.iter().position(|s| s == n) {
             Some(i) => i as u16,
             None => {
-                let id = u16::try_from(doc.scopes.len()).map_err(|_| CatalogError::Full("scopes"))?;
+                let id =
+                    u16::try_from(doc.scopes.len()).map_err(|_| CatalogError::Full("scopes"))?;
                 doc.scopes.push(n.clone());
                 id
             }

@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn quanta_clock_is_near_wall_clock_and_never_goes_back() {
         let c = QuantaClock::new();
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let a = c.now_ns();
         let b = c.now_ns();
         assert!(b >= a);

@@ -36,8 +36,8 @@ use crate::store::arena::{Arena, ArenaKind};
 use crate::store::catalog_file::{self, CatalogDoc};
 use crate::store::datadir::DirLock;
 use crate::store::layout::{
-    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, COUNTERS_MAGIC,
-    FLAG_LIVE, FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
+    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, COUNTERS_MAGIC, FLAG_LIVE,
+    FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
 };
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
@@ -242,11 +242,18 @@ impl Engine {
             StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string())
         })?;
         let mut tier_use = vec![0u64; doc.tiers.len()];
-        let key_count = Self::load_records(&records, &stored, &shards, &mut tier_use)?;
+        let mut repairs = Vec::new();
+        let key_count =
+            Self::load_records(&records, &stored, &shards, &mut tier_use, &mut repairs)?;
+        Self::check_counters(&counters, &shards, key_count, &mut repairs)?;
         if key_count > 0 {
+            records.ensure(key_count - 1)?;
             counters.ensure(key_count - 1)?;
         }
-        Self::check_counters(&counters, &shards, key_count)?;
+        // Everything checked: only now touch the files (torn writes of a killed process).
+        for r in repairs {
+            r.apply(&records, &counters);
+        }
 
         let mut changed = fresh;
         if let Some(new_tiers) = opts.tiers {
@@ -283,6 +290,7 @@ impl Engine {
         catalog: &Catalog,
         shards: &Shards,
         tier_use: &mut [u64],
+        repairs: &mut Vec<Repair>,
     ) -> Result<u32, EngineError> {
         let cap = records.capacity();
         let mut count: u32 = 0;
@@ -292,7 +300,7 @@ impl Engine {
                 break;
             };
             // SAFETY: start-up, single-threaded; the pointer addresses one 512-byte slot.
-            let rs = unsafe { &mut *(ptr as *mut RecordSlot) };
+            let rs = unsafe { &*(ptr as *const RecordSlot) };
             let fault = |detail: String| StoreError::corrupt(records.path_of(slot), detail);
             match layout::read_checked(rs) {
                 SlotState::Empty => ended = true,
@@ -301,10 +309,13 @@ impl Engine {
                     // existed. Only possible for the last slot.
                     ended = true;
                     tracing::warn!(slot, file = %records.path_of(slot).display(), "discarding an interrupted key creation");
-                    *rs = RecordSlot::new_zeroed_pair();
+                    repairs.push(Repair::ClearRecord(slot));
                 }
                 SlotState::Damaged => {
-                    return Err(fault(format!("key record in slot {slot}: both copies fail their checksum")).into())
+                    return Err(fault(format!(
+                        "key record in slot {slot}: both copies fail their checksum"
+                    ))
+                    .into())
                 }
                 SlotState::Valid(r) => {
                     if ended {
@@ -314,7 +325,11 @@ impl Engine {
                         .into());
                     }
                     if r.id as u32 != slot || r.flags & FLAG_LIVE == 0 {
-                        return Err(fault(format!("key record in slot {slot} carries id {:#x}", r.id)).into());
+                        return Err(fault(format!(
+                            "key record in slot {slot} carries id {:#x}",
+                            r.id
+                        ))
+                        .into());
                     }
                     if catalog.tier(r.tier).is_none() {
                         return Err(fault(format!(
@@ -331,7 +346,7 @@ impl Engine {
                         .into());
                     }
                     if rs[layout::newest(rs)] != r {
-                        repair(rs, r);
+                        repairs.push(Repair::Record(slot, r));
                     }
                     let (shard, idx) = Shards::locate(slot);
                     let mut g = shards.lock(slot);
@@ -354,26 +369,37 @@ impl Engine {
         Ok(count)
     }
 
-    fn check_counters(counters: &Arena, shards: &Shards, key_count: u32) -> Result<(), EngineError> {
+    fn check_counters(
+        counters: &Arena,
+        shards: &Shards,
+        key_count: u32,
+        repairs: &mut Vec<Repair>,
+    ) -> Result<(), EngineError> {
         for slot in 0..counters.capacity() as u32 {
             let Some(ptr) = counters.slot_ptr(slot) else {
                 break;
             };
             // SAFETY: start-up, single-threaded; one 128-byte slot.
-            let cs = unsafe { &mut *(ptr as *mut CounterSlot) };
+            let cs = unsafe { &*(ptr as *const CounterSlot) };
             let fault = |detail: String| StoreError::corrupt(counters.path_of(slot), detail);
             let state = layout::read_checked(cs);
             if slot >= key_count {
                 if !matches!(state, SlotState::Empty) {
-                    return Err(fault(format!("counter slot {slot} holds data but no key record exists")).into());
+                    return Err(fault(format!(
+                        "counter slot {slot} holds data but no key record exists"
+                    ))
+                    .into());
                 }
                 continue;
             }
             match state {
                 SlotState::Empty => {}
-                SlotState::Interrupted => *cs = CounterSlot::default(),
+                SlotState::Interrupted => repairs.push(Repair::ClearCounter(slot)),
                 SlotState::Damaged => {
-                    return Err(fault(format!("counter slot {slot}: both copies fail their checksum")).into())
+                    return Err(fault(format!(
+                        "counter slot {slot}: both copies fail their checksum"
+                    ))
+                    .into())
                 }
                 SlotState::Valid(c) => {
                     let (_, idx) = Shards::locate(slot);
@@ -386,7 +412,7 @@ impl Engine {
                         .into());
                     }
                     if cs[layout::newest(cs)] != c {
-                        repair(cs, c);
+                        repairs.push(Repair::Counter(slot, c));
                     }
                 }
             }
@@ -428,16 +454,23 @@ impl Engine {
 
     /// # Safety
     /// The caller holds the lock of the shard owning `slot`, and `slot` has a record.
+    // The shard lock, not `&mut self`, is what makes this access exclusive.
+    #[allow(clippy::mut_from_ref)]
     #[inline]
     unsafe fn counter_slot(&self, slot: u32) -> Option<&mut CounterSlot> {
-        self.counters.slot_ptr(slot).map(|p| &mut *(p as *mut CounterSlot))
+        self.counters
+            .slot_ptr(slot)
+            .map(|p| &mut *(p as *mut CounterSlot))
     }
 
     /// # Safety
     /// The caller holds the lock of the shard owning `slot`.
+    #[allow(clippy::mut_from_ref)]
     #[inline]
     unsafe fn record_slot(&self, slot: u32) -> Option<&mut RecordSlot> {
-        self.records.slot_ptr(slot).map(|p| &mut *(p as *mut RecordSlot))
+        self.records
+            .slot_ptr(slot)
+            .map(|p| &mut *(p as *mut RecordSlot))
     }
 
     /// Decides whether `raw_key` may make a call needing `scope` (if any) at `cost` (>= 1).
@@ -447,7 +480,8 @@ impl Engine {
     pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
         let now = self.clock.now_ns();
         let now_s = secs(now);
-        let unauthorized = |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
+        let unauthorized =
+            |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
         let raw = match raw_key {
             None | Some("") => return unauthorized(AuthFailure::Missing, None, None),
             Some(r) => r,
@@ -521,7 +555,11 @@ impl Engine {
         } else {
             tier.spec.monthly_quota
         };
-        let used = if cur.month == month.id { cur.month_used } else { 0 };
+        let used = if cur.month == month.id {
+            cur.month_used
+        } else {
+            0
+        };
         let quota_denied = quota.is_some_and(|q| used.saturating_add(cost) > q);
         let admit = denied_by.is_none() && !quota_denied;
 
@@ -552,7 +590,11 @@ impl Engine {
             });
         }
         if let Some(q) = quota {
-            let remaining = if admit { q - used - cost } else { q.saturating_sub(used) };
+            let remaining = if admit {
+                q - used - cost
+            } else {
+                q.saturating_sub(used)
+            };
             if remaining < tightest.0 {
                 tightest = (remaining, d.limits().len());
             }
@@ -633,7 +675,8 @@ impl Engine {
     pub fn flush(&self) -> Result<(), EngineError> {
         self.counters.flush_all()?;
         self.records.flush_all()?;
-        self.last_flush_ns.store(self.clock.now_ns(), Ordering::Relaxed);
+        self.last_flush_ns
+            .store(self.clock.now_ns(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -645,7 +688,8 @@ impl Engine {
     // ----- admin: keys -----------------------------------------------------------------------
 
     fn validate_new(&self, k: &NewKey) -> Result<(), EngineError> {
-        if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0') {
+        if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0')
+        {
             return Err(EngineError::Invalid(format!(
                 "consumer must be 1-{MAX_CONSUMER_LEN} bytes without NUL"
             )));
@@ -829,7 +873,8 @@ impl Engine {
             let Ok(info) = self.info_by_slot(slot) else {
                 continue;
             };
-            if consumer.is_some_and(|c| c != info.consumer) || tier.is_some_and(|t| t != info.tier) {
+            if consumer.is_some_and(|c| c != info.consumer) || tier.is_some_and(|t| t != info.tier)
+            {
                 continue;
             }
             if out.len() == limit {
@@ -845,7 +890,12 @@ impl Engine {
     fn modify(
         &self,
         id: KeyId,
-        f: impl FnOnce(&mut RecordHalf, &mut CatalogDoc, &Catalog, &mut AdminState) -> Result<(), EngineError>,
+        f: impl FnOnce(
+            &mut RecordHalf,
+            &mut CatalogDoc,
+            &Catalog,
+            &mut AdminState,
+        ) -> Result<(), EngineError>,
     ) -> Result<RecordHalf, EngineError> {
         let mut admin = self.admin.lock();
         let old = self.read_record(id)?;
@@ -944,7 +994,9 @@ impl Engine {
         let now = self.clock.now_ns();
         let rec = self.modify(id, |r, _, _, _| {
             if r.flags & FLAG_REVOKED != 0 {
-                return Err(EngineError::Invalid("a revoked key cannot be rotated".into()));
+                return Err(EngineError::Invalid(
+                    "a revoked key cannot be rotated".into(),
+                ));
             }
             let prefix_len = layout::get_str(&r.display_prefix)
                 .map(|p| p.len().saturating_sub(8))
@@ -1018,7 +1070,11 @@ impl Engine {
 
     /// Every tier in force.
     pub fn tiers(&self) -> Vec<TierSpec> {
-        self.catalog.load().tiers().map(|(_, t)| t.spec.clone()).collect()
+        self.catalog
+            .load()
+            .tiers()
+            .map(|(_, t)| t.spec.clone())
+            .collect()
     }
 
     /// Number of keys on each tier, by name.
@@ -1027,7 +1083,12 @@ impl Engine {
         self.catalog
             .load()
             .tiers()
-            .map(|(i, t)| (t.spec.name.clone(), admin.tier_use.get(usize::from(i)).copied().unwrap_or(0)))
+            .map(|(i, t)| {
+                (
+                    t.spec.name.clone(),
+                    admin.tier_use.get(usize::from(i)).copied().unwrap_or(0),
+                )
+            })
             .collect()
     }
 
@@ -1106,7 +1167,9 @@ impl Drop for Engine {
 
 fn validate_scopes(scopes: &[String]) -> Result<(), EngineError> {
     if scopes.len() > MAX_KEY_SCOPES {
-        return Err(EngineError::Invalid(format!("at most {MAX_KEY_SCOPES} scopes per key")));
+        return Err(EngineError::Invalid(format!(
+            "at most {MAX_KEY_SCOPES} scopes per key"
+        )));
     }
     if let Some(bad) = scopes.iter().find(|s| !tiers::valid_scope(s)) {
         return Err(EngineError::Invalid(format!(
@@ -1126,7 +1189,11 @@ fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
 }
 
 /// Replaces the tiers of `doc` by `specs`, keeping the index of every tier that stays.
-fn replace_tiers(doc: &mut CatalogDoc, use_: &[u64], specs: Vec<TierSpec>) -> Result<(), EngineError> {
+fn replace_tiers(
+    doc: &mut CatalogDoc,
+    use_: &[u64],
+    specs: Vec<TierSpec>,
+) -> Result<(), EngineError> {
     let mut specs: Vec<TierSpec> = specs.into_iter().map(TierSpec::normalized).collect();
     for s in &specs {
         s.validate().map_err(CatalogError::from)?;
@@ -1156,12 +1223,40 @@ fn replace_tiers(doc: &mut CatalogDoc, use_: &[u64], specs: Vec<TierSpec>) -> Re
     Ok(())
 }
 
-trait ZeroPair {
-    fn new_zeroed_pair() -> Self;
+/// A fix for a torn write found at start-up, applied once every file has passed its checks.
+enum Repair {
+    Record(u32, RecordHalf),
+    ClearRecord(u32),
+    Counter(u32, CounterHalf),
+    ClearCounter(u32),
 }
 
-impl ZeroPair for RecordSlot {
-    fn new_zeroed_pair() -> Self {
-        <RecordSlot as zerocopy::FromZeros>::new_zeroed()
+impl Repair {
+    fn apply(self, records: &Arena, counters: &Arena) {
+        // SAFETY: start-up, single-threaded; each pointer addresses one slot of its arena.
+        unsafe {
+            match self {
+                Repair::Record(slot, r) => {
+                    if let Some(p) = records.slot_ptr(slot) {
+                        repair(&mut *(p as *mut RecordSlot), r);
+                    }
+                }
+                Repair::ClearRecord(slot) => {
+                    if let Some(p) = records.slot_ptr(slot) {
+                        std::ptr::write_bytes(p, 0, std::mem::size_of::<RecordSlot>());
+                    }
+                }
+                Repair::Counter(slot, c) => {
+                    if let Some(p) = counters.slot_ptr(slot) {
+                        repair(&mut *(p as *mut CounterSlot), c);
+                    }
+                }
+                Repair::ClearCounter(slot) => {
+                    if let Some(p) = counters.slot_ptr(slot) {
+                        std::ptr::write_bytes(p, 0, std::mem::size_of::<CounterSlot>());
+                    }
+                }
+            }
+        }
     }
 }

@@ -57,7 +57,10 @@ pub fn next_month_start(unix_secs: u64) -> u64 {
 pub fn secs_until_next_month(unix_ns: u64) -> u64 {
     let secs = unix_ns / 1_000_000_000;
     let next_ns = next_month_start(secs).saturating_mul(1_000_000_000);
-    next_ns.saturating_sub(unix_ns).div_ceil(1_000_000_000).max(1)
+    next_ns
+        .saturating_sub(unix_ns)
+        .div_ceil(1_000_000_000)
+        .max(1)
 }
 
 /// A cached `[start, end)` of the current month so the hot path does no calendar math.
@@ -112,7 +115,10 @@ mod tests {
     fn leap_february_has_29_days() {
         let feb29 = ts(datetime!(2028-02-29 12:00:00 UTC));
         assert_eq!(month_of(feb29), 2028 * 12 + 1);
-        assert_eq!(next_month_start(feb29), ts(datetime!(2028-03-01 00:00:00 UTC)));
+        assert_eq!(
+            next_month_start(feb29),
+            ts(datetime!(2028-03-01 00:00:00 UTC))
+        );
         assert_eq!(secs_until_next_month(feb29 * 1_000_000_000), 12 * 3600);
         // 2100 is not a leap year.
         assert_eq!(

@@ -69,8 +69,7 @@ pub enum RawKeyError {
 /// Whether `p` is an acceptable key prefix.
 pub fn valid_prefix(p: &str) -> bool {
     p.len() <= MAX_PREFIX_LEN
-        && p
-            .bytes()
+        && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 

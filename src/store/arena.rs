@@ -75,7 +75,8 @@ impl Arena {
 
     /// Opens every existing segment (0, 1, … until one is missing), checking each header.
     pub fn open(dir: &Path, kind: ArenaKind, data_dir_id: u64) -> Result<Self, StoreError> {
-        let segments: Box<[OnceLock<Segment>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
+        let segments: Box<[OnceLock<Segment>]> =
+            (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let arena = Arena {
             dir: dir.to_path_buf(),
             kind,
@@ -137,7 +138,11 @@ impl Arena {
         if header.magic != self.kind.magic {
             return Err(StoreError::corrupt(
                 path,
-                format!("bad magic {:?}: not a quotad {} file", String::from_utf8_lossy(&header.magic), self.kind.stem),
+                format!(
+                    "bad magic {:?}: not a quotad {} file",
+                    String::from_utf8_lossy(&header.magic),
+                    self.kind.stem
+                ),
             ));
         }
         if header.crc != header.compute_crc() {
@@ -244,7 +249,8 @@ impl Arena {
             }
             let s = self.create_segment(n)?;
             let _ = self.segments[n].set(s);
-            self.count.store(n + 1, std::sync::atomic::Ordering::Release);
+            self.count
+                .store(n + 1, std::sync::atomic::Ordering::Release);
         }
         Ok(())
     }
@@ -254,7 +260,10 @@ impl Arena {
     /// The memory is valid for the arena's lifetime and `slot_size` bytes long, aligned to 64.
     #[inline]
     pub fn slot_ptr(&self, slot: u32) -> Option<*mut u8> {
-        let seg = self.segments.get((slot / SLOTS_PER_SEGMENT) as usize)?.get()?;
+        let seg = self
+            .segments
+            .get((slot / SLOTS_PER_SEGMENT) as usize)?
+            .get()?;
         let off = HEADER_LEN + (slot % SLOTS_PER_SEGMENT) as usize * self.kind.slot_size;
         // SAFETY: `off + slot_size` is within the mapping, whose size was checked at open.
         Some(unsafe { seg.base.add(off) })
@@ -267,7 +276,11 @@ impl Arena {
 
     /// Synchronously writes slot `slot`'s pages to disk (`msync`).
     pub fn flush_slot(&self, slot: u32) -> Result<(), StoreError> {
-        let Some(seg) = self.segments.get((slot / SLOTS_PER_SEGMENT) as usize).and_then(|s| s.get()) else {
+        let Some(seg) = self
+            .segments
+            .get((slot / SLOTS_PER_SEGMENT) as usize)
+            .and_then(|s| s.get())
+        else {
             return Ok(());
         };
         let off = HEADER_LEN + (slot % SLOTS_PER_SEGMENT) as usize * self.kind.slot_size;
@@ -278,7 +291,10 @@ impl Arena {
 
     /// Synchronously writes every mapped page to disk (`msync`).
     pub fn flush_all(&self) -> Result<(), StoreError> {
-        for s in self.segments[..self.segment_count()].iter().filter_map(|s| s.get()) {
+        for s in self.segments[..self.segment_count()]
+            .iter()
+            .filter_map(|s| s.get())
+        {
             s.map.flush().map_err(|e| StoreError::io(&s.path, e))?;
         }
         Ok(())

@@ -74,23 +74,38 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<CatalogDoc, StoreError> {
             expected: CATALOG_VERSION,
         });
     }
-    if crc.len() != 8 || !crc.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+    if crc.len() != 8
+        || !crc
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
         return Err(StoreError::corrupt(path, "unreadable crc32"));
     }
-    let crc = u32::from_str_radix(crc, 16)
-        .map_err(|_| StoreError::corrupt(path, "unreadable crc32"))?;
-    let json = bytes[nl + 1..].strip_suffix(b"\n").unwrap_or(&bytes[nl + 1..]);
+    let crc =
+        u32::from_str_radix(crc, 16).map_err(|_| StoreError::corrupt(path, "unreadable crc32"))?;
+    let json = bytes[nl + 1..]
+        .strip_suffix(b"\n")
+        .unwrap_or(&bytes[nl + 1..]);
     if crc32fast::hash(json) != crc {
-        return Err(StoreError::corrupt(path, "checksum mismatch (file damaged or truncated)"));
+        return Err(StoreError::corrupt(
+            path,
+            "checksum mismatch (file damaged or truncated)",
+        ));
     }
     let doc: CatalogDoc = serde_json::from_slice(json)
         .map_err(|e| StoreError::corrupt(path, format!("bad JSON: {e}")))?;
     if doc.scope_sets.first().is_none_or(|s| !s.is_empty()) {
-        return Err(StoreError::corrupt(path, "scope set 0 must be the empty set"));
+        return Err(StoreError::corrupt(
+            path,
+            "scope set 0 must be the empty set",
+        ));
     }
     for set in &doc.scope_sets {
         if set.iter().any(|&id| usize::from(id) >= doc.scopes.len()) {
-            return Err(StoreError::corrupt(path, "a scope set names an unknown scope"));
+            return Err(StoreError::corrupt(
+                path,
+                "a scope set names an unknown scope",
+            ));
         }
     }
     Ok(doc)
@@ -118,7 +133,10 @@ mod tests {
     fn doc() -> CatalogDoc {
         CatalogDoc {
             data_dir_id: 42,
-            tiers: crate::tiers::builtin_tiers().into_iter().map(Some).collect(),
+            tiers: crate::tiers::builtin_tiers()
+                .into_iter()
+                .map(Some)
+                .collect(),
             scopes: vec!["a:read".into()],
             scope_sets: vec![vec![], vec![0]],
         }

@@ -68,7 +68,9 @@ impl SegmentHeader {
 }
 
 /// One half of a key's counter slot: every bucket, the month's usage and last use.
-#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct CounterHalf {
     /// Write sequence; the half with the larger (wrapping) value is current. 0 = never written.
@@ -314,7 +316,10 @@ mod tests {
         slot[0].seq = u32::MAX;
         slot[1].seq = u32::MAX - 1;
         write_next(&mut slot, half(9));
-        assert_eq!(slot[1].seq, 1, "sequence 0 is skipped: it means never written");
+        assert_eq!(
+            slot[1].seq, 1,
+            "sequence 0 is skipped: it means never written"
+        );
         assert_eq!(newest(&slot), 1);
     }
 }

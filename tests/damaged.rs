@@ -1,0 +1,227 @@
+//! Every kind of damaged data file stops start-up with an error naming the file and the fault,
+//! and nothing in the data directory is changed by the failed start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quotad::keys::NewKey;
+use quotad::{Engine, EngineOptions, FakeClock};
+
+const HEADER: u64 = 4096;
+
+fn clock() -> FakeClock {
+    FakeClock::at_secs(1_780_000_000)
+}
+
+/// A data directory with 3 keys that have been used.
+fn populated() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    let mut raws = Vec::new();
+    for _ in 0..3 {
+        let k = e
+            .create_key(NewKey {
+                consumer: "c".into(),
+                tier: "pro".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        for _ in 0..5 {
+            assert!(e.check(Some(&k.raw), None, 1).verdict.is_allowed());
+        }
+        raws.push(k.raw);
+    }
+    drop(e);
+    (tmp, dir, raws)
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "lock")
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Opens `dir` expecting failure; checks the message names `file` and contains `fault`, and that
+/// no file changed.
+fn refuses(dir: &Path, file: &str, fault: &str) {
+    let before = snapshot(dir);
+    let err = Engine::open(EngineOptions::new(dir), Arc::new(clock()))
+        .expect_err("start-up must refuse a damaged data directory")
+        .to_string();
+    assert!(err.contains(file), "error does not name {file}: {err}");
+    assert!(err.contains(fault), "error does not say {fault:?}: {err}");
+    assert!(snapshot(dir) == before, "a failed start-up changed files");
+}
+
+fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn flip(path: &Path, offset: u64) {
+    let b = std::fs::read(path).unwrap()[offset as usize];
+    patch(path, offset, &[b ^ 0x5a]);
+}
+
+#[test]
+fn a_damaged_catalog_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("catalog.json");
+    let len = std::fs::metadata(&p).unwrap().len();
+    flip(&p, len / 2);
+    refuses(&dir, "catalog.json", "checksum mismatch");
+}
+
+#[test]
+fn a_truncated_catalog_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("catalog.json");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    refuses(&dir, "catalog.json", "corrupt");
+}
+
+#[test]
+fn a_missing_catalog_with_key_files_present_is_refused() {
+    let (_t, dir, _) = populated();
+    std::fs::remove_file(dir.join("catalog.json")).unwrap();
+    refuses(&dir, "catalog.json", "missing");
+}
+
+#[test]
+fn a_key_file_with_a_bad_header_is_refused() {
+    let (_t, dir, _) = populated();
+    flip(&dir.join("keys-00000.qd"), 20);
+    refuses(&dir, "keys-00000.qd", "header checksum mismatch");
+}
+
+#[test]
+fn a_file_of_another_kind_is_refused() {
+    let (_t, dir, _) = populated();
+    patch(&dir.join("counters-00000.qd"), 0, b"NOTQUOTA");
+    refuses(&dir, "counters-00000.qd", "bad magic");
+}
+
+#[test]
+fn a_file_of_another_format_version_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("keys-00000.qd");
+    let mut header = std::fs::read(&p).unwrap()[..48].to_vec();
+    header[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&header[..40]);
+    header[40..44].copy_from_slice(&crc.to_le_bytes());
+    patch(&p, 0, &header);
+    refuses(&dir, "keys-00000.qd", "unsupported format version 2");
+}
+
+#[test]
+fn a_truncated_counter_file_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("counters-00000.qd");
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(HEADER + 1000).unwrap();
+    refuses(&dir, "counters-00000.qd", "truncated");
+}
+
+#[test]
+fn a_file_shorter_than_its_header_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("keys-00000.qd");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    refuses(&dir, "keys-00000.qd", "truncated");
+}
+
+#[test]
+fn a_key_record_damaged_in_both_copies_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("keys-00000.qd");
+    let slot = HEADER + 512;
+    flip(&p, slot + 100);
+    flip(&p, slot + 256 + 100);
+    refuses(&dir, "keys-00000.qd", "key record in slot 1");
+}
+
+#[test]
+fn a_counter_slot_damaged_in_both_copies_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("counters-00000.qd");
+    let slot = HEADER + 2 * 128;
+    flip(&p, slot + 40);
+    flip(&p, slot + 64 + 40);
+    refuses(&dir, "counters-00000.qd", "counter slot 2");
+}
+
+#[test]
+fn counter_data_without_a_key_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("counters-00000.qd");
+    patch(&p, HEADER + 50 * 128 + 16, &[1, 2, 3]);
+    refuses(&dir, "counters-00000.qd", "no key record");
+}
+
+#[test]
+fn files_from_another_data_directory_are_refused() {
+    let (_t1, dir, _) = populated();
+    let (_t2, other, _) = populated();
+    std::fs::copy(
+        other.join("counters-00000.qd"),
+        dir.join("counters-00000.qd"),
+    )
+    .unwrap();
+    refuses(&dir, "counters-00000.qd", "another data directory");
+}
+
+#[test]
+fn a_missing_segment_before_a_present_one_is_refused() {
+    let (_t, dir, _) = populated();
+    std::fs::rename(dir.join("keys-00000.qd"), dir.join("keys-00001.qd")).unwrap();
+    refuses(&dir, "keys-00000.qd", "missing");
+}
+
+#[test]
+fn a_torn_newest_counter_copy_falls_back_to_the_previous_state_and_is_repaired() {
+    let (_t, dir, raws) = populated();
+    let p = dir.join("counters-00000.qd");
+    // Key 0 was admitted 5 times: seq 5 is in half 0 (writes go 1→half1, 2→half0, …).
+    let bytes = std::fs::read(&p).unwrap();
+    let s0 = u32::from_le_bytes(
+        bytes[HEADER as usize..HEADER as usize + 4]
+            .try_into()
+            .unwrap(),
+    );
+    let s1 = u32::from_le_bytes(
+        bytes[HEADER as usize + 64..HEADER as usize + 68]
+            .try_into()
+            .unwrap(),
+    );
+    let newest = if s1 > s0 { 1 } else { 0 };
+    flip(&p, HEADER + newest * 64 + 48); // inside month_used of the newest copy
+    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    let id = quotad::keys::format::parse(&raws[0]).unwrap();
+    assert_eq!(
+        e.usage(id).unwrap().monthly_used,
+        4,
+        "the write in progress is lost, nothing else"
+    );
+    assert!(e.check(Some(&raws[0]), None, 1).verdict.is_allowed());
+    drop(e);
+    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    assert_eq!(e.usage(id).unwrap().monthly_used, 5);
+}
