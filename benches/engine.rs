@@ -1,1 +1,167 @@
-fn main() {}
+//! The engine's full check against `governor`'s keyed GCRA limiter, in one run, over 1,000,000
+//! keys picked in the same pseudo-random order, on 1 and 2 threads; and a restart (open) of a data
+//! directory holding those 1,000,000 keys.
+//!
+//! Full check = parse the key, authenticate it, revocation/expiry, key scope and plan scope, two
+//! tier windows (GCRA), the monthly quota, and the double-buffered write of the new state into the
+//! memory-mapped counter file. governor's check = one GCRA cell in a `DashMap` keyed by the same
+//! raw key strings.
+//!
+//! Run: `cargo bench --bench engine` (set `QUOTAD_BENCH_KEYS` to use fewer keys).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use quotad::keys::NewKey;
+use quotad::tiers::{LimitSpec, TierSpec};
+use quotad::{Engine, EngineOptions, QuantaClock};
+
+fn key_count() -> usize {
+    std::env::var("QUOTAD_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// xorshift64*: the same index sequence for both contenders.
+fn pattern(n: usize, len: usize) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as u32
+        })
+        .collect()
+}
+
+fn bench_tier() -> TierSpec {
+    TierSpec {
+        name: "bench".into(),
+        // Large enough that every check is admitted and writes its new state.
+        limits: vec![
+            LimitSpec {
+                requests: 1_000_000_000,
+                period_seconds: 60,
+            },
+            LimitSpec {
+                requests: 1_000_000_000,
+                period_seconds: 3600,
+            },
+        ],
+        monthly_quota: Some(1_000_000_000_000),
+        scopes: Some(vec!["api:read".into(), "api:write".into()]),
+    }
+}
+
+fn build(dir: &std::path::Path, n: usize) -> (Engine, Vec<String>) {
+    let mut opts = EngineOptions::new(dir);
+    opts.sync_records = false;
+    let engine = Engine::open(opts, Arc::new(QuantaClock::new())).expect("open");
+    engine.put_tier(bench_tier()).unwrap();
+    let mut raws = Vec::with_capacity(n);
+    while raws.len() < n {
+        let batch = (n - raws.len()).min(100_000);
+        let news = (0..batch)
+            .map(|i| NewKey {
+                consumer: format!("c{}", (raws.len() + i) % 1000),
+                tier: "bench".into(),
+                scopes: vec!["api:read".into()],
+                ..Default::default()
+            })
+            .collect();
+        raws.extend(engine.create_keys(news).unwrap().into_iter().map(|k| k.raw));
+    }
+    engine.flush().unwrap();
+    (engine, raws)
+}
+
+fn run_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
+    let per = iters.div_ceil(threads as u64);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let f = &f;
+            s.spawn(move || f(t, per));
+        }
+    });
+    start.elapsed()
+}
+
+fn checks(c: &mut Criterion) {
+    let n = key_count();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, raws) = build(dir.path(), n);
+    let order = pattern(n, 1 << 22);
+    let mask = order.len() - 1;
+
+    type Keyed = governor::RateLimiter<
+        String,
+        governor::state::keyed::DefaultKeyedStateStore<String>,
+        governor::clock::DefaultClock,
+    >;
+    let quota = governor::Quota::per_minute(NonZeroU32::new(1_000_000_000).unwrap());
+    let gov: Keyed = governor::RateLimiter::keyed(quota);
+    for r in &raws {
+        let _ = gov.check_key(r);
+    }
+
+    let mut g = c.benchmark_group(format!("check_{n}_keys"));
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(8));
+    for threads in [1usize, 2] {
+        g.bench_function(BenchmarkId::new("quotad_full_check", threads), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, |t, per| {
+                    let mut i = t * 7919;
+                    for _ in 0..per {
+                        let raw = &raws[order[i & mask] as usize];
+                        let d = engine.check(Some(raw), Some("api:read"), 1);
+                        debug_assert!(d.verdict.is_allowed());
+                        std::hint::black_box(&d);
+                        i += 1;
+                    }
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("governor_keyed_check", threads), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, |t, per| {
+                    let mut i = t * 7919;
+                    for _ in 0..per {
+                        let raw = &raws[order[i & mask] as usize];
+                        std::hint::black_box(gov.check_key(raw).is_ok());
+                        i += 1;
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+    drop(engine);
+
+    let mut g = c.benchmark_group(format!("restart_{n}_keys"));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.bench_function("open_data_dir", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let e = Engine::open(EngineOptions::new(dir.path()), Arc::new(QuantaClock::new()))
+                    .unwrap();
+                total += start.elapsed();
+                assert_eq!(e.key_count(), n as u64);
+                drop(e);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, checks);
+criterion_main!(benches);

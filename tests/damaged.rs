@@ -120,7 +120,7 @@ fn a_file_of_another_format_version_is_refused() {
     let p = dir.join("keys-00000.qd");
     let mut header = std::fs::read(&p).unwrap()[..48].to_vec();
     header[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32fast::hash(&header[..40]);
+    let crc = crc32c::crc32c(&header[..40]);
     header[40..44].copy_from_slice(&crc.to_le_bytes());
     patch(&p, 0, &header);
     refuses(&dir, "keys-00000.qd", "unsupported format version 2");

@@ -24,7 +24,9 @@ pub struct Catalog {
     doc: CatalogDoc,
     tiers: Vec<Option<CompiledTier>>,
     tier_by_name: HashMap<String, u16>,
-    scope_ids: HashMap<String, u16>,
+    /// Looked up on every check that names a scope: foldhash, not SipHash (the map is built
+    /// from operator-defined names, not attacker input).
+    scope_ids: HashMap<String, u16, foldhash::fast::RandomState>,
 }
 
 /// Why a catalog could not be compiled or changed.
@@ -47,7 +49,8 @@ impl Catalog {
         if doc.scope_sets.is_empty() {
             doc.scope_sets.push(Vec::new());
         }
-        let mut scope_ids: HashMap<String, u16> = HashMap::with_capacity(doc.scopes.len());
+        let mut scope_ids: HashMap<String, u16, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(doc.scopes.len(), Default::default());
         for (i, s) in doc.scopes.iter().enumerate() {
             scope_ids.insert(s.clone(), i as u16);
         }

@@ -94,8 +94,9 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
+    // All-zero, so a new decision's table is a memset rather than a copy.
     const EMPTY: LimitStatus = LimitStatus {
-        kind: LimitKind::Monthly,
+        kind: LimitKind::Window { period_secs: 0 },
         limit: 0,
         remaining: 0,
         reset: 0,

@@ -348,10 +348,11 @@ impl Engine {
                     if rs[layout::newest(rs)] != r {
                         repairs.push(Repair::Record(slot, r));
                     }
-                    let (shard, idx) = Shards::locate(slot);
+                    let (_, idx) = Shards::locate(slot);
+                    shards.ensure(slot);
                     let mut g = shards.lock(slot);
-                    debug_assert_eq!(g.entries.len(), idx, "shard {shard}");
-                    g.entries.push(hot_from_record(&r));
+                    // SAFETY: shard lock held; ensured above.
+                    unsafe { *shards.entry(slot) = hot_from_record(&r) };
                     if r.previous_valid_until_ns != 0 {
                         g.grace.insert(
                             idx as u32,
@@ -402,8 +403,9 @@ impl Engine {
                     .into())
                 }
                 SlotState::Valid(c) => {
-                    let (_, idx) = Shards::locate(slot);
-                    let id = shards.lock(slot).entries[idx].id;
+                    let _g = shards.lock(slot);
+                    // SAFETY: shard lock held; every slot below key_count was ensured.
+                    let id = unsafe { shards.entry(slot) }.id;
                     if c.key_id != id {
                         return Err(fault(format!(
                             "counter slot {slot} belongs to key {:#x}, record says {id:#x}",
@@ -490,15 +492,26 @@ impl Engine {
             return unauthorized(AuthFailure::Malformed, None, None);
         };
         let cost = cost.clamp(1, MAX_COST);
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
+            return unauthorized(AuthFailure::Unknown, None, None);
+        }
+        let (Some(entry_ptr), Some(counter_ptr)) =
+            (self.shards.entry_ptr(slot), self.counters.slot_ptr(slot))
+        else {
+            return unauthorized(AuthFailure::Unknown, None, None);
+        };
+        // Both are likely cache (and TLB) misses: start them now and hash the key meanwhile.
+        prefetch(entry_ptr as *const u8);
+        prefetch(counter_ptr);
+        prefetch(counter_ptr.wrapping_add(64));
         let fast = self.fast_digest(raw);
         let catalog = self.catalog.load();
-        let slot = id.slot();
         let (_, idx) = Shards::locate(slot);
         let mut guard = self.shards.lock(slot);
         let shard: &mut ShardData = &mut guard;
-        let Some(entry) = shard.entries.get(idx).copied() else {
-            return unauthorized(AuthFailure::Unknown, None, None);
-        };
+        // SAFETY: we hold the shard lock; slots below key_count have entries.
+        let entry = unsafe { *self.shards.entry(slot) };
         if entry.id != id.0 {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
@@ -655,7 +668,8 @@ impl Engine {
         let rec = rs[layout::newest(rs)];
         let h = keyfmt::hash(raw);
         if bool::from(h.ct_eq(&rec.hash_current)) {
-            shard.entries[idx].fast = fast;
+            // SAFETY: shard lock held (the caller's `shard`).
+            unsafe { self.shards.entry(slot) }.fast = fast;
             return Ok(());
         }
         if rec.previous_valid_until_ns != 0 && bool::from(h.ct_eq(&rec.hash_previous)) {
@@ -775,14 +789,17 @@ impl Engine {
                 name: layout::put_str(k.name.as_deref().unwrap_or("")),
             };
             {
-                let mut g = self.shards.lock(slot);
+                let g = self.shards.lock(slot);
                 // SAFETY: shard lock held; `ensure` created the slot.
                 let rs = unsafe { self.record_slot(slot) }.ok_or(EngineError::UnknownKey)?;
                 // Both halves, so that a damaged copy of a key never updated since can be told
                 // apart from an interrupted creation.
                 layout::write_next(rs, rec);
                 layout::write_next(rs, rec);
-                g.entries.push(hot_from_record(&rec));
+                // SAFETY: shard lock held; ensured below before the slot is published.
+                self.shards.ensure(slot);
+                unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
+                drop(g);
             }
             if self.sync_records && out.len() < 64 {
                 self.records.flush_slot(slot)?;
@@ -794,7 +811,7 @@ impl Engine {
             self.records.flush_all()?;
         }
         admin.key_count = last;
-        self.key_count.store(u64::from(last), Ordering::Relaxed);
+        self.key_count.store(u64::from(last), Ordering::Release);
         drop(admin);
         out.into_iter()
             .map(|(slot, raw)| {
@@ -916,10 +933,12 @@ impl Engine {
             layout::write_next(rs, rec);
             let (_, idx) = Shards::locate(slot);
             let keep_fast = rec.hash_current == old.hash_current;
-            let fast = g.entries[idx].fast;
-            g.entries[idx] = hot_from_record(&rec);
+            // SAFETY: shard lock held.
+            let entry = unsafe { self.shards.entry(slot) };
+            let fast = entry.fast;
+            *entry = hot_from_record(&rec);
             if keep_fast {
-                g.entries[idx].fast = fast;
+                entry.fast = fast;
             }
             if rec.previous_valid_until_ns != 0 {
                 g.grace.insert(
@@ -1221,6 +1240,17 @@ fn replace_tiers(
         doc.tiers.push(Some(s));
     }
     Ok(())
+}
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A fix for a torn write found at start-up, applied once every file has passed its checks.

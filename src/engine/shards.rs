@@ -1,11 +1,16 @@
 //! The lock-sharded key table. Key slot `s` lives in shard `s % SHARDS` at index `s / SHARDS`;
 //! the shard's mutex also guards that slot's counter and record memory in the mapped files.
 //!
+//! The hot entries themselves live in a segmented table whose segments never move, so a check
+//! can compute an entry's address (and prefetch it, with the counter slot) before taking the lock;
+//! reading or writing the entry still happens only under the lock.
+//!
 //! Checks on different keys take different locks (up to hash collisions of the slot modulo
 //! `SHARDS`); each critical section is a few hundred nanoseconds of arithmetic and never spans
 //! I/O or an `.await`.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
@@ -14,8 +19,14 @@ use super::month::MonthWindow;
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 256;
 
-/// The in-memory part of a key that a check reads: 48 bytes, one cache line with its neighbours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Entries per table segment.
+const SEGMENT: usize = 1 << 16;
+/// Table segments (2^16 × 2^16 = every possible slot).
+const SEGMENTS: usize = 1 << 16;
+
+/// The in-memory part of a key that a check reads: 48 bytes, plain integers (all-zero is valid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct HotEntry {
     /// Keyed SipHash-1-3/128 of the raw key once verified against the stored SHA-256 (0 = not yet).
     /// The hashing key is random per process, so this never outlives the process.
@@ -46,9 +57,7 @@ pub struct Grace {
 /// One shard's state.
 #[derive(Debug)]
 pub struct ShardData {
-    /// Keys of this shard by `slot / SHARDS`.
-    pub entries: Vec<HotEntry>,
-    /// Keys in a rotation grace period, by index in `entries`.
+    /// Keys in a rotation grace period, by `slot / SHARDS`.
     pub grace: HashMap<u32, Grace>,
     /// The current month, cached so a check does no calendar math.
     pub month: MonthWindow,
@@ -58,10 +67,44 @@ pub struct ShardData {
 #[derive(Debug)]
 struct Padded(Mutex<ShardData>);
 
-/// All shards.
-#[derive(Debug)]
+/// All shards and the entry table they guard.
 pub struct Shards {
     shards: Box<[Padded]>,
+    table: Box<[OnceLock<TableSegment>]>,
+    grow: Mutex<()>,
+}
+
+/// `SEGMENT` zeroed entries in anonymous memory, backed by transparent huge pages where the kernel
+/// allows: a check's entry lookup then rarely misses the TLB.
+struct TableSegment {
+    _map: memmap2::MmapMut,
+    base: *mut HotEntry,
+}
+
+impl TableSegment {
+    fn new() -> Self {
+        let len = SEGMENT * std::mem::size_of::<HotEntry>();
+        let mut map = match memmap2::MmapMut::map_anon(len) {
+            Ok(m) => m,
+            Err(e) => panic!("cannot allocate {len} bytes for the key table: {e}"),
+        };
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let base = map.as_mut_ptr() as *mut HotEntry;
+        TableSegment { _map: map, base }
+    }
+}
+
+// SAFETY: entry `s` of `table` is only read or written while holding `shards[s % SHARDS]`;
+// segments are created once (under `grow`) and never freed before the `Shards` itself.
+unsafe impl Sync for Shards {}
+// SAFETY: as above; the raw pointers address memory owned by the segments.
+unsafe impl Send for Shards {}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards").field("shards", &self.shards.len()).finish()
+    }
 }
 
 impl Shards {
@@ -70,13 +113,47 @@ impl Shards {
         let shards = (0..SHARDS)
             .map(|_| {
                 Padded(Mutex::new(ShardData {
-                    entries: Vec::new(),
                     grace: HashMap::new(),
                     month: MonthWindow::containing(now_ns),
                 }))
             })
             .collect();
-        Shards { shards }
+        Shards {
+            shards,
+            table: (0..SEGMENTS).map(|_| OnceLock::new()).collect(),
+            grow: Mutex::new(()),
+        }
+    }
+
+    /// Makes room for the entry of `slot`.
+    pub fn ensure(&self, slot: u32) {
+        let seg = slot as usize / SEGMENT;
+        if self.table[seg].get().is_none() {
+            let _g = self.grow.lock();
+            self.table[seg].get_or_init(TableSegment::new);
+        }
+    }
+
+    /// The address of `slot`'s entry, if its segment exists. Computing it needs no lock;
+    /// dereferencing it does.
+    #[inline]
+    pub fn entry_ptr(&self, slot: u32) -> Option<*mut HotEntry> {
+        let seg = self.table[slot as usize / SEGMENT].get()?;
+        // SAFETY: in bounds of the segment; the mapping is page-aligned, so entries are aligned.
+        Some(unsafe { seg.base.add(slot as usize % SEGMENT) })
+    }
+
+    /// `slot`'s entry.
+    ///
+    /// # Safety
+    /// The caller holds the lock of `slot`'s shard and `ensure(slot)` has run.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub unsafe fn entry(&self, slot: u32) -> &mut HotEntry {
+        match self.entry_ptr(slot) {
+            Some(p) => &mut *p,
+            None => unreachable!("entry of slot {slot} used before ensure()"),
+        }
     }
 
     /// The shard holding `slot`, and the slot's index inside it.

@@ -66,6 +66,20 @@ pub enum RawKeyError {
     Malformed,
 }
 
+const INVALID: u8 = 0x80;
+
+/// URL-safe base64 alphabet -> 6-bit value; `INVALID` for any other byte.
+static DECODE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Whether `p` is an acceptable key prefix.
 pub fn valid_prefix(p: &str) -> bool {
     p.len() <= MAX_PREFIX_LEN
@@ -83,21 +97,22 @@ pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
     if !valid_prefix(prefix) {
         return Err(RawKeyError::Malformed);
     }
-    // Only the first 11 characters (8 bytes and 2 bits) carry the id; decode just those, but
-    // require the whole body to be URL-safe base64 so garbage is refused early.
-    if !body
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    {
+    // The whole body must be URL-safe base64; the first 11 characters (66 bits) carry the id.
+    // A table lookup per character: this runs on every check.
+    let mut bad = 0u8;
+    for &c in body.as_bytes() {
+        bad |= DECODE[usize::from(c)];
+    }
+    if bad & INVALID != 0 {
         return Err(RawKeyError::Malformed);
     }
-    let mut buf = [0u8; 9];
-    URL_SAFE_NO_PAD
-        .decode_slice_unchecked(&body.as_bytes()[..12], &mut buf)
-        .map_err(|_| RawKeyError::Malformed)?;
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&buf[..8]);
-    Ok(KeyId(u64::from_le_bytes(id)))
+    let mut acc: u128 = 0;
+    for &c in &body.as_bytes()[..11] {
+        acc = acc << 6 | u128::from(DECODE[usize::from(c)]);
+    }
+    // 66 bits decoded, big-endian bit order: the first 64 are the 8 id bytes.
+    let bytes = ((acc >> 2) as u64).to_be_bytes();
+    Ok(KeyId(u64::from_le_bytes(bytes)))
 }
 
 /// Makes a new raw key for `id` with `prefix`, secret bytes from the OS RNG.

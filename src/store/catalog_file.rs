@@ -42,7 +42,7 @@ pub fn encode(doc: &CatalogDoc) -> Vec<u8> {
     let json = serde_json::to_vec(doc).unwrap_or_default();
     let mut out = format!(
         "quotad-catalog v{CATALOG_VERSION} crc32={:08x}\n",
-        crc32fast::hash(&json)
+        crc32c::crc32c(&json)
     )
     .into_bytes();
     out.extend_from_slice(&json);
@@ -86,7 +86,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<CatalogDoc, StoreError> {
     let json = bytes[nl + 1..]
         .strip_suffix(b"\n")
         .unwrap_or(&bytes[nl + 1..]);
-    if crc32fast::hash(json) != crc {
+    if crc32c::crc32c(json) != crc {
         return Err(StoreError::corrupt(
             path,
             "checksum mismatch (file damaged or truncated)",
