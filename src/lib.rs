@@ -7,10 +7,17 @@
 //! - [`keys`]: raw key format, generation and hashing; the public key record types.
 //! - [`tiers`]: plan tiers, the built-ins and TOML tier files.
 //! - [`store`]: the memory-mapped data files, their layout and checks, and the catalog file.
+//! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI).
+//! - [`metrics`]: counters and histograms in the Prometheus text format.
+//! - [`cli`]: the command line (`quotad serve`).
 
 #![warn(missing_docs)]
+#![recursion_limit = "512"]
 
+pub mod cli;
 pub mod engine;
+pub mod metrics;
+pub mod server;
 pub mod keys;
 pub mod store;
 pub mod tiers;

@@ -868,6 +868,14 @@ impl Engine {
         }
     }
 
+    /// The consumer and tier name of key `id` (what a transport passes upstream).
+    pub fn identity(&self, id: KeyId) -> Option<(String, String)> {
+        let r = self.read_record(id).ok()?;
+        let consumer = layout::get_str(&r.consumer)?.to_string();
+        let tier = self.catalog.load().tier(r.tier)?.spec.name.clone();
+        Some((consumer, tier))
+    }
+
     /// The record of key `id`.
     pub fn key(&self, id: KeyId) -> Result<KeyInfo, EngineError> {
         let r = self.read_record(id)?;

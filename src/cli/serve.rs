@@ -1,0 +1,158 @@
+//! `quotad serve`: open the data directory, start the transports, and run until SIGTERM/SIGINT.
+//! SIGHUP re-reads the `--tiers` file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use hyper::header::HeaderName;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::engine::{Engine, EngineOptions};
+use crate::metrics::Metrics;
+use crate::server::http::HttpConfig;
+use crate::server::token::{AdminToken, TokenSource};
+use crate::server::{http, msync_loop, AppState};
+use crate::QuantaClock;
+
+/// Flags of `quotad serve` (each also settable by environment variable).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, env = "QUOTAD_DATA_DIR", default_value = "./quotad-data")]
+    pub data_dir: PathBuf,
+    /// HTTP listen address (check endpoint, admin API, health, metrics).
+    #[arg(long, env = "QUOTAD_HTTP", default_value = "127.0.0.1:8686")]
+    pub http: SocketAddr,
+    /// Tiers TOML file replacing the built-in tiers; re-read on SIGHUP.
+    #[arg(long, env = "QUOTAD_TIERS")]
+    pub tiers: Option<PathBuf>,
+    /// Another header that may carry the API key (repeatable), e.g. X-Agent-API-Key.
+    #[arg(long = "key-header", value_name = "NAME")]
+    pub key_headers: Vec<String>,
+    /// Most HTTP connections open at once.
+    #[arg(long, env = "QUOTAD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request head, or idle between requests.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Milliseconds between msyncs of the counters (bounds what a power loss can cost).
+    #[arg(long, env = "QUOTAD_MSYNC_INTERVAL_MS", default_value_t = 1000)]
+    pub msync_interval_ms: u64,
+    /// Seconds to let in-flight requests finish at shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+/// Runs the daemon until a termination signal.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let key_headers = args
+        .key_headers
+        .iter()
+        .map(|h| HeaderName::from_bytes(h.trim().as_bytes()).with_context(|| format!("--key-header {h:?} is not a valid header name")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tiers = match &args.tiers {
+        Some(p) => Some(crate::tiers::load_tiers_file(p)?),
+        None => None,
+    };
+    tracing::info!(data_dir = %args.data_dir.display(), "opening data directory");
+    let started = std::time::Instant::now();
+    let mut opts = EngineOptions::new(&args.data_dir);
+    opts.tiers = tiers;
+    let engine = Arc::new(
+        Engine::open(opts, Arc::new(QuantaClock::new()))
+            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
+    );
+    tracing::info!(
+        keys = engine.key_count(),
+        tiers = engine.tiers().len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "data directory loaded"
+    );
+    let token = AdminToken::load_or_create(std::env::var("QUOTAD_ADMIN_TOKEN").ok(), &args.data_dir)
+        .context("cannot load or create the admin token")?;
+    match token.source() {
+        TokenSource::Env => tracing::info!("admin token: from QUOTAD_ADMIN_TOKEN"),
+        TokenSource::File(p) => tracing::info!(file = %p.display(), "admin token: read it from this file"),
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("quotad")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let http_listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.http))?;
+        tracing::info!(addr = %http_listener.local_addr()?, "http listening");
+        let msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            metrics: Arc::new(Metrics::new()),
+            admin_token: token,
+            http: HttpConfig {
+                key_headers,
+                max_connections: args.max_connections.max(1),
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            },
+            msync_interval,
+        });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let drain = Duration::from_secs(args.drain_secs);
+        let http_task = tokio::spawn(http::run(http_listener, state.clone(), stopped(stop_rx.clone()), drain));
+        let msync_task = tokio::spawn(msync_loop(engine.clone(), msync_interval, stopped(stop_rx.clone())));
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tracing::info!("ready");
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => reload_tiers(&engine, args.tiers.as_deref()).await,
+            }
+        }
+        let _ = stop_tx.send(true);
+        match http_task.await {
+            Ok(Ok(())) => tracing::info!("http stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
+            Err(e) => tracing::error!(error = %e, "http task failed"),
+        }
+        let _ = msync_task.await;
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.flush()).await??;
+        tracing::info!("counters flushed to disk; bye");
+        anyhow::Ok(())
+    })
+}
+
+async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no --tiers file to reload");
+        return;
+    };
+    let path = path.to_path_buf();
+    let e = engine.clone();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let specs = crate::tiers::load_tiers_file(&path)?;
+        let n = specs.len();
+        e.apply_tiers(specs)?;
+        Ok(n)
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => tracing::info!(tiers = n, "SIGHUP: tiers reloaded"),
+        Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "SIGHUP: tier file refused; the previous tiers stay in force"),
+        Err(err) => tracing::error!(error = %err, "SIGHUP: reload task failed"),
+    }
+}

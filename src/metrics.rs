@@ -1,0 +1,216 @@
+//! Process metrics in the Prometheus text format: checks by decision and transport, a check
+//! latency histogram, connections, and the engine's gauges (keys, tiers, msync age).
+//!
+//! Plain atomics in fixed arrays indexed by enum: incrementing a counter on the check path is one
+//! relaxed `fetch_add`, with no label lookup.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::engine::decision::{AuthFailure, Verdict};
+use crate::engine::Engine;
+
+/// Which transport asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The HTTP check endpoint.
+    Http = 0,
+    /// The binary protocol.
+    Binary = 1,
+}
+
+const TRANSPORTS: [&str; 2] = ["http", "binary"];
+const DECISIONS: [&str; 6] = [
+    "allowed",
+    "unauthorized",
+    "forbidden",
+    "plan_required",
+    "rate_limited",
+    "quota_exceeded",
+];
+const REASONS: [&str; 5] = ["missing", "malformed", "unknown", "revoked", "expired"];
+/// Histogram bucket upper bounds, nanoseconds.
+const BUCKETS_NS: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
+];
+
+fn decision_index(v: Verdict) -> usize {
+    match v {
+        Verdict::Allowed => 0,
+        Verdict::Unauthorized(_) => 1,
+        Verdict::Forbidden => 2,
+        Verdict::PlanRequired => 3,
+        Verdict::RateLimited(_) => 4,
+        Verdict::QuotaExceeded => 5,
+    }
+}
+
+fn reason_index(r: AuthFailure) -> usize {
+    match r {
+        AuthFailure::Missing => 0,
+        AuthFailure::Malformed => 1,
+        AuthFailure::Unknown => 2,
+        AuthFailure::Revoked => 3,
+        AuthFailure::Expired => 4,
+    }
+}
+
+/// All counters of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    checks: [[AtomicU64; 6]; 2],
+    unauthorized: [[AtomicU64; 5]; 2],
+    latency_buckets: [AtomicU64; BUCKETS_NS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    connections: [AtomicI64; 2],
+    bad_requests: [AtomicU64; 2],
+    admin_requests: AtomicU64,
+    rejected_connections: [AtomicU64; 2],
+}
+
+impl Metrics {
+    /// New, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one decision and its engine latency.
+    #[inline]
+    pub fn record_check(&self, t: Transport, v: Verdict, latency_ns: u64) {
+        self.checks[t as usize][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+        if let Verdict::Unauthorized(r) = v {
+            self.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
+        }
+        let b = BUCKETS_NS.iter().position(|&ub| latency_ns <= ub).unwrap_or(BUCKETS_NS.len());
+        if b < BUCKETS_NS.len() {
+            self.latency_buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+    }
+
+    /// Counts a refused request (400 or error frame).
+    pub fn record_bad_request(&self, t: Transport) {
+        self.bad_requests[t as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an admin API request.
+    pub fn record_admin(&self) {
+        self.admin_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection refused by the connection limit.
+    pub fn record_rejected_connection(&self, t: Transport) {
+        self.rejected_connections[t as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection opened; the guard counts it closed when dropped.
+    pub fn connection(self: &std::sync::Arc<Self>, t: Transport) -> ConnectionGuard {
+        self.connections[t as usize].fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+            t,
+        }
+    }
+
+    /// Open connections on a transport.
+    pub fn open_connections(&self, t: Transport) -> i64 {
+        self.connections[t as usize].load(Ordering::Relaxed)
+    }
+
+    /// Checks counted for a transport and decision code (e.g. `"allowed"`).
+    pub fn checks(&self, t: Transport, code: &str) -> u64 {
+        DECISIONS
+            .iter()
+            .position(|d| *d == code)
+            .map(|i| self.checks[t as usize][i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition, including the engine's gauges.
+    pub fn render(&self, engine: &Engine) -> String {
+        let mut s = String::with_capacity(4096);
+        let _ = writeln!(s, "# HELP quotad_checks_total Checks answered, by transport and decision.");
+        let _ = writeln!(s, "# TYPE quotad_checks_total counter");
+        for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            for (di, dn) in DECISIONS.iter().enumerate() {
+                let v = self.checks[ti][di].load(Ordering::Relaxed);
+                let _ = writeln!(s, "quotad_checks_total{{transport=\"{tn}\",decision=\"{dn}\"}} {v}");
+            }
+        }
+        let _ = writeln!(s, "# HELP quotad_unauthorized_total Unauthorized checks, by transport and reason.");
+        let _ = writeln!(s, "# TYPE quotad_unauthorized_total counter");
+        for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            for (ri, rn) in REASONS.iter().enumerate() {
+                let v = self.unauthorized[ti][ri].load(Ordering::Relaxed);
+                let _ = writeln!(s, "quotad_unauthorized_total{{transport=\"{tn}\",reason=\"{rn}\"}} {v}");
+            }
+        }
+        let _ = writeln!(s, "# HELP quotad_check_duration_seconds Time the engine took to decide a check.");
+        let _ = writeln!(s, "# TYPE quotad_check_duration_seconds histogram");
+        let mut cum = 0;
+        for (i, ub) in BUCKETS_NS.iter().enumerate() {
+            cum += self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                s,
+                "quotad_check_duration_seconds_bucket{{le=\"{}\"}} {cum}",
+                *ub as f64 / 1e9
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(s, "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "quotad_check_duration_seconds_sum {}",
+            self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
+        let _ = writeln!(s, "# HELP quotad_open_connections Connections open now, by transport.");
+        let _ = writeln!(s, "# TYPE quotad_open_connections gauge");
+        for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            let v = self.connections[ti].load(Ordering::Relaxed);
+            let _ = writeln!(s, "quotad_open_connections{{transport=\"{tn}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP quotad_rejected_connections_total Connections refused by the connection limit.");
+        let _ = writeln!(s, "# TYPE quotad_rejected_connections_total counter");
+        for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            let v = self.rejected_connections[ti].load(Ordering::Relaxed);
+            let _ = writeln!(s, "quotad_rejected_connections_total{{transport=\"{tn}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP quotad_bad_requests_total Requests refused as malformed.");
+        let _ = writeln!(s, "# TYPE quotad_bad_requests_total counter");
+        for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            let v = self.bad_requests[ti].load(Ordering::Relaxed);
+            let _ = writeln!(s, "quotad_bad_requests_total{{transport=\"{tn}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP quotad_admin_requests_total Admin API requests.");
+        let _ = writeln!(s, "# TYPE quotad_admin_requests_total counter");
+        let _ = writeln!(s, "quotad_admin_requests_total {}", self.admin_requests.load(Ordering::Relaxed));
+        let _ = writeln!(s, "# HELP quotad_keys Keys in the data directory (live, revoked and expired).");
+        let _ = writeln!(s, "# TYPE quotad_keys gauge");
+        let _ = writeln!(s, "quotad_keys {}", engine.key_count());
+        let _ = writeln!(s, "# HELP quotad_tiers Tiers in force.");
+        let _ = writeln!(s, "# TYPE quotad_tiers gauge");
+        let _ = writeln!(s, "quotad_tiers {}", engine.tiers().len());
+        let _ = writeln!(s, "# HELP quotad_last_msync_age_seconds Seconds since the counters were last msynced to disk.");
+        let _ = writeln!(s, "# TYPE quotad_last_msync_age_seconds gauge");
+        let now = engine.clock().now_ns();
+        let age = now.saturating_sub(engine.last_flush_ns()) as f64 / 1e9;
+        let _ = writeln!(s, "quotad_last_msync_age_seconds {age:.3}");
+        s
+    }
+}
+
+/// Counts a connection as closed when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: std::sync::Arc<Metrics>,
+    t: Transport,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connections[self.t as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}

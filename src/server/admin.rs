@@ -1,0 +1,491 @@
+//! The admin API under `/admin/v1` (bearer admin token): keys and tiers. JSON in camelCase;
+//! unknown or mistyped fields are refused with 400. Every change is durable before the response.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use serde::{Deserialize, Deserializer, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::http::{error, json, read_body, Resp};
+use super::AppState;
+use crate::engine::{Engine, EngineError};
+use crate::keys::record::{KeyInfo, Usage};
+use crate::keys::{KeyId, KeyUpdate, NewKey};
+use crate::tiers::{LimitSpec, TierSpec};
+
+/// Formats Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(secs: u64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
+}
+
+/// Parses RFC 3339 into Unix seconds (must be after the epoch).
+pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("expiresAt: {s:?} is not an RFC 3339 time ({e})"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| "expiresAt must be after 1970".to_string())
+}
+
+/// A key as the admin API shows it (never the raw key, except `key` on create/rotate).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyJson {
+    /// Stable id, `key_…`.
+    pub id: String,
+    /// The raw key: only in the create and rotate responses.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    /// Display prefix.
+    pub prefix: String,
+    /// Owner.
+    pub consumer: String,
+    /// Tier name.
+    pub tier: String,
+    /// Scopes (empty = unrestricted).
+    pub scopes: Vec<String>,
+    /// Expiry (RFC 3339) or null.
+    pub expires_at: Option<String>,
+    /// Quota override or null.
+    pub monthly_quota: Option<u64>,
+    /// Name or null.
+    pub name: Option<String>,
+    /// Creation (RFC 3339).
+    pub created_at: String,
+    /// Revoked?
+    pub revoked: bool,
+    /// The previous secret is honoured until then (RFC 3339), after a rotation with grace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_key_valid_until: Option<String>,
+    /// Live usage (only on `GET /admin/v1/keys/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub usage: Option<UsageJson>,
+}
+
+/// Live usage of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageJson {
+    /// Each burst limit.
+    pub limits: Vec<LimitUsageJson>,
+    /// Requests this calendar month.
+    pub monthly_used: u64,
+    /// Quota in force, or null for unlimited.
+    pub monthly_quota: Option<u64>,
+    /// Last admitted request (RFC 3339) or null.
+    pub last_used_at: Option<String>,
+}
+
+/// One limit's live figures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitUsageJson {
+    /// Requests per period.
+    pub requests: u64,
+    /// Period in seconds.
+    pub period_seconds: u64,
+    /// Tokens left.
+    pub remaining: u64,
+    /// When full again (Unix seconds).
+    pub reset: u64,
+}
+
+impl KeyJson {
+    /// From a record.
+    pub fn from_info(k: &KeyInfo) -> Self {
+        KeyJson {
+            id: k.id.to_string(),
+            key: None,
+            prefix: k.prefix.clone(),
+            consumer: k.consumer.clone(),
+            tier: k.tier.clone(),
+            scopes: k.scopes.clone(),
+            expires_at: k.expires_at.and_then(rfc3339),
+            monthly_quota: k.monthly_quota,
+            name: k.name.clone(),
+            created_at: rfc3339(k.created_at).unwrap_or_default(),
+            revoked: k.revoked,
+            previous_key_valid_until: k.previous_valid_until.and_then(rfc3339),
+            usage: None,
+        }
+    }
+}
+
+impl UsageJson {
+    /// From engine usage.
+    pub fn from_usage(u: &Usage) -> Self {
+        UsageJson {
+            limits: u
+                .limits
+                .iter()
+                .map(|l| LimitUsageJson {
+                    requests: l.requests,
+                    period_seconds: l.period_seconds,
+                    remaining: l.remaining,
+                    reset: l.reset,
+                })
+                .collect(),
+            monthly_used: u.monthly_used,
+            monthly_quota: u.monthly_quota,
+            last_used_at: u.last_used_at.and_then(rfc3339),
+        }
+    }
+}
+
+/// `Some(None)` for an explicit null, `Some(Some(v))` for a value, `None` (via default) if absent.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateKey {
+    consumer: String,
+    tier: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    monthly_quota: Option<u64>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PatchKey {
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    monthly_quota: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    name: Option<Option<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Rotate {
+    #[serde(default)]
+    grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PutTier {
+    limits: Vec<LimitSpec>,
+    #[serde(default)]
+    monthly_quota: Option<u64>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("request body must be a JSON object".into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+fn engine_error(e: &EngineError, rid: &str) -> Resp {
+    let (status, code) = match e.code() {
+        "not_found" => (404, "not_found"),
+        "conflict" => (409, "conflict"),
+        "bad_request" => (400, "bad_request"),
+        _ => (500, "internal"),
+    };
+    if status == 500 {
+        tracing::error!(error = %e, request_id = rid, "admin operation failed");
+    }
+    error(status, code, &e.to_string(), rid)
+}
+
+/// Runs a blocking engine call (it may fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let e = engine.clone();
+    match tokio::task::spawn_blocking(move || f(&e)).await {
+        Ok(r) => r,
+        Err(join) => Err(EngineError::Invalid(format!("admin task failed: {join}"))),
+    }
+}
+
+fn query_params(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(())
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Handles `/admin/v1/{rest}`.
+pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &str) -> Resp {
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, t)| state.admin_token.matches(t.trim()));
+    if !authorized {
+        return error(401, "unauthorized", "Missing or invalid admin token", rid);
+    }
+    let method = req.method().clone();
+    let query = req.uri().query().map(str::to_string);
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    let engine = &state.engine;
+    let not_allowed = |allow: &str| {
+        let mut r = error(405, "method_not_allowed", &format!("Allowed: {allow}"), rid);
+        if let Ok(v) = hyper::header::HeaderValue::from_str(allow) {
+            r.headers_mut().insert("allow", v);
+        }
+        r
+    };
+    match segs.as_slice() {
+        ["keys"] => match method {
+            Method::POST => create_key(engine, &body, rid).await,
+            Method::GET => list_keys(engine, query.as_deref(), rid),
+            _ => not_allowed("GET, POST"),
+        },
+        ["keys", id] => {
+            let Some(id) = KeyId::parse(id) else {
+                return error(404, "not_found", "unknown key id", rid);
+            };
+            match method {
+                Method::GET => show_key(engine, id, rid),
+                Method::PATCH => patch_key(engine, id, &body, rid).await,
+                _ => not_allowed("GET, PATCH"),
+            }
+        }
+        ["keys", id, action @ ("revoke" | "rotate")] => {
+            let Some(id) = KeyId::parse(id) else {
+                return error(404, "not_found", "unknown key id", rid);
+            };
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            if *action == "revoke" {
+                match blocking(engine, move |e| e.revoke_key(id)).await {
+                    Ok(k) => {
+                        tracing::info!(key_id = %id, "key revoked");
+                        json(200, serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(), rid)
+                    }
+                    Err(e) => engine_error(&e, rid),
+                }
+            } else {
+                let r: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+                    Rotate::default()
+                } else {
+                    match parse_json(&body) {
+                        Ok(r) => r,
+                        Err(m) => return error(400, "bad_request", &m, rid),
+                    }
+                };
+                let grace = r.grace_seconds.unwrap_or(0);
+                match blocking(engine, move |e| e.rotate_key(id, grace)).await {
+                    Ok(k) => {
+                        tracing::info!(key_id = %id, grace_seconds = grace, "key rotated");
+                        let mut j = KeyJson::from_info(&k.info);
+                        j.key = Some(k.raw);
+                        json(200, serde_json::to_string(&j).unwrap_or_default(), rid)
+                    }
+                    Err(e) => engine_error(&e, rid),
+                }
+            }
+        }
+        ["tiers"] => match method {
+            Method::GET => {
+                let tiers = engine.tiers();
+                json(200, serde_json::json!({ "tiers": tiers }).to_string(), rid)
+            }
+            _ => not_allowed("GET"),
+        },
+        ["tiers", name] => {
+            let name = name.to_string();
+            match method {
+                Method::GET => match engine.tiers().into_iter().find(|t| t.name == name) {
+                    Some(t) => json(200, serde_json::to_string(&t).unwrap_or_default(), rid),
+                    None => error(404, "not_found", &format!("unknown tier {name:?}"), rid),
+                },
+                Method::PUT => {
+                    let p: PutTier = match parse_json(&body) {
+                        Ok(p) => p,
+                        Err(m) => return error(400, "bad_request", &m, rid),
+                    };
+                    let spec = TierSpec {
+                        name: name.clone(),
+                        limits: p.limits,
+                        monthly_quota: p.monthly_quota,
+                        scopes: p.scopes,
+                    };
+                    match blocking(engine, move |e| e.put_tier(spec)).await {
+                        Ok(t) => {
+                            tracing::info!(tier = %name, "tier set");
+                            json(200, serde_json::to_string(&t).unwrap_or_default(), rid)
+                        }
+                        Err(e) => engine_error(&e, rid),
+                    }
+                }
+                Method::DELETE => {
+                    let n = name.clone();
+                    match blocking(engine, move |e| e.delete_tier(&n)).await {
+                        Ok(()) => {
+                            tracing::info!(tier = %name, "tier deleted");
+                            json(200, serde_json::json!({"deleted": name}).to_string(), rid)
+                        }
+                        Err(e) => engine_error(&e, rid),
+                    }
+                }
+                _ => not_allowed("GET, PUT, DELETE"),
+            }
+        }
+        _ => error(404, "not_found", &format!("No admin route /admin/v1/{rest}"), rid),
+    }
+}
+
+async fn create_key(engine: &Arc<Engine>, body: &[u8], rid: &str) -> Resp {
+    let c: CreateKey = match parse_json(body) {
+        Ok(c) => c,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    let expires_at = match c.expires_at.as_deref().map(parse_rfc3339).transpose() {
+        Ok(e) => e,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    let new = NewKey {
+        consumer: c.consumer,
+        tier: c.tier,
+        scopes: c.scopes.unwrap_or_default(),
+        expires_at,
+        monthly_quota: c.monthly_quota,
+        name: c.name,
+        prefix: c.prefix,
+    };
+    match blocking(engine, move |e| e.create_key(new)).await {
+        Ok(k) => {
+            tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, "key created");
+            let mut j = KeyJson::from_info(&k.info);
+            j.key = Some(k.raw);
+            json(201, serde_json::to_string(&j).unwrap_or_default(), rid)
+        }
+        Err(e) => engine_error(&e, rid),
+    }
+}
+
+fn list_keys(engine: &Engine, query: Option<&str>, rid: &str) -> Resp {
+    let mut consumer = None;
+    let mut tier = None;
+    let mut limit = 100usize;
+    let mut cursor = None;
+    for (k, v) in query_params(query) {
+        match k.as_str() {
+            "consumer" => consumer = Some(v),
+            "tier" => tier = Some(v),
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => return error(400, "bad_request", "limit must be an integer from 1 to 1000", rid),
+            },
+            "cursor" => match KeyId::parse(&v) {
+                Some(c) => cursor = Some(c),
+                None => return error(400, "bad_request", "cursor must be a key id from nextCursor", rid),
+            },
+            other => return error(400, "bad_request", &format!("unknown query parameter {other:?}"), rid),
+        }
+    }
+    let (keys, next) = engine.list_keys(consumer.as_deref(), tier.as_deref(), cursor, limit);
+    let keys: Vec<KeyJson> = keys.iter().map(KeyJson::from_info).collect();
+    json(
+        200,
+        serde_json::json!({"keys": keys, "nextCursor": next.map(|c| c.to_string())}).to_string(),
+        rid,
+    )
+}
+
+fn show_key(engine: &Engine, id: KeyId, rid: &str) -> Resp {
+    let info = match engine.key(id) {
+        Ok(i) => i,
+        Err(e) => return engine_error(&e, rid),
+    };
+    let usage = match engine.usage(id) {
+        Ok(u) => u,
+        Err(e) => return engine_error(&e, rid),
+    };
+    let mut j = KeyJson::from_info(&info);
+    j.usage = Some(UsageJson::from_usage(&usage));
+    json(200, serde_json::to_string(&j).unwrap_or_default(), rid)
+}
+
+async fn patch_key(engine: &Arc<Engine>, id: KeyId, body: &[u8], rid: &str) -> Resp {
+    let p: PatchKey = match parse_json(body) {
+        Ok(p) => p,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    let expires_at = match p.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(s)) => match parse_rfc3339(&s) {
+            Ok(t) => Some(Some(t)),
+            Err(m) => return error(400, "bad_request", &m, rid),
+        },
+    };
+    let upd = KeyUpdate {
+        tier: p.tier,
+        scopes: p.scopes,
+        expires_at,
+        monthly_quota: p.monthly_quota,
+        name: p.name,
+    };
+    match blocking(engine, move |e| e.update_key(id, upd)).await {
+        Ok(k) => {
+            tracing::info!(key_id = %id, "key updated");
+            json(200, serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(), rid)
+        }
+        Err(e) => engine_error(&e, rid),
+    }
+}

@@ -1,0 +1,340 @@
+//! The HTTP face (hyper 1.x, HTTP/1.1): the forward-auth check under `/v1/check`, the public
+//! routes `/health`, `/metrics`, `/docs`, and the admin API under `/admin/v1`.
+//!
+//! [`run`] takes a bound listener and a shutdown future. Each connection holds a permit of the
+//! connection limit (beyond it: `503` and close); a client that does not send a complete request
+//! head within the header timeout, or idles that long between requests, is disconnected.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::render;
+use super::AppState;
+use crate::engine::decision::Verdict;
+use crate::metrics::Transport;
+
+/// The largest request body accepted (admin API).
+pub const MAX_BODY: usize = 64 * 1024;
+/// The longest value accepted in a header quotad reads.
+pub const MAX_HEADER_VALUE: usize = 1024;
+/// The longest caller-supplied request id echoed back.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Extra headers that may carry the API key (after `X-API-Key` and `Authorization: Bearer`).
+    pub key_headers: Vec<HeaderName>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Time allowed for a request head, and for idling between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            key_headers: Vec::new(),
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A response under construction.
+pub type Resp = Response<Full<Bytes>>;
+
+/// Serves HTTP on `listener` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish (up to `drain`), and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(state.http.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (mut stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.record_rejected_connection(Transport::Http);
+            tokio::spawn(async move {
+                let body = render::envelope("unavailable", "Too many connections", "-");
+                let msg = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(msg.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(&st, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.http.header_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        let guard = state.metrics.connection(Transport::Http);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(guard);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "http connections still open after the drain period");
+    }
+    Ok(())
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The caller's `x-request-id` if acceptable (1-128 visible ASCII characters), else a new one.
+fn request_id<B>(req: &Request<B>) -> String {
+    if let Some(v) = req.headers().get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+            if let Ok(s) = v.to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let p = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = getrandom::getrandom(&mut b);
+        u32::from_le_bytes(b)
+    });
+    format!("qd-{p:08x}-{:012x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: String, rid: &str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+/// An error response with the envelope.
+pub fn error(status: u16, code: &str, message: &str, rid: &str) -> Resp {
+    json(status, render::envelope(code, message, rid), rid)
+}
+
+async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
+    let rid = request_id(&req);
+    let path = req.uri().path();
+    if path == "/v1/check" || path.starts_with("/v1/check/") {
+        return check(state, &req, &rid);
+    }
+    if let Some(rest) = path.strip_prefix("/admin/v1/") {
+        let rest = rest.to_string();
+        state.metrics.record_admin();
+        return super::admin::handle(state, req, &rest, &rid).await;
+    }
+    let method = req.method().clone();
+    match path {
+        "/health" | "/metrics" | "/docs" if method != Method::GET && method != Method::HEAD => {
+            let mut r = error(405, "method_not_allowed", "Use GET", &rid);
+            r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        "/health" => json(200, health(state).to_string(), &rid),
+        "/metrics" => {
+            let mut r = json(200, state.metrics.render(&state.engine), &rid);
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/docs" => json(200, super::openapi::document().to_string(), &rid),
+        _ => error(404, "not_found", &format!("No route for {path}"), &rid),
+    }
+}
+
+fn health(state: &AppState) -> serde_json::Value {
+    let e = &state.engine;
+    let age = e.clock().now_ns().saturating_sub(e.last_flush_ns()) as f64 / 1e9;
+    serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "dataDir": e.data_dir().display().to_string(),
+        "keys": e.key_count(),
+        "tiers": e.tiers().len(),
+        "persistence": {
+            "store": "mmap",
+            "lastMsyncAgeSeconds": (age * 1000.0).round() / 1000.0,
+            "msyncIntervalSeconds": state.msync_interval.as_secs_f64(),
+        },
+    })
+}
+
+/// Reads header `name` as visible ASCII of bounded length; `Err` is a 400 message.
+fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>, String> {
+    let Some(v) = req.headers().get(name) else {
+        return Ok(None);
+    };
+    if v.len() > MAX_HEADER_VALUE {
+        return Err(format!("header {name} is longer than {MAX_HEADER_VALUE} bytes"));
+    }
+    v.to_str()
+        .map(|s| Some(s.trim()))
+        .map_err(|_| format!("header {name} must be visible ASCII"))
+}
+
+/// The API key from `X-API-Key`, `Authorization: Bearer`, or a configured header.
+fn presented_key<'a, B>(state: &AppState, req: &'a Request<B>) -> Result<Option<&'a str>, String> {
+    if let Some(k) = header_str(req, "x-api-key")? {
+        return Ok(Some(k));
+    }
+    if let Some(a) = header_str(req, "authorization")? {
+        if let Some((scheme, token)) = a.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Ok(Some(token.trim()));
+            }
+        }
+    }
+    for h in &state.http.key_headers {
+        if let Some(k) = header_str(req, h.as_str())? {
+            return Ok(Some(k));
+        }
+    }
+    Ok(None)
+}
+
+fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
+    let bad = |m: String| {
+        state.metrics.record_bad_request(Transport::Http);
+        error(400, "bad_request", &m, rid)
+    };
+    let key = match presented_key(state, req) {
+        Ok(k) => k,
+        Err(m) => return bad(m),
+    };
+    let scope = match header_str(req, "x-quota-scope") {
+        Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
+            return bad(format!("header X-Quota-Scope: invalid scope {s:?}"))
+        }
+        Ok(s) => s.filter(|s| !s.is_empty()),
+        Err(m) => return bad(m),
+    };
+    let cost = match header_str(req, "x-quota-cost") {
+        Ok(None) => 1,
+        Ok(Some(c)) => match c.parse::<u64>() {
+            Ok(n) if (1..=crate::engine::MAX_COST).contains(&n) => n,
+            _ => {
+                return bad(format!(
+                    "header X-Quota-Cost must be an integer from 1 to {}",
+                    crate::engine::MAX_COST
+                ))
+            }
+        },
+        Err(m) => return bad(m),
+    };
+    let start = quanta::Instant::now();
+    let d = state.engine.check(key, scope, cost);
+    let elapsed = start.elapsed().as_nanos() as u64;
+    state.metrics.record_check(Transport::Http, d.verdict, elapsed);
+
+    let status = render::status(d.verdict);
+    let mut r = if d.verdict == Verdict::Allowed {
+        let (consumer, tier) = d
+            .key_id
+            .and_then(|id| state.engine.identity(id))
+            .unwrap_or_default();
+        let id = d.key_id.map(|i| i.to_string()).unwrap_or_default();
+        let body = serde_json::json!({"allowed": true, "keyId": id, "consumer": consumer, "tier": tier});
+        let mut r = json(200, body.to_string(), rid);
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert("x-quota-key-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&consumer) {
+            h.insert("x-quota-consumer", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&tier) {
+            h.insert("x-quota-tier", v);
+        }
+        r
+    } else {
+        if let Verdict::Unauthorized(why) = d.verdict {
+            tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
+        }
+        let body = render::envelope(d.verdict.code(), &render::message(&d, scope), rid);
+        let mut r = json(status, body.clone(), rid);
+        // nginx auth_request discards the subrequest's body; this header lets the shipped nginx
+        // configuration return the same envelope to the client.
+        if let Ok(v) = HeaderValue::from_str(&body) {
+            r.headers_mut().insert("x-quota-error", v);
+        }
+        r
+    };
+    let h = r.headers_mut();
+    if let Some(p) = d.primary() {
+        h.insert("x-ratelimit-limit", HeaderValue::from(p.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(p.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(p.reset));
+        if let Ok(v) = HeaderValue::from_str(&render::ratelimit_policy(&d)) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&render::ratelimit(&d)) {
+            h.insert("ratelimit", v);
+        }
+    }
+    if let Some(ra) = d.retry_after {
+        h.insert("retry-after", HeaderValue::from(ra.max(1)));
+    }
+    r
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes; `Err` is a 400 message.
+pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(format!("request body exceeds {} KiB", MAX_BODY / 1024))
+            } else {
+                Err(format!("could not read request body: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The OpenAPI 3.1 document served at `GET /docs`. [`ROUTES`] lists every (method, path) the
+//! HTTP server answers; a test checks that the document and this list agree and that each route
+//! answers on a real server, so the document cannot drift from the code.
+
+use serde_json::{json, Value};
+
+/// Every route: (method, OpenAPI path). `/v1/check` also answers any method and any path below it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/check"),
+    ("post", "/v1/check"),
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("get", "/docs"),
+    ("post", "/admin/v1/keys"),
+    ("get", "/admin/v1/keys"),
+    ("get", "/admin/v1/keys/{id}"),
+    ("patch", "/admin/v1/keys/{id}"),
+    ("post", "/admin/v1/keys/{id}/revoke"),
+    ("post", "/admin/v1/keys/{id}/rotate"),
+    ("get", "/admin/v1/tiers"),
+    ("get", "/admin/v1/tiers/{name}"),
+    ("put", "/admin/v1/tiers/{name}"),
+    ("delete", "/admin/v1/tiers/{name}"),
+];
+
+fn error_response(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok(desc: &str, schema: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn body(schema: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn admin(op: Value) -> Value {
+    let mut op = op;
+    op["security"] = json!([{"adminToken": []}]);
+    op["responses"]["401"] = error_response("Missing or invalid admin token");
+    op["responses"]["400"] = error_response("Malformed JSON, unknown fields, body over 64 KiB");
+    op
+}
+
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}}])
+}
+
+fn name_param() -> Value {
+    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+/// The document.
+pub fn document() -> Value {
+    let rl_headers = json!({
+        "X-RateLimit-Limit": {"schema": {"type": "integer"}, "description": "Requests allowed by the most restrictive limit"},
+        "X-RateLimit-Remaining": {"schema": {"type": "integer"}, "description": "Requests left under it"},
+        "X-RateLimit-Reset": {"schema": {"type": "integer"}, "description": "When it is fully restored (Unix seconds)"},
+        "RateLimit-Policy": {"schema": {"type": "string"}, "description": "Every limit (draft-ietf-httpapi-ratelimit-headers-09), e.g. \"minute\";q=60;w=60"},
+        "RateLimit": {"schema": {"type": "string"}, "description": "Remaining r and seconds to reset t per limit"},
+        "x-request-id": {"schema": {"type": "string"}},
+    });
+    let mut denied_headers = rl_headers.clone();
+    denied_headers["Retry-After"] = json!({"schema": {"type": "integer", "minimum": 1}});
+    let check_params = json!([
+        {"name": "X-API-Key", "in": "header", "schema": {"type": "string"}},
+        {"name": "Authorization", "in": "header", "schema": {"type": "string"}, "description": "Bearer <key>"},
+        {"name": "X-Quota-Scope", "in": "header", "schema": {"type": "string"}},
+        {"name": "X-Quota-Cost", "in": "header", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000}},
+        {"name": "x-request-id", "in": "header", "schema": {"type": "string", "maxLength": 128}},
+    ]);
+    let check_op = json!({
+        "summary": "May this API key make this call? (forward-auth target; any method, any path below /v1/check)",
+        "parameters": check_params,
+        "responses": {
+            "200": {"description": "Allowed", "headers": rl_headers,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Allowed"}}}},
+            "400": error_response("Bad header (cost, scope, non-ASCII, oversized)"),
+            "401": error_response("Missing, malformed, unknown, revoked or expired key"),
+            "403": error_response("forbidden (scope) or plan_required (tier)"),
+            "429": {"description": "rate_limited or quota_exceeded", "headers": denied_headers,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "quotad", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Rate-limit and quota decisions for API gateways."},
+        "paths": {
+            "/v1/check": {"get": check_op.clone(), "post": check_op},
+            "/health": {"get": {"summary": "Liveness and persistence state", "responses": {"200": ok("Healthy", "Health")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/docs": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/admin/v1/keys": {
+                "post": admin(json!({"summary": "Create a key; the raw key is in this response only", "requestBody": body("CreateKey"),
+                    "responses": {"201": ok("Created", "Key")}})),
+                "get": admin(json!({"summary": "List keys", "parameters": [
+                        {"name": "consumer", "in": "query", "schema": {"type": "string"}},
+                        {"name": "tier", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": ok("A page of keys", "KeyList")}})),
+            },
+            "/admin/v1/keys/{id}": {
+                "get": admin(json!({"summary": "A key and its live usage", "parameters": id_param(),
+                    "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}})),
+                "patch": admin(json!({"summary": "Change tier, scopes, expiry, quota or name", "parameters": id_param(),
+                    "requestBody": body("PatchKey"),
+                    "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}})),
+            },
+            "/admin/v1/keys/{id}/revoke": {"post": admin(json!({"summary": "Revoke; the next check is 401", "parameters": id_param(),
+                "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}}))},
+            "/admin/v1/keys/{id}/rotate": {"post": admin(json!({"summary": "New secret for the same record; usage carries over", "parameters": id_param(),
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rotate"}}}},
+                "responses": {"200": ok("The key with its new raw key", "Key"), "404": error_response("Unknown key id")}}))},
+            "/admin/v1/tiers": {"get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}}))},
+            "/admin/v1/tiers/{name}": {
+                "get": admin(json!({"summary": "One tier", "parameters": name_param(),
+                    "responses": {"200": ok("The tier", "Tier"), "404": error_response("Unknown tier")}})),
+                "put": admin(json!({"summary": "Create or change a tier (in force from the next check)", "parameters": name_param(),
+                    "requestBody": body("PutTier"), "responses": {"200": ok("The tier", "Tier")}})),
+                "delete": admin(json!({"summary": "Delete a tier no key uses", "parameters": name_param(),
+                    "responses": {"200": {"description": "Deleted"}, "404": error_response("Unknown tier"), "409": error_response("Keys use this tier")}})),
+            },
+        },
+        "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                    "required": ["code", "message", "requestId"],
+                    "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "plan_required", "rate_limited", "quota_exceeded", "not_found", "conflict", "method_not_allowed", "internal", "unavailable"]},
+                                   "message": {"type": "string"}, "requestId": {"type": "string"}}}}},
+                "Allowed": {"type": "object", "properties": {"allowed": {"const": true}, "keyId": {"type": "string"},
+                    "consumer": {"type": "string"}, "tier": {"type": "string"}}},
+                "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "dataDir": {"type": "string"},
+                    "keys": {"type": "integer"}, "tiers": {"type": "integer"}, "persistence": {"type": "object"}}},
+                "CreateKey": {"type": "object", "required": ["consumer", "tier"], "additionalProperties": false, "properties": {
+                    "consumer": {"type": "string", "maxLength": 64}, "tier": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string"}},
+                    "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0},
+                    "name": {"type": "string", "maxLength": 56}, "prefix": {"type": "string", "maxLength": 16}}},
+                "PatchKey": {"type": "object", "additionalProperties": false, "properties": {
+                    "tier": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
+                    "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+                    "monthlyQuota": {"type": ["integer", "null"]}, "name": {"type": ["string", "null"]}}},
+                "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0}}},
+                "Key": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "key": {"type": "string", "description": "Raw key: create and rotate responses only"},
+                    "prefix": {"type": "string"}, "consumer": {"type": "string"}, "tier": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string"}}, "expiresAt": {"type": ["string", "null"]},
+                    "monthlyQuota": {"type": ["integer", "null"]}, "name": {"type": ["string", "null"]},
+                    "createdAt": {"type": "string"}, "revoked": {"type": "boolean"},
+                    "usage": {"type": "object", "properties": {
+                        "limits": {"type": "array", "items": {"type": "object", "properties": {
+                            "requests": {"type": "integer"}, "periodSeconds": {"type": "integer"},
+                            "remaining": {"type": "integer"}, "reset": {"type": "integer"}}}},
+                        "monthlyUsed": {"type": "integer"}, "monthlyQuota": {"type": ["integer", "null"]},
+                        "lastUsedAt": {"type": ["string", "null"]}}}}},
+                "KeyList": {"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
+                    "nextCursor": {"type": ["string", "null"]}}},
+                "Limit": {"type": "object", "required": ["requests", "periodSeconds"], "additionalProperties": false,
+                    "properties": {"requests": {"type": "integer", "minimum": 1}, "periodSeconds": {"type": "integer", "minimum": 1}}},
+                "Tier": {"type": "object", "properties": {"name": {"type": "string"},
+                    "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "maxItems": 4},
+                    "monthlyQuota": {"type": ["integer", "null"]}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                "PutTier": {"type": "object", "required": ["limits"], "additionalProperties": false, "properties": {
+                    "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
+                    "monthlyQuota": {"type": ["integer", "null"]}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                "TierList": {"type": "object", "properties": {"tiers": {"type": "array", "items": {"$ref": "#/components/schemas/Tier"}}}},
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_listed() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+            .collect();
+        documented.sort();
+        let mut listed: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        listed.sort();
+        assert_eq!(documented, listed);
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name: String = part.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(schemas.contains_key(&name), "dangling $ref {name}");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Rendering a [`Decision`] for HTTP: status, the error envelope, and the rate-limit headers
+//! (`X-RateLimit-*`, `Retry-After`, and the IETF `RateLimit` / `RateLimit-Policy` fields in the
+//! structured-field syntax of draft-ietf-httpapi-ratelimit-headers-09).
+//!
+//! ```text
+//! RateLimit-Policy: "minute";q=60;w=60, "hour";q=1000;w=3600, "month";q=10000;w=2592000
+//! RateLimit: "minute";r=59;t=1, "hour";r=999;t=4, "month";r=9999;t=1812345
+//! ```
+
+use std::fmt::Write as _;
+
+use crate::engine::decision::{Decision, LimitKind, LimitStatus, Verdict};
+
+/// The policy name of a limit: `minute`, `hour`, `day`, `<n>s`, or `month`.
+pub fn policy_name(l: &LimitStatus) -> String {
+    match l.kind {
+        LimitKind::Monthly => "month".into(),
+        LimitKind::Window { period_secs } => match period_secs {
+            1 => "second".into(),
+            60 => "minute".into(),
+            3600 => "hour".into(),
+            86_400 => "day".into(),
+            s => format!("{s}s"),
+        },
+    }
+}
+
+/// `RateLimit-Policy`: every limit with its quota `q` and window `w` (seconds).
+pub fn ratelimit_policy(d: &Decision) -> String {
+    let mut s = String::with_capacity(96);
+    for (i, l) in d.limits().iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "\"{}\";q={};w={}", policy_name(l), l.limit, l.window_secs(d.now_s));
+    }
+    s
+}
+
+/// `RateLimit`: every limit with remaining `r` and seconds to reset `t`.
+pub fn ratelimit(d: &Decision) -> String {
+    let mut s = String::with_capacity(96);
+    for (i, l) in d.limits().iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(
+            s,
+            "\"{}\";r={};t={}",
+            policy_name(l),
+            l.remaining,
+            l.reset.saturating_sub(d.now_s)
+        );
+    }
+    s
+}
+
+/// HTTP status for a verdict.
+pub fn status(v: Verdict) -> u16 {
+    match v {
+        Verdict::Allowed => 200,
+        Verdict::Unauthorized(_) => 401,
+        Verdict::Forbidden | Verdict::PlanRequired => 403,
+        Verdict::RateLimited(_) | Verdict::QuotaExceeded => 429,
+    }
+}
+
+/// The error message for a denial; `scope` is the scope the request needed.
+pub fn message(d: &Decision, scope: Option<&str>) -> String {
+    match d.verdict {
+        Verdict::Allowed => String::new(),
+        Verdict::Unauthorized(_) => "Missing or invalid API key".into(),
+        Verdict::Forbidden => format!("API key lacks required scope: {}", scope.unwrap_or("")),
+        Verdict::PlanRequired => "Feature requires a higher plan tier".into(),
+        Verdict::RateLimited(i) => {
+            let l = d.limits().get(i);
+            match l.map(|l| l.kind) {
+                Some(LimitKind::Window { period_secs }) => format!(
+                    "Rate limit exceeded: {}",
+                    crate::engine::bucket::Limit::new(l.map_or(0, |l| l.limit), period_secs)
+                        .map(|l| l.describe())
+                        .unwrap_or_default()
+                ),
+                _ => "Rate limit exceeded".into(),
+            }
+        }
+        Verdict::QuotaExceeded => "Monthly quota exceeded".into(),
+    }
+}
+
+/// The error envelope `{"error":{"code","message","requestId"}}`.
+pub fn envelope(code: &str, message: &str, request_id: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message, "requestId": request_id}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_read_naturally() {
+        let l = |p| LimitStatus {
+            kind: LimitKind::Window { period_secs: p },
+            limit: 1,
+            remaining: 0,
+            reset: 0,
+        };
+        assert_eq!(policy_name(&l(60)), "minute");
+        assert_eq!(policy_name(&l(90)), "90s");
+    }
+}

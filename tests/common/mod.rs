@@ -1,0 +1,232 @@
+//! Test harness: the real `quotad` binary on 127.0.0.1 with a temporary data directory.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every log line any daemon in this test process printed (for the "no secrets in logs" checks).
+pub static ALL_LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_quotad")
+}
+
+impl Daemon {
+    /// Starts `quotad serve` on 127.0.0.1:0 with `data_dir` and extra args.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_env(data_dir, extra, &[])
+    }
+
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--log-format", "json", "serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("QUOTAD_ADMIN_TOKEN")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn quotad");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) if v["message"] == "http listening" => {
+                        let _ = tx.send(Some(v["addr"].as_str().unwrap_or("").to_string()));
+                    }
+                    Ok(v) if v["level"] == "ERROR" => {
+                        let _ = tx.send(None);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = tx.send(None);
+                    }
+                }
+                ALL_LOGS.lock().unwrap().push(line.clone());
+                l2.lock().unwrap().push(line);
+            }
+            let _ = tx.send(None);
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(a)) => a,
+            _ => {
+                let _ = child.kill();
+                panic!("quotad did not start: {:#?}", logs.lock().unwrap());
+            }
+        };
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "QUOTAD_ADMIN_TOKEN")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(data_dir.join("admin.token"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            });
+        Daemon {
+            child: Some(child),
+            http: addr.parse().unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            token,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("quotad did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            base: format!("http://{}", self.http),
+            token: self.token.clone(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::blocking::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl Reply {
+    fn from(r: reqwest::blocking::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Reply { status, headers, body, text }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    pub fn header_u64(&self, name: &str) -> u64 {
+        self.header(name)
+            .unwrap_or_else(|| panic!("missing header {name}"))
+            .parse()
+            .unwrap()
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Client {
+    pub fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Reply {
+        let mut rb = self
+            .http
+            .request(method, format!("{}/admin/v1{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        Reply::from(rb.send().unwrap())
+    }
+
+    pub fn create_key(&self, body: serde_json::Value) -> (String, String) {
+        let r = self.admin(reqwest::Method::POST, "/keys", Some(body));
+        assert_eq!(r.status, 201, "{}", r.text);
+        (
+            r.body["id"].as_str().unwrap().to_string(),
+            r.body["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn check(&self, key: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+        let mut rb = self.http.get(format!("{}/v1/check", self.base));
+        if let Some(k) = key {
+            rb = rb.header("X-API-Key", k);
+        }
+        for (h, v) in headers {
+            rb = rb.header(*h, *v);
+        }
+        Reply::from(rb.send().unwrap())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(self.http.get(format!("{}{}", self.base, path)).send().unwrap())
+    }
+}
