@@ -116,13 +116,11 @@ fn checks(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("quotad_full_check", threads), |b| {
             b.iter_custom(|iters| {
                 run_threads(threads, iters, |t, per| {
-                    let mut i = t * 7919;
-                    for _ in 0..per {
+                    for i in (t * 7919..).take(per as usize) {
                         let raw = &raws[order[i & mask] as usize];
                         let d = engine.check(Some(raw), Some("api:read"), 1);
                         debug_assert!(d.verdict.is_allowed());
                         std::hint::black_box(&d);
-                        i += 1;
                     }
                 })
             })
@@ -130,11 +128,9 @@ fn checks(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("governor_keyed_check", threads), |b| {
             b.iter_custom(|iters| {
                 run_threads(threads, iters, |t, per| {
-                    let mut i = t * 7919;
-                    for _ in 0..per {
+                    for i in (t * 7919..).take(per as usize) {
                         let raw = &raws[order[i & mask] as usize];
                         std::hint::black_box(gov.check_key(raw).is_ok());
-                        i += 1;
                     }
                 })
             })

@@ -16,9 +16,9 @@
 
 pub mod cli;
 pub mod engine;
+pub mod keys;
 pub mod metrics;
 pub mod server;
-pub mod keys;
 pub mod store;
 pub mod tiers;
 

@@ -82,7 +82,10 @@ impl Metrics {
         if let Verdict::Unauthorized(r) = v {
             self.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
         }
-        let b = BUCKETS_NS.iter().position(|&ub| latency_ns <= ub).unwrap_or(BUCKETS_NS.len());
+        let b = BUCKETS_NS
+            .iter()
+            .position(|&ub| latency_ns <= ub)
+            .unwrap_or(BUCKETS_NS.len());
         if b < BUCKETS_NS.len() {
             self.latency_buckets[b].fetch_add(1, Ordering::Relaxed);
         }
@@ -131,23 +134,38 @@ impl Metrics {
     /// The Prometheus text exposition, including the engine's gauges.
     pub fn render(&self, engine: &Engine) -> String {
         let mut s = String::with_capacity(4096);
-        let _ = writeln!(s, "# HELP quotad_checks_total Checks answered, by transport and decision.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_checks_total Checks answered, by transport and decision."
+        );
         let _ = writeln!(s, "# TYPE quotad_checks_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (di, dn) in DECISIONS.iter().enumerate() {
                 let v = self.checks[ti][di].load(Ordering::Relaxed);
-                let _ = writeln!(s, "quotad_checks_total{{transport=\"{tn}\",decision=\"{dn}\"}} {v}");
+                let _ = writeln!(
+                    s,
+                    "quotad_checks_total{{transport=\"{tn}\",decision=\"{dn}\"}} {v}"
+                );
             }
         }
-        let _ = writeln!(s, "# HELP quotad_unauthorized_total Unauthorized checks, by transport and reason.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_unauthorized_total Unauthorized checks, by transport and reason."
+        );
         let _ = writeln!(s, "# TYPE quotad_unauthorized_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (ri, rn) in REASONS.iter().enumerate() {
                 let v = self.unauthorized[ti][ri].load(Ordering::Relaxed);
-                let _ = writeln!(s, "quotad_unauthorized_total{{transport=\"{tn}\",reason=\"{rn}\"}} {v}");
+                let _ = writeln!(
+                    s,
+                    "quotad_unauthorized_total{{transport=\"{tn}\",reason=\"{rn}\"}} {v}"
+                );
             }
         }
-        let _ = writeln!(s, "# HELP quotad_check_duration_seconds Time the engine took to decide a check.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_check_duration_seconds Time the engine took to decide a check."
+        );
         let _ = writeln!(s, "# TYPE quotad_check_duration_seconds histogram");
         let mut cum = 0;
         for (i, ub) in BUCKETS_NS.iter().enumerate() {
@@ -159,26 +177,41 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(s, "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             s,
             "quotad_check_duration_seconds_sum {}",
             self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
         let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
-        let _ = writeln!(s, "# HELP quotad_open_connections Connections open now, by transport.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_open_connections Connections open now, by transport."
+        );
         let _ = writeln!(s, "# TYPE quotad_open_connections gauge");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             let v = self.connections[ti].load(Ordering::Relaxed);
             let _ = writeln!(s, "quotad_open_connections{{transport=\"{tn}\"}} {v}");
         }
-        let _ = writeln!(s, "# HELP quotad_rejected_connections_total Connections refused by the connection limit.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_rejected_connections_total Connections refused by the connection limit."
+        );
         let _ = writeln!(s, "# TYPE quotad_rejected_connections_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             let v = self.rejected_connections[ti].load(Ordering::Relaxed);
-            let _ = writeln!(s, "quotad_rejected_connections_total{{transport=\"{tn}\"}} {v}");
+            let _ = writeln!(
+                s,
+                "quotad_rejected_connections_total{{transport=\"{tn}\"}} {v}"
+            );
         }
-        let _ = writeln!(s, "# HELP quotad_bad_requests_total Requests refused as malformed.");
+        let _ = writeln!(
+            s,
+            "# HELP quotad_bad_requests_total Requests refused as malformed."
+        );
         let _ = writeln!(s, "# TYPE quotad_bad_requests_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             let v = self.bad_requests[ti].load(Ordering::Relaxed);
@@ -186,8 +219,15 @@ impl Metrics {
         }
         let _ = writeln!(s, "# HELP quotad_admin_requests_total Admin API requests.");
         let _ = writeln!(s, "# TYPE quotad_admin_requests_total counter");
-        let _ = writeln!(s, "quotad_admin_requests_total {}", self.admin_requests.load(Ordering::Relaxed));
-        let _ = writeln!(s, "# HELP quotad_keys Keys in the data directory (live, revoked and expired).");
+        let _ = writeln!(
+            s,
+            "quotad_admin_requests_total {}",
+            self.admin_requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP quotad_keys Keys in the data directory (live, revoked and expired)."
+        );
         let _ = writeln!(s, "# TYPE quotad_keys gauge");
         let _ = writeln!(s, "quotad_keys {}", engine.key_count());
         let _ = writeln!(s, "# HELP quotad_tiers Tiers in force.");

@@ -401,25 +401,22 @@ fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counter
     e.put_tier(tier("t", &[(20, 60)], Some(1000))).unwrap();
     let d = e.check(Some(&raw), None, 1);
     assert_eq!(d.primary().unwrap().limit, 20);
-    assert_eq!(d.primary().unwrap().remaining, 20 - 4 * 2 - 1);
-    // Lower it below what is owed: the bucket clamps to the new capacity, it is not reset.
+    assert_eq!(d.limits()[0].remaining, 20 - 4 - 1);
+    // Lower it below what is used: the bucket clamps to the new capacity, it is not reset.
     e.put_tier(tier("t", &[(3, 60)], Some(5))).unwrap();
     let d = e.check(Some(&raw), None, 1);
+    assert_eq!(d.verdict, Verdict::RateLimited(0));
+    assert_eq!(d.limits()[0].remaining, 0);
     assert_eq!(
-        d.verdict,
-        Verdict::QuotaExceeded,
+        d.limits()[1].remaining,
+        0,
         "5 used of the new monthly quota of 5"
     );
-    assert_eq!(d.limits()[1].remaining, 0);
-    assert!(
-        d.limits()[0].remaining <= 3,
-        "the bucket never holds more than the new capacity"
-    );
-    let (_, fresh) = key(&e, "t");
-    let d = e.check(Some(&fresh), None, 1);
-    assert_eq!(d.limits()[0].remaining, 2);
     assert_eq!(e.usage(id).unwrap().monthly_used, 5);
-    // Moving the key to another tier also applies at once.
+    assert_eq!(e.usage(id).unwrap().limits[0].remaining, 0);
+    let (_, fresh) = key(&e, "t");
+    assert_eq!(e.check(Some(&fresh), None, 1).limits()[0].remaining, 2);
+    // Moving the key to another tier also applies at once; the per-minute usage follows it.
     e.update_key(
         id,
         KeyUpdate {
@@ -431,7 +428,32 @@ fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counter
     let d = e.check(Some(&raw), None, 1);
     assert!(d.verdict.is_allowed());
     assert_eq!(d.limits()[0].limit, 1000);
+    assert_eq!(d.limits()[0].remaining, 1000 - 5 - 1);
+    assert_eq!(
+        d.limits()[1].remaining,
+        50_000 - 1,
+        "a window the old tier lacked starts full"
+    );
     assert_eq!(e.usage(id).unwrap().monthly_used, 6);
+}
+
+#[test]
+fn limit_changes_survive_a_restart_before_the_next_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let (id, raw) = {
+        let e = open(dir.path(), &clock);
+        e.put_tier(tier("t", &[(10, 60)], None)).unwrap();
+        let (id, raw) = key(&e, "t");
+        for _ in 0..6 {
+            assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+        }
+        e.put_tier(tier("t", &[(100, 60)], None)).unwrap();
+        (id, raw)
+    };
+    let e = open(dir.path(), &clock);
+    assert_eq!(e.usage(id).unwrap().limits[0].remaining, 94);
+    assert_eq!(e.check(Some(&raw), None, 1).limits()[0].remaining, 93);
 }
 
 #[test]

@@ -11,7 +11,10 @@ use reqwest::Method;
 use serde_json::json;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn seconds_to_next_month() -> u64 {
@@ -21,7 +24,10 @@ fn seconds_to_next_month() -> u64 {
     } else {
         (t.year(), t.month().next())
     };
-    let next = time::Date::from_calendar_date(y, m, 1).unwrap().midnight().assume_utc();
+    let next = time::Date::from_calendar_date(y, m, 1)
+        .unwrap()
+        .midnight()
+        .assume_utc();
     (next.unix_timestamp() - t.unix_timestamp()) as u64
 }
 
@@ -33,19 +39,29 @@ fn an_allowed_check_returns_identity_and_every_rate_limit_header() {
     let (id, key) = c.create_key(json!({"consumer": "acme", "tier": "free"}));
     let r = c.check(Some(&key), &[]);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"allowed": true, "keyId": id, "consumer": "acme", "tier": "free"}));
+    assert_eq!(
+        r.body,
+        json!({"allowed": true, "keyId": id, "consumer": "acme", "tier": "free"})
+    );
     assert_eq!(r.header("x-quota-key-id").as_deref(), Some(id.as_str()));
     assert_eq!(r.header("x-quota-consumer").as_deref(), Some("acme"));
     assert_eq!(r.header_u64("x-ratelimit-limit"), 60);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 59);
     let reset = r.header_u64("x-ratelimit-reset");
-    assert!(reset >= now() && reset <= now() + 61, "reset {reset} is epoch seconds");
+    assert!(
+        reset >= now() && reset <= now() + 61,
+        "reset {reset} is epoch seconds"
+    );
     let month = seconds_to_next_month();
     assert_eq!(
         r.header("ratelimit-policy").unwrap(),
         format!(
             "\"minute\";q=60;w=60, \"hour\";q=1000;w=3600, \"month\";q=10000;w={}",
-            r.header("ratelimit-policy").unwrap().rsplit("w=").next().unwrap()
+            r.header("ratelimit-policy")
+                .unwrap()
+                .rsplit("w=")
+                .next()
+                .unwrap()
         )
     );
     let rl = r.header("ratelimit").unwrap();
@@ -71,7 +87,12 @@ fn keys_are_read_from_bearer_and_configured_headers() {
     let r = c.check(None, &[("Authorization", &format!("Basic {key}"))]);
     assert_eq!(r.status, 401);
     // Any method and any path below /v1/check.
-    let r = c.http.post(format!("{}/v1/check/api/v1/policies?x=1", c.base)).header("X-API-Key", &key).send().unwrap();
+    let r = c
+        .http
+        .post(format!("{}/v1/check/api/v1/policies?x=1", c.base))
+        .header("X-API-Key", &key)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -97,7 +118,13 @@ fn unauthorized_keys_all_get_the_same_401_envelope() {
     };
     assert_eq!(c.check(Some(&expiring), &[]).status, 200);
     std::thread::sleep(Duration::from_millis(2100));
-    for presented in [None, Some("garbage"), Some(forged.as_str()), Some(revoked.as_str()), Some(expiring.as_str())] {
+    for presented in [
+        None,
+        Some("garbage"),
+        Some(forged.as_str()),
+        Some(revoked.as_str()),
+        Some(expiring.as_str()),
+    ] {
         let r = c.check(presented, &[("x-request-id", "req-123")]);
         assert_eq!(r.status, 401, "{presented:?}");
         assert_eq!(
@@ -111,7 +138,9 @@ fn unauthorized_keys_all_get_the_same_401_envelope() {
     let m = c.get("/metrics").text;
     for reason in ["missing", "malformed", "unknown", "revoked", "expired"] {
         assert!(
-            m.contains(&format!("quotad_unauthorized_total{{transport=\"http\",reason=\"{reason}\"}} 1")),
+            m.contains(&format!(
+                "quotad_unauthorized_total{{transport=\"http\",reason=\"{reason}\"}} 1"
+            )),
             "{reason} not counted:\n{m}"
         );
     }
@@ -124,17 +153,28 @@ fn missing_scopes_are_403_forbidden_and_plan_scopes_are_403_plan_required() {
     let c = d.client();
     let r = c.admin(Method::PUT, "/tiers/basic", Some(json!({"limits": [{"requests": 100, "periodSeconds": 60}], "scopes": ["insights:read", "brands:read"]})));
     assert_eq!(r.status, 200, "{}", r.text);
-    let (_, scoped) = c.create_key(json!({"consumer": "c", "tier": "basic", "scopes": ["brands:read"]}));
+    let (_, scoped) =
+        c.create_key(json!({"consumer": "c", "tier": "basic", "scopes": ["brands:read"]}));
     let (_, open) = c.create_key(json!({"consumer": "c", "tier": "basic"}));
     let r = c.check(Some(&scoped), &[("X-Quota-Scope", "insights:read")]);
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "forbidden");
-    assert_eq!(r.body["error"]["message"], "API key lacks required scope: insights:read");
-    assert_eq!(c.check(Some(&scoped), &[("X-Quota-Scope", "brands:read")]).status, 200);
+    assert_eq!(
+        r.body["error"]["message"],
+        "API key lacks required scope: insights:read"
+    );
+    assert_eq!(
+        c.check(Some(&scoped), &[("X-Quota-Scope", "brands:read")])
+            .status,
+        200
+    );
     let r = c.check(Some(&open), &[("X-Quota-Scope", "governance:write")]);
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "plan_required");
-    assert_eq!(r.body["error"]["message"], "Feature requires a higher plan tier");
+    assert_eq!(
+        r.body["error"]["message"],
+        "Feature requires a higher plan tier"
+    );
 }
 
 #[test]
@@ -142,7 +182,11 @@ fn a_spent_burst_limit_is_429_with_retry_after_and_headers() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
-    let r = c.admin(Method::PUT, "/tiers/slow", Some(json!({"limits": [{"requests": 3, "periodSeconds": 60}]})));
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/slow",
+        Some(json!({"limits": [{"requests": 3, "periodSeconds": 60}]})),
+    );
     assert_eq!(r.status, 200);
     let (_, key) = c.create_key(json!({"consumer": "c", "tier": "slow"}));
     for i in 0..3 {
@@ -153,12 +197,18 @@ fn a_spent_burst_limit_is_429_with_retry_after_and_headers() {
     let r = c.check(Some(&key), &[]);
     assert_eq!(r.status, 429);
     assert_eq!(r.code(), "rate_limited");
-    assert_eq!(r.body["error"]["message"], "Rate limit exceeded: 3 per minute");
+    assert_eq!(
+        r.body["error"]["message"],
+        "Rate limit exceeded: 3 per minute"
+    );
     let ra = r.header_u64("retry-after");
     assert!((1..=20).contains(&ra), "one token every 20 s: {ra}");
     assert_eq!(r.header_u64("x-ratelimit-limit"), 3);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 0);
-    assert!(r.header("ratelimit").unwrap().starts_with("\"minute\";r=0;t="));
+    assert!(r
+        .header("ratelimit")
+        .unwrap()
+        .starts_with("\"minute\";r=0;t="));
     // Cost: 400 outside 1..=1000000, and a cost above what remains is refused whole.
     for bad in ["0", "-1", "abc", "1000001", "1.5"] {
         let r = c.check(Some(&key), &[("X-Quota-Cost", bad)]);
@@ -179,7 +229,10 @@ fn a_spent_monthly_quota_is_429_until_the_first_of_next_month() {
     assert_eq!(r.code(), "quota_exceeded");
     assert_eq!(r.body["error"]["message"], "Monthly quota exceeded");
     let ra = r.header_u64("retry-after");
-    assert!(ra.abs_diff(seconds_to_next_month()) <= 2, "retry-after {ra}");
+    assert!(
+        ra.abs_diff(seconds_to_next_month()) <= 2,
+        "retry-after {ra}"
+    );
     assert_eq!(r.header_u64("x-ratelimit-limit"), 5);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 2);
     assert_eq!(c.check(Some(&key), &[("X-Quota-Cost", "2")]).status, 200);
@@ -189,7 +242,10 @@ fn a_spent_monthly_quota_is_429_until_the_first_of_next_month() {
     assert!(u.body["usage"]["lastUsedAt"].is_string());
     assert_eq!(u.body["usage"]["limits"][0]["requests"], 300);
     assert_eq!(u.body["usage"]["limits"][0]["periodSeconds"], 60);
-    assert!(u.body.get("key").is_none(), "no raw key outside create/rotate");
+    assert!(
+        u.body.get("key").is_none(),
+        "no raw key outside create/rotate"
+    );
 }
 
 #[test]
@@ -201,13 +257,21 @@ fn rotation_takes_effect_at_once_with_grace_for_the_old_key() {
     for _ in 0..10 {
         assert_eq!(c.check(Some(&old), &[]).status, 200);
     }
-    let r = c.admin(Method::POST, &format!("/keys/{id}/rotate"), Some(json!({"graceSeconds": 2})));
+    let r = c.admin(
+        Method::POST,
+        &format!("/keys/{id}/rotate"),
+        Some(json!({"graceSeconds": 2})),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     let new = r.body["key"].as_str().unwrap().to_string();
     assert_eq!(r.body["id"], id.as_str());
     let r = c.check(Some(&new), &[]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.header_u64("x-ratelimit-remaining"), 89, "usage carried over");
+    assert_eq!(
+        r.header_u64("x-ratelimit-remaining"),
+        89,
+        "usage carried over"
+    );
     assert_eq!(c.check(Some(&old), &[]).status, 200, "old key inside grace");
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(c.check(Some(&old), &[]).status, 401, "old key after grace");
@@ -224,19 +288,36 @@ fn a_tier_changed_by_put_applies_to_the_next_check() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
-    c.admin(Method::PUT, "/tiers/t", Some(json!({"limits": [{"requests": 2, "periodSeconds": 3600}]})));
+    c.admin(
+        Method::PUT,
+        "/tiers/t",
+        Some(json!({"limits": [{"requests": 2, "periodSeconds": 3600}]})),
+    );
     let (_, key) = c.create_key(json!({"consumer": "c", "tier": "t"}));
     assert_eq!(c.check(Some(&key), &[]).status, 200);
     assert_eq!(c.check(Some(&key), &[]).status, 200);
     assert_eq!(c.check(Some(&key), &[]).status, 429);
-    let r = c.admin(Method::PUT, "/tiers/t", Some(json!({"limits": [{"requests": 10, "periodSeconds": 3600}], "monthlyQuota": 1000})));
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/t",
+        Some(json!({"limits": [{"requests": 10, "periodSeconds": 3600}], "monthlyQuota": 1000})),
+    );
     assert_eq!(r.status, 200);
     let r = c.check(Some(&key), &[]);
     assert_eq!(r.status, 200, "no restart needed");
     assert_eq!(r.header_u64("x-ratelimit-limit"), 10);
     let tiers = c.admin(Method::GET, "/tiers", None);
-    let t = tiers.body["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "t").unwrap().clone();
-    assert_eq!(t, json!({"name": "t", "limits": [{"requests": 10, "periodSeconds": 3600}], "monthlyQuota": 1000, "scopes": null}));
+    let t = tiers.body["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "t")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        t,
+        json!({"name": "t", "limits": [{"requests": 10, "periodSeconds": 3600}], "monthlyQuota": 1000, "scopes": null})
+    );
     let r = c.admin(Method::DELETE, "/tiers/t", None);
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "conflict");
@@ -249,25 +330,52 @@ fn admin_api_refuses_bad_tokens_bad_json_and_unknown_things() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
-    let r = c.http.get(format!("{}/admin/v1/keys", c.base)).send().unwrap();
+    let r = c
+        .http
+        .get(format!("{}/admin/v1/keys", c.base))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.http.get(format!("{}/admin/v1/keys", c.base)).bearer_auth("wrong").send().unwrap();
+    let r = c
+        .http
+        .get(format!("{}/admin/v1/keys", c.base))
+        .bearer_auth("wrong")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
 
     let post = |body: &str| {
-        let r = c.http.post(format!("{}/admin/v1/keys", c.base)).bearer_auth(&c.token).body(body.to_string()).send().unwrap();
+        let r = c
+            .http
+            .post(format!("{}/admin/v1/keys", c.base))
+            .bearer_auth(&c.token)
+            .body(body.to_string())
+            .send()
+            .unwrap();
         (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
     };
     for (body, needle) in [
         ("{not json", "invalid JSON"),
-        ("{\"consumer\":\"c\",\"tier\":\"free\",\"color\":\"red\"}", "unknown field"),
-        ("{\"consumer\":\"c\",\"tier\":\"free\",\"monthlyQuota\":\"lots\"}", "invalid type"),
+        (
+            "{\"consumer\":\"c\",\"tier\":\"free\",\"color\":\"red\"}",
+            "unknown field",
+        ),
+        (
+            "{\"consumer\":\"c\",\"tier\":\"free\",\"monthlyQuota\":\"lots\"}",
+            "invalid type",
+        ),
         ("{\"consumer\":\"c\"}", "missing field"),
         ("{\"consumer\":\"c\",\"tier\":\"gold\"}", "unknown tier"),
-        ("{\"consumer\":\"c\",\"tier\":\"free\",\"expiresAt\":\"tomorrow\"}", "RFC 3339"),
-        ("{\"consumer\":\"c\",\"tier\":\"free\",\"scopes\":[\"bad scope\"]}", "invalid scope"),
+        (
+            "{\"consumer\":\"c\",\"tier\":\"free\",\"expiresAt\":\"tomorrow\"}",
+            "RFC 3339",
+        ),
+        (
+            "{\"consumer\":\"c\",\"tier\":\"free\",\"scopes\":[\"bad scope\"]}",
+            "invalid scope",
+        ),
         ("", "JSON object"),
     ] {
         let (status, b) = post(body);
@@ -276,7 +384,10 @@ fn admin_api_refuses_bad_tokens_bad_json_and_unknown_things() {
         let msg = b["error"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{body}: {msg}");
     }
-    let big = format!("{{\"consumer\":\"{}\",\"tier\":\"free\"}}", "x".repeat(70 * 1024));
+    let big = format!(
+        "{{\"consumer\":\"{}\",\"tier\":\"free\"}}",
+        "x".repeat(70 * 1024)
+    );
     let (status, b) = post(&big);
     assert_eq!(status, 400);
     assert!(b["error"]["message"].as_str().unwrap().contains("64 KiB"));
@@ -284,14 +395,26 @@ fn admin_api_refuses_bad_tokens_bad_json_and_unknown_things() {
     let list = c.admin(Method::GET, "/keys", None);
     assert_eq!(list.body["keys"].as_array().unwrap().len(), 0);
 
-    assert_eq!(c.admin(Method::GET, "/keys/key_00000000000000ff", None).status, 404);
+    assert_eq!(
+        c.admin(Method::GET, "/keys/key_00000000000000ff", None)
+            .status,
+        404
+    );
     assert_eq!(c.admin(Method::GET, "/keys/nonsense", None).status, 404);
-    assert_eq!(c.admin(Method::POST, "/keys/key_00000000000000ff/revoke", None).status, 404);
+    assert_eq!(
+        c.admin(Method::POST, "/keys/key_00000000000000ff/revoke", None)
+            .status,
+        404
+    );
     assert_eq!(c.admin(Method::GET, "/tiers/gold", None).status, 404);
     assert_eq!(c.admin(Method::GET, "/nope", None).status, 404);
     let r = c.admin(Method::PUT, "/tiers/bad", Some(json!({"limits": []})));
     assert_eq!(r.status, 400);
-    let r = c.admin(Method::PUT, "/tiers/bad", Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}], "extra": 1})));
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/bad",
+        Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}], "extra": 1})),
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -306,23 +429,45 @@ fn keys_are_listed_with_filters_and_a_cursor_and_patched() {
         ids.push(id);
     }
     let r = c.admin(Method::GET, "/keys?consumer=even&limit=2", None);
-    let page: Vec<&str> = r.body["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    let page: Vec<&str> = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page, vec![ids[0].as_str(), ids[2].as_str()]);
     let cursor = r.body["nextCursor"].as_str().unwrap().to_string();
-    let r = c.admin(Method::GET, &format!("/keys?consumer=even&limit=2&cursor={cursor}"), None);
-    let page: Vec<&str> = r.body["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    let r = c.admin(
+        Method::GET,
+        &format!("/keys?consumer=even&limit=2&cursor={cursor}"),
+        None,
+    );
+    let page: Vec<&str> = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page, vec![ids[4].as_str()]);
     assert!(r.body["nextCursor"].is_null());
     assert!(!r.text.contains("\"key\""), "no raw keys in lists");
     assert_eq!(c.admin(Method::GET, "/keys?limit=0", None).status, 400);
 
-    let r = c.admin(Method::PATCH, &format!("/keys/{}", ids[1]), Some(json!({"tier": "pro", "scopes": ["a:read"], "name": null, "monthlyQuota": 7})));
+    let r = c.admin(
+        Method::PATCH,
+        &format!("/keys/{}", ids[1]),
+        Some(json!({"tier": "pro", "scopes": ["a:read"], "name": null, "monthlyQuota": 7})),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["tier"], "pro");
     assert_eq!(r.body["scopes"], json!(["a:read"]));
     assert_eq!(r.body["name"], serde_json::Value::Null);
     assert_eq!(r.body["monthlyQuota"], 7);
-    let r = c.admin(Method::PATCH, &format!("/keys/{}", ids[1]), Some(json!({"tier": "nope"})));
+    let r = c.admin(
+        Method::PATCH,
+        &format!("/keys/{}", ids[1]),
+        Some(json!({"tier": "nope"})),
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -337,7 +482,10 @@ fn bad_check_headers_are_400_and_request_ids_are_echoed_or_made() {
     let long = "k".repeat(2000);
     let r = c.check(Some(&long), &[]);
     assert_eq!(r.status, 400);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("longer than"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("longer than"));
     // A non-ASCII header value, sent raw.
     let mut s = TcpStream::connect(d.http).unwrap();
     s.write_all(b"GET /v1/check HTTP/1.1\r\nhost: x\r\nx-api-key: qd_\xc3\xa9t\xc3\xa9\r\nconnection: close\r\n\r\n").unwrap();
@@ -355,11 +503,17 @@ fn bad_check_headers_are_400_and_request_ids_are_echoed_or_made() {
     let a = c.check(None, &[]);
     let b = c.check(None, &[]);
     assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
-    assert_eq!(a.body["error"]["requestId"].as_str().unwrap(), a.header("x-request-id").unwrap());
+    assert_eq!(
+        a.body["error"]["requestId"].as_str().unwrap(),
+        a.header("x-request-id").unwrap()
+    );
     let r = c.get("/nowhere");
     assert_eq!(r.status, 404);
     assert!(r.header("x-request-id").is_some());
-    assert_eq!(r.body["error"]["requestId"].as_str().unwrap(), r.header("x-request-id").unwrap());
+    assert_eq!(
+        r.body["error"]["requestId"].as_str().unwrap(),
+        r.header("x-request-id").unwrap()
+    );
 }
 
 #[test]
@@ -373,7 +527,12 @@ fn health_metrics_and_docs_are_public() {
     assert_eq!(h.status, 200);
     assert_eq!(h.body["status"], "ok");
     assert_eq!(h.body["keys"], 1);
-    assert!(h.body["persistence"]["lastMsyncAgeSeconds"].as_f64().unwrap() < 5.0);
+    assert!(
+        h.body["persistence"]["lastMsyncAgeSeconds"]
+            .as_f64()
+            .unwrap()
+            < 5.0
+    );
     let m = c.get("/metrics");
     assert!(m.header("content-type").unwrap().starts_with("text/plain"));
     for needle in [
@@ -388,7 +547,14 @@ fn health_metrics_and_docs_are_public() {
     }
     let doc = c.get("/docs");
     assert_eq!(doc.body["openapi"], "3.1.0");
-    assert_eq!(c.http.post(format!("{}/health", c.base)).send().unwrap().status(), 405);
+    assert_eq!(
+        c.http
+            .post(format!("{}/health", c.base))
+            .send()
+            .unwrap()
+            .status(),
+        405
+    );
 }
 
 /// Every route in the OpenAPI document answers on a real server (neither 404 nor 405).
@@ -398,12 +564,20 @@ fn every_documented_route_answers() {
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
     let (id, _) = c.create_key(json!({"consumer": "c", "tier": "free"}));
-    let r = c.admin(Method::PUT, "/tiers/doomed", Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}]})));
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/doomed",
+        Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}]})),
+    );
     assert_eq!(r.status, 200);
     let doc = c.get("/docs").body;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
-            let tier = if method == "delete" { "doomed" } else { "enterprise" };
+            let tier = if method == "delete" {
+                "doomed"
+            } else {
+                "enterprise"
+            };
             let url = path.replace("{id}", &id).replace("{name}", tier);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = match (method.as_str(), path.as_str()) {
@@ -412,12 +586,18 @@ fn every_documented_route_answers() {
                 ("patch", _) => Some(json!({"name": "n"})),
                 _ => None,
             };
-            let mut rb = c.http.request(m, format!("{}{}", c.base, url)).bearer_auth(&c.token);
+            let mut rb = c
+                .http
+                .request(m, format!("{}{}", c.base, url))
+                .bearer_auth(&c.token);
             if let Some(b) = body {
                 rb = rb.json(&b);
             }
             let status = rb.send().unwrap().status().as_u16();
-            assert!(status != 404 && status != 405, "{method} {path} -> {status}");
+            assert!(
+                status != 404 && status != 405,
+                "{method} {path} -> {status}"
+            );
         }
     }
 }
@@ -425,12 +605,17 @@ fn every_documented_route_answers() {
 #[test]
 fn the_connection_limit_holds_and_idle_clients_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), &["--max-connections", "2", "--header-timeout-secs", "1"]);
+    let d = Daemon::start(
+        dir.path(),
+        &["--max-connections", "2", "--header-timeout-secs", "1"],
+    );
     let a = TcpStream::connect(d.http).unwrap();
     let b = TcpStream::connect(d.http).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let mut third = TcpStream::connect(d.http).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut out = String::new();
     let _ = third.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
@@ -471,7 +656,10 @@ fn usage_survives_graceful_restart_and_sigkill() {
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
     let u = c.admin(Method::GET, &format!("/keys/{id}"), None);
-    assert_eq!(u.body["usage"]["monthlyUsed"], 12, "SIGKILL loses no counted request");
+    assert_eq!(
+        u.body["usage"]["monthlyUsed"], 12,
+        "SIGKILL loses no counted request"
+    );
     assert_eq!(c.check(Some(&key), &[]).status, 200);
     let u = c.admin(Method::GET, &format!("/keys/{id}"), None);
     assert_eq!(u.body["usage"]["monthlyUsed"], 13);
@@ -483,10 +671,16 @@ fn the_admin_token_file_is_private_and_reused_and_the_env_var_wins() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
     let token = d.token.clone();
-    let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(!d.log_text().contains(&token), "the token is never logged");
-    assert!(d.log_text().contains("admin.token"), "the log says where it is");
+    assert!(
+        d.log_text().contains("admin.token"),
+        "the log says where it is"
+    );
     d.stop();
     let d = Daemon::start(dir.path(), &[]);
     assert_eq!(d.token, token, "reused after restart");
@@ -494,6 +688,15 @@ fn the_admin_token_file_is_private_and_reused_and_the_env_var_wins() {
     let d = Daemon::start_env(dir.path(), &[], &[("QUOTAD_ADMIN_TOKEN", "env-token-123")]);
     let c = d.client();
     assert_eq!(c.admin(Method::GET, "/tiers", None).status, 200);
-    let r = c.http.get(format!("{}/admin/v1/tiers", c.base)).bearer_auth(&token).send().unwrap();
-    assert_eq!(r.status(), 401, "the file token is not accepted when the env var is set");
+    let r = c
+        .http
+        .get(format!("{}/admin/v1/tiers", c.base))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the file token is not accepted when the env var is set"
+    );
 }

@@ -53,7 +53,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let key_headers = args
         .key_headers
         .iter()
-        .map(|h| HeaderName::from_bytes(h.trim().as_bytes()).with_context(|| format!("--key-header {h:?} is not a valid header name")))
+        .map(|h| {
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .with_context(|| format!("--key-header {h:?} is not a valid header name"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tiers = match &args.tiers {
         Some(p) => Some(crate::tiers::load_tiers_file(p)?),
@@ -73,11 +76,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "data directory loaded"
     );
-    let token = AdminToken::load_or_create(std::env::var("QUOTAD_ADMIN_TOKEN").ok(), &args.data_dir)
-        .context("cannot load or create the admin token")?;
+    let token =
+        AdminToken::load_or_create(std::env::var("QUOTAD_ADMIN_TOKEN").ok(), &args.data_dir)
+            .context("cannot load or create the admin token")?;
     match token.source() {
         TokenSource::Env => tracing::info!("admin token: from QUOTAD_ADMIN_TOKEN"),
-        TokenSource::File(p) => tracing::info!(file = %p.display(), "admin token: read it from this file"),
+        TokenSource::File(p) => {
+            tracing::info!(file = %p.display(), "admin token: read it from this file")
+        }
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,8 +114,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         let drain = Duration::from_secs(args.drain_secs);
-        let http_task = tokio::spawn(http::run(http_listener, state.clone(), stopped(stop_rx.clone()), drain));
-        let msync_task = tokio::spawn(msync_loop(engine.clone(), msync_interval, stopped(stop_rx.clone())));
+        let http_task = tokio::spawn(http::run(
+            http_listener,
+            state.clone(),
+            stopped(stop_rx.clone()),
+            drain,
+        ));
+        let msync_task = tokio::spawn(msync_loop(
+            engine.clone(),
+            msync_interval,
+            stopped(stop_rx.clone()),
+        ));
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -152,7 +167,9 @@ async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
     .await;
     match result {
         Ok(Ok(n)) => tracing::info!(tiers = n, "SIGHUP: tiers reloaded"),
-        Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "SIGHUP: tier file refused; the previous tiers stay in force"),
+        Ok(Err(err)) => {
+            tracing::error!(error = %format!("{err:#}"), "SIGHUP: tier file refused; the previous tiers stay in force")
+        }
         Err(err) => tracing::error!(error = %err, "SIGHUP: reload task failed"),
     }
 }

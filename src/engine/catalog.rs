@@ -16,6 +16,24 @@ pub struct CompiledTier {
     pub limits: Vec<Limit>,
     /// Scope ids the tier includes, sorted; `None` = every scope.
     pub scopes: Option<Box<[u16]>>,
+    /// The version of `limits`.
+    pub version: u16,
+    /// Earlier versions of the limits (sorted by period each).
+    pub history: Vec<(u16, Vec<Limit>)>,
+}
+
+impl CompiledTier {
+    /// The limits this tier had at `version`, if remembered.
+    pub fn limits_at(&self, version: u16) -> Option<&[Limit]> {
+        if version == self.version {
+            return Some(&self.limits);
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|(v, _)| *v == version)
+            .map(|(_, l)| l.as_slice())
+    }
 }
 
 /// An immutable snapshot of tiers and scopes.
@@ -48,6 +66,10 @@ impl Catalog {
     pub fn compile(mut doc: CatalogDoc) -> Result<Self, CatalogError> {
         if doc.scope_sets.is_empty() {
             doc.scope_sets.push(Vec::new());
+        }
+        if doc.tier_versions.len() < doc.tiers.len() {
+            doc.tier_versions
+                .resize(doc.tiers.len(), Default::default());
         }
         let mut scope_ids: HashMap<String, u16, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(doc.scopes.len(), Default::default());
@@ -87,10 +109,23 @@ impl Catalog {
             if tier_by_name.insert(spec.name.clone(), i as u16).is_some() {
                 return Err(CatalogError::DuplicateTier(spec.name.clone()));
             }
+            let versions = &doc.tier_versions[i];
+            let mut history = Vec::with_capacity(versions.previous.len());
+            for past in &versions.previous {
+                let old = TierSpec {
+                    name: spec.name.clone(),
+                    limits: past.limits.clone(),
+                    monthly_quota: None,
+                    scopes: None,
+                };
+                history.push((past.version, old.validate()?));
+            }
             tiers.push(Some(CompiledTier {
                 spec: spec.clone(),
                 limits,
                 scopes,
+                version: versions.current,
+                history,
             }));
         }
         Ok(Catalog {
@@ -104,6 +139,11 @@ impl Catalog {
     /// The stored form.
     pub fn doc(&self) -> &CatalogDoc {
         &self.doc
+    }
+
+    /// The limits tier `index` had at `version`, if the tier exists and remembers it.
+    pub fn limits_at(&self, index: u16, version: u16) -> Option<&[Limit]> {
+        self.tier(index)?.limits_at(version)
     }
 
     /// The tier at `index`.

@@ -228,6 +228,7 @@ impl Engine {
                     tiers: tiers::builtin_tiers().into_iter().map(Some).collect(),
                     scopes: Vec::new(),
                     scope_sets: vec![Vec::new()],
+                    tier_versions: Vec::new(),
                 };
                 (doc, true)
             }
@@ -406,10 +407,11 @@ impl Engine {
                     let _g = shards.lock(slot);
                     // SAFETY: shard lock held; every slot below key_count was ensured.
                     let id = unsafe { shards.entry(slot) }.id;
-                    if c.key_id != id {
+                    if c.key_tag != (id >> 32) as u32 {
                         return Err(fault(format!(
-                            "counter slot {slot} belongs to key {:#x}, record says {id:#x}",
-                            c.key_id
+                            "counter slot {slot} belongs to key tag {:#x}, record says {:#x}",
+                            c.key_tag,
+                            id >> 32
                         ))
                         .into());
                     }
@@ -553,7 +555,10 @@ impl Engine {
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
             return unauthorized(AuthFailure::Unknown, Some(id), None);
         };
-        let cur = cs[layout::newest(cs)];
+        let mut cur = cs[layout::newest(cs)];
+        if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
+            convert_buckets(&mut cur, &catalog, tier_ix, tier, now);
+        }
         let mut evals = [None; tiers::MAX_LIMITS];
         let mut denied_by: Option<(usize, u64)> = None;
         for (i, limit) in tier.limits.iter().enumerate() {
@@ -631,7 +636,9 @@ impl Engine {
             return d;
         }
         d.set_primary(tightest.1);
-        next.key_id = entry.id;
+        next.key_tag = (entry.id >> 32) as u32;
+        next.tier = tier_ix;
+        next.limits_version = tier.version;
         next.month = month.id;
         next.month_used = used + cost;
         next.last_used_s = now_s.min(u64::from(u32::MAX)) as u32;
@@ -1059,13 +1066,16 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownTier(format!("#{}", rec.tier)))?;
         let now = self.clock.now_ns();
         let slot = id.slot();
-        let c: CounterHalf = {
+        let mut c: CounterHalf = {
             let _g = self.shards.lock(slot);
             // SAFETY: shard lock held.
             unsafe { self.counter_slot(slot) }
                 .map(|cs| cs[layout::newest(cs)])
                 .unwrap_or_default()
         };
+        if c.seq != 0 && (c.tier != rec.tier || c.limits_version != tier.version) {
+            convert_buckets(&mut c, &cat, rec.tier, tier, now);
+        }
         let limits = tier
             .limits
             .iter()
@@ -1124,19 +1134,15 @@ impl Engine {
         let spec = spec.normalized();
         spec.validate().map_err(CatalogError::from)?;
         self.change_catalog(|doc, _| {
-            match doc
+            let ix = doc
                 .tiers
-                .iter_mut()
-                .find(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
-            {
-                Some(slot) => *slot = Some(spec.clone()),
-                None => {
-                    if doc.tiers.len() >= usize::from(u16::MAX) {
-                        return Err(CatalogError::Full("tiers").into());
-                    }
-                    doc.tiers.push(Some(spec.clone()));
-                }
+                .iter()
+                .position(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+                .unwrap_or(doc.tiers.len());
+            if ix >= usize::from(u16::MAX) {
+                return Err(CatalogError::Full("tiers").into());
             }
+            doc.set_tier(ix, spec.clone());
             Ok(())
         })?;
         Ok(spec)
@@ -1225,19 +1231,24 @@ fn replace_tiers(
     for s in &specs {
         s.validate().map_err(CatalogError::from)?;
     }
-    for (ix, slot) in doc.tiers.iter_mut().enumerate() {
-        let Some(old) = slot else { continue };
-        match specs.iter().position(|s| s.name == old.name) {
-            Some(p) => *slot = Some(specs.remove(p)),
+    for ix in 0..doc.tiers.len() {
+        let Some(old_name) = doc.tiers[ix].as_ref().map(|t| t.name.clone()) else {
+            continue;
+        };
+        match specs.iter().position(|s| s.name == old_name) {
+            Some(p) => {
+                let spec = specs.remove(p);
+                doc.set_tier(ix, spec);
+            }
             None => {
                 let keys = use_.get(ix).copied().unwrap_or(0);
                 if keys > 0 {
                     return Err(EngineError::TierInUse {
-                        tier: old.name.clone(),
+                        tier: old_name,
                         keys,
                     });
                 }
-                *slot = None;
+                doc.tiers[ix] = None;
             }
         }
     }
@@ -1245,9 +1256,47 @@ fn replace_tiers(
         if doc.tiers.iter().flatten().any(|t| t.name == s.name) {
             return Err(CatalogError::DuplicateTier(s.name).into());
         }
-        doc.tiers.push(Some(s));
+        if doc.tiers.len() >= usize::from(u16::MAX) {
+            return Err(CatalogError::Full("tiers").into());
+        }
+        let ix = doc.tiers.len();
+        doc.set_tier(ix, s);
     }
     Ok(())
+}
+
+/// Re-expresses buckets written under other limits (the tier's limits changed, or the key moved to
+/// another tier) in the current ones: the tokens a bucket owed stay owed, counted in the new
+/// limit's interval, for each limit whose period is unchanged; limits with a new period start full.
+/// If the old limits are no longer remembered the buckets keep their "full again at" instants.
+#[cold]
+fn convert_buckets(
+    c: &mut CounterHalf,
+    catalog: &Catalog,
+    tier_ix: u16,
+    tier: &catalog::CompiledTier,
+    now: u64,
+) {
+    let Some(old) = catalog.limits_at(c.tier, c.limits_version) else {
+        return;
+    };
+    let mut tat = [0u64; layout::BUCKETS];
+    for (j, new) in tier.limits.iter().enumerate() {
+        let Some(i) = old
+            .iter()
+            .position(|o| o.period_secs() == new.period_secs())
+        else {
+            continue;
+        };
+        let t = c.tat[i];
+        if t > now {
+            let owed = (t - now).div_ceil(old[i].interval_ns());
+            tat[j] = now.saturating_add(owed.saturating_mul(new.interval_ns()));
+        }
+    }
+    c.tat = tat;
+    c.tier = tier_ix;
+    c.limits_version = tier.version;
 }
 
 #[inline(always)]

@@ -103,7 +103,9 @@ unsafe impl Send for Shards {}
 
 impl std::fmt::Debug for Shards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shards").field("shards", &self.shards.len()).finish()
+        f.debug_struct("Shards")
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 

@@ -137,7 +137,9 @@ impl UsageJson {
 }
 
 /// `Some(None)` for an explicit null, `Some(Some(v))` for a value, `None` (via default) if absent.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -314,7 +316,11 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 match blocking(engine, move |e| e.revoke_key(id)).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, "key revoked");
-                        json(200, serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(), rid)
+                        json(
+                            200,
+                            serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(),
+                            rid,
+                        )
                     }
                     Err(e) => engine_error(&e, rid),
                 }
@@ -385,7 +391,12 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 _ => not_allowed("GET, PUT, DELETE"),
             }
         }
-        _ => error(404, "not_found", &format!("No admin route /admin/v1/{rest}"), rid),
+        _ => error(
+            404,
+            "not_found",
+            &format!("No admin route /admin/v1/{rest}"),
+            rid,
+        ),
     }
 }
 
@@ -429,13 +440,34 @@ fn list_keys(engine: &Engine, query: Option<&str>, rid: &str) -> Resp {
             "tier" => tier = Some(v),
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => return error(400, "bad_request", "limit must be an integer from 1 to 1000", rid),
+                _ => {
+                    return error(
+                        400,
+                        "bad_request",
+                        "limit must be an integer from 1 to 1000",
+                        rid,
+                    )
+                }
             },
             "cursor" => match KeyId::parse(&v) {
                 Some(c) => cursor = Some(c),
-                None => return error(400, "bad_request", "cursor must be a key id from nextCursor", rid),
+                None => {
+                    return error(
+                        400,
+                        "bad_request",
+                        "cursor must be a key id from nextCursor",
+                        rid,
+                    )
+                }
             },
-            other => return error(400, "bad_request", &format!("unknown query parameter {other:?}"), rid),
+            other => {
+                return error(
+                    400,
+                    "bad_request",
+                    &format!("unknown query parameter {other:?}"),
+                    rid,
+                )
+            }
         }
     }
     let (keys, next) = engine.list_keys(consumer.as_deref(), tier.as_deref(), cursor, limit);
@@ -484,7 +516,11 @@ async fn patch_key(engine: &Arc<Engine>, id: KeyId, body: &[u8], rid: &str) -> R
     match blocking(engine, move |e| e.update_key(id, upd)).await {
         Ok(k) => {
             tracing::info!(key_id = %id, "key updated");
-            json(200, serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(), rid)
+            json(
+                200,
+                serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(),
+                rid,
+            )
         }
         Err(e) => engine_error(&e, rid),
     }

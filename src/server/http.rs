@@ -114,7 +114,10 @@ pub async fn run(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?drain, "http connections still open after the drain period");
     }
     Ok(())
@@ -138,7 +141,10 @@ fn request_id<B>(req: &Request<B>) -> String {
         let _ = getrandom::getrandom(&mut b);
         u32::from_le_bytes(b)
     });
-    format!("qd-{p:08x}-{:012x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "qd-{p:08x}-{:012x}",
+        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A JSON response.
@@ -173,7 +179,8 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
     match path {
         "/health" | "/metrics" | "/docs" if method != Method::GET && method != Method::HEAD => {
             let mut r = error(405, "method_not_allowed", "Use GET", &rid);
-            r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
+            r.headers_mut()
+                .insert("allow", HeaderValue::from_static("GET, HEAD"));
             r
         }
         "/health" => json(200, health(state).to_string(), &rid),
@@ -213,7 +220,9 @@ fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>,
         return Ok(None);
     };
     if v.len() > MAX_HEADER_VALUE {
-        return Err(format!("header {name} is longer than {MAX_HEADER_VALUE} bytes"));
+        return Err(format!(
+            "header {name} is longer than {MAX_HEADER_VALUE} bytes"
+        ));
     }
     v.to_str()
         .map(|s| Some(s.trim()))
@@ -272,7 +281,9 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
     let start = quanta::Instant::now();
     let d = state.engine.check(key, scope, cost);
     let elapsed = start.elapsed().as_nanos() as u64;
-    state.metrics.record_check(Transport::Http, d.verdict, elapsed);
+    state
+        .metrics
+        .record_check(Transport::Http, d.verdict, elapsed);
 
     let status = render::status(d.verdict);
     let mut r = if d.verdict == Verdict::Allowed {
@@ -281,7 +292,8 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
             .and_then(|id| state.engine.identity(id))
             .unwrap_or_default();
         let id = d.key_id.map(|i| i.to_string()).unwrap_or_default();
-        let body = serde_json::json!({"allowed": true, "keyId": id, "consumer": consumer, "tier": tier});
+        let body =
+            serde_json::json!({"allowed": true, "keyId": id, "consumer": consumer, "tier": tier});
         let mut r = json(200, body.to_string(), rid);
         let h = r.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -330,7 +342,9 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(format!("request body exceeds {} KiB", MAX_BODY / 1024))
             } else {
                 Err(format!("could not read request body: {e}"))

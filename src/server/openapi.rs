@@ -183,11 +183,18 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let mut documented: Vec<(String, String)> = paths
             .iter()
-            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+            .flat_map(|(p, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.clone(), p.clone()))
+            })
             .collect();
         documented.sort();
-        let mut listed: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut listed: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         listed.sort();
         assert_eq!(documented, listed);
     }

@@ -32,7 +32,13 @@ pub fn ratelimit_policy(d: &Decision) -> String {
         if i > 0 {
             s.push_str(", ");
         }
-        let _ = write!(s, "\"{}\";q={};w={}", policy_name(l), l.limit, l.window_secs(d.now_s));
+        let _ = write!(
+            s,
+            "\"{}\";q={};w={}",
+            policy_name(l),
+            l.limit,
+            l.window_secs(d.now_s)
+        );
     }
     s
 }
@@ -90,7 +96,8 @@ pub fn message(d: &Decision, scope: Option<&str>) -> String {
 
 /// The error envelope `{"error":{"code","message","requestId"}}`.
 pub fn envelope(code: &str, message: &str, request_id: &str) -> String {
-    serde_json::json!({"error": {"code": code, "message": message, "requestId": request_id}}).to_string()
+    serde_json::json!({"error": {"code": code, "message": message, "requestId": request_id}})
+        .to_string()
 }
 
 #[cfg(test)]

@@ -49,11 +49,19 @@ impl AdminToken {
         let path = data_dir.join(TOKEN_FILE);
         match std::fs::read_to_string(&path) {
             Ok(t) if !t.trim().is_empty() => {
-                return Ok(Self::from_value(t.trim().to_string(), TokenSource::File(path)))
+                return Ok(Self::from_value(
+                    t.trim().to_string(),
+                    TokenSource::File(path),
+                ))
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            }
         }
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;

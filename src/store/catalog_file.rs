@@ -35,6 +35,64 @@ pub struct CatalogDoc {
     pub scopes: Vec<String>,
     /// Scope sets by index (sorted scope ids); set 0 is the empty (unrestricted) set.
     pub scope_sets: Vec<Vec<u16>>,
+    /// Limit versions per tier index (parallel to `tiers`).
+    #[serde(default)]
+    pub tier_versions: Vec<TierVersions>,
+}
+
+/// The versions of one tier's burst limits: counters record the version they were written under,
+/// so a change of limits converts them instead of resetting them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TierVersions {
+    /// The version of the limits in force.
+    pub current: u16,
+    /// Earlier versions, oldest first (at most `MAX_LIMIT_HISTORY`).
+    pub previous: Vec<PastLimits>,
+}
+
+/// The limits a tier had at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PastLimits {
+    /// The version.
+    pub version: u16,
+    /// Its limits.
+    pub limits: Vec<crate::tiers::LimitSpec>,
+}
+
+/// How many earlier limit versions a tier remembers. A counter last written more changes ago than
+/// this keeps its buckets' "full again at" instants instead of being converted.
+pub const MAX_LIMIT_HISTORY: usize = 32;
+
+impl CatalogDoc {
+    /// Puts `spec` at tier index `ix` (which may be one past the end), bumping the limits version
+    /// when the limits change.
+    pub fn set_tier(&mut self, ix: usize, spec: TierSpec) {
+        if self.tier_versions.len() < self.tiers.len() {
+            self.tier_versions
+                .resize(self.tiers.len(), TierVersions::default());
+        }
+        if ix >= self.tiers.len() {
+            self.tiers.push(Some(spec));
+            self.tier_versions.push(TierVersions::default());
+            return;
+        }
+        let versions = &mut self.tier_versions[ix];
+        if let Some(old) = &self.tiers[ix] {
+            if old.limits != spec.limits {
+                versions.previous.push(PastLimits {
+                    version: versions.current,
+                    limits: old.limits.clone(),
+                });
+                if versions.previous.len() > MAX_LIMIT_HISTORY {
+                    versions.previous.remove(0);
+                }
+                versions.current = versions.current.wrapping_add(1);
+            }
+        }
+        self.tiers[ix] = Some(spec);
+    }
 }
 
 /// Serializes `doc` with its header line.
@@ -139,6 +197,7 @@ mod tests {
                 .collect(),
             scopes: vec!["a:read".into()],
             scope_sets: vec![vec![], vec![0]],
+            tier_versions: Vec::new(),
         }
     }
 

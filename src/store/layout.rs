@@ -77,8 +77,14 @@ pub struct CounterHalf {
     pub seq: u32,
     /// CRC-32C of `seq` and the body.
     pub crc: u32,
-    /// Owner key id (guards against a slot read for the wrong record).
-    pub key_id: u64,
+    /// High 32 bits of the owner key id (the slot is implied): guards against a slot read for
+    /// the wrong record.
+    pub key_tag: u32,
+    /// Tier index the buckets were last written under.
+    pub tier: u16,
+    /// That tier's limits version then (see `CatalogDoc::tier_versions`): when the tier's limits
+    /// change, the buckets are converted on the next check so tokens used stay used.
+    pub limits_version: u16,
     /// GCRA theoretical arrival time per burst limit, ns since the epoch (0 = full bucket).
     pub tat: [u64; BUCKETS],
     /// Requests counted in `month`.
@@ -310,7 +316,7 @@ mod tests {
 
     fn half(x: u64) -> CounterHalf {
         CounterHalf {
-            key_id: 7,
+            key_tag: 7,
             month_used: x,
             ..Default::default()
         }
@@ -350,7 +356,10 @@ mod tests {
         assert_eq!(half_crc(b), reference);
         let r = RecordHalf::new_zeroed();
         let rb = r.as_bytes();
-        assert_eq!(half_crc(rb), crc32c::crc32c_append(crc32c::crc32c(&rb[..4]), &rb[8..]));
+        assert_eq!(
+            half_crc(rb),
+            crc32c::crc32c_append(crc32c::crc32c(&rb[..4]), &rb[8..])
+        );
     }
 
     #[test]

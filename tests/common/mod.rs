@@ -32,14 +32,21 @@ impl Daemon {
 
     pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(bin());
-        cmd.args(["--log-format", "json", "serve", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env_remove("QUOTAD_ADMIN_TOKEN")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--log-format",
+            "json",
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("QUOTAD_ADMIN_TOKEN")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -175,11 +182,18 @@ impl Reply {
         let headers = r.headers().clone();
         let text = r.text().unwrap();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Reply { status, headers, body, text }
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
     }
 
     pub fn header_u64(&self, name: &str) -> u64 {
@@ -195,7 +209,12 @@ impl Reply {
 }
 
 impl Client {
-    pub fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Reply {
+    pub fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
         let mut rb = self
             .http
             .request(method, format!("{}/admin/v1{}", self.base, path))
@@ -227,6 +246,11 @@ impl Client {
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        Reply::from(self.http.get(format!("{}{}", self.base, path)).send().unwrap())
+        Reply::from(
+            self.http
+                .get(format!("{}{}", self.base, path))
+                .send()
+                .unwrap(),
+        )
     }
 }
