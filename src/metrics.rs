@@ -55,14 +55,31 @@ fn reason_index(r: AuthFailure) -> usize {
     }
 }
 
-/// All counters of one process.
+/// The per-check counters, one copy per stripe so that threads on different cores do not
+/// contend for one cache line on every check; [`Metrics::render`] sums the stripes.
 #[derive(Debug, Default)]
-pub struct Metrics {
+#[repr(align(128))]
+struct CheckStripe {
     checks: [[AtomicU64; 6]; 2],
     unauthorized: [[AtomicU64; 5]; 2],
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+}
+
+const STRIPES: usize = 16;
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
+    };
+}
+
+/// All counters of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    stripes: [CheckStripe; STRIPES],
     connections: [AtomicI64; 2],
     bad_requests: [AtomicU64; 2],
     admin_requests: AtomicU64,
@@ -78,19 +95,27 @@ impl Metrics {
     /// Counts one decision and its engine latency.
     #[inline]
     pub fn record_check(&self, t: Transport, v: Verdict, latency_ns: u64) {
-        self.checks[t as usize][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+        let s = &self.stripes[STRIPE.with(|i| *i)];
+        s.checks[t as usize][decision_index(v)].fetch_add(1, Ordering::Relaxed);
         if let Verdict::Unauthorized(r) = v {
-            self.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
+            s.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
         }
         let b = BUCKETS_NS
             .iter()
             .position(|&ub| latency_ns <= ub)
             .unwrap_or(BUCKETS_NS.len());
         if b < BUCKETS_NS.len() {
-            self.latency_buckets[b].fetch_add(1, Ordering::Relaxed);
+            s.latency_buckets[b].fetch_add(1, Ordering::Relaxed);
         }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+        s.latency_count.fetch_add(1, Ordering::Relaxed);
+        s.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+    }
+
+    fn sum(&self, f: impl Fn(&CheckStripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Counts a refused request (400 or error frame).
@@ -127,7 +152,7 @@ impl Metrics {
         DECISIONS
             .iter()
             .position(|d| *d == code)
-            .map(|i| self.checks[t as usize][i].load(Ordering::Relaxed))
+            .map(|i| self.sum(|s| &s.checks[t as usize][i]))
             .unwrap_or(0)
     }
 
@@ -141,7 +166,7 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE quotad_checks_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (di, dn) in DECISIONS.iter().enumerate() {
-                let v = self.checks[ti][di].load(Ordering::Relaxed);
+                let v = self.sum(|s| &s.checks[ti][di]);
                 let _ = writeln!(
                     s,
                     "quotad_checks_total{{transport=\"{tn}\",decision=\"{dn}\"}} {v}"
@@ -155,7 +180,7 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE quotad_unauthorized_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (ri, rn) in REASONS.iter().enumerate() {
-                let v = self.unauthorized[ti][ri].load(Ordering::Relaxed);
+                let v = self.sum(|s| &s.unauthorized[ti][ri]);
                 let _ = writeln!(
                     s,
                     "quotad_unauthorized_total{{transport=\"{tn}\",reason=\"{rn}\"}} {v}"
@@ -169,14 +194,14 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE quotad_check_duration_seconds histogram");
         let mut cum = 0;
         for (i, ub) in BUCKETS_NS.iter().enumerate() {
-            cum += self.latency_buckets[i].load(Ordering::Relaxed);
+            cum += self.sum(|s| &s.latency_buckets[i]);
             let _ = writeln!(
                 s,
                 "quotad_check_duration_seconds_bucket{{le=\"{}\"}} {cum}",
                 *ub as f64 / 1e9
             );
         }
-        let count = self.latency_count.load(Ordering::Relaxed);
+        let count = self.sum(|s| &s.latency_count);
         let _ = writeln!(
             s,
             "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
@@ -184,7 +209,7 @@ impl Metrics {
         let _ = writeln!(
             s,
             "quotad_check_duration_seconds_sum {}",
-            self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+            self.sum(|s| &s.latency_sum_ns) as f64 / 1e9
         );
         let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
         let _ = writeln!(

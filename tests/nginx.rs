@@ -22,7 +22,10 @@ fn nginx_binary() -> String {
     }
     // The test setup installs it; do it here too when run on its own (needs root).
     let st = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx"])
+        .args([
+            "-c",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx",
+        ])
         .status()
         .expect("run apt-get");
     assert!(st.success(), "nginx is missing and could not be installed");
@@ -72,7 +75,11 @@ fn upstream(stop: Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Nginx(Child);
@@ -110,13 +117,26 @@ impl Reply {
 fn get(port: u16, path: &str, key: Option<&str>) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let key_line = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{key_line}Connection: close\r\n\r\n").unwrap();
+    let key_line = key
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{key_line}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -134,18 +154,32 @@ fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&dir.path().join("data"), &[]);
     let c = d.client();
-    let r = c.admin(reqwest::Method::PUT, "/tiers/tight", Some(json!({"limits": [{"requests": 2, "periodSeconds": 60}]})));
+    let r = c.admin(
+        reqwest::Method::PUT,
+        "/tiers/tight",
+        Some(json!({"limits": [{"requests": 2, "periodSeconds": 60}]})),
+    );
     assert_eq!(r.status, 200);
-    let (id, key) = c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
+    let (id, key) =
+        c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (up_port, up) = upstream(stop.clone());
     let port = free_port();
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/nginx/quotad.conf")).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/nginx/quotad.conf"),
+    )
+    .unwrap();
     let site = shipped
         .replace("server 127.0.0.1:8686;", &format!("server {};", d.http))
-        .replace("server 127.0.0.1:8080;", &format!("server 127.0.0.1:{up_port};"))
-        .replace("listen 127.0.0.1:8000;", &format!("listen 127.0.0.1:{port};"));
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server 127.0.0.1:{up_port};"),
+        )
+        .replace(
+            "listen 127.0.0.1:8000;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
     let prefix = dir.path().join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let t = prefix.display();
@@ -187,20 +221,29 @@ fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
     assert_eq!(r.status, 401);
     assert_eq!(r.body["error"]["code"], "unauthorized");
     assert_eq!(r.body["error"]["message"], "Missing or invalid API key");
-    assert_eq!(r.body["error"]["requestId"].as_str(), r.header("x-request-id"));
+    assert_eq!(
+        r.body["error"]["requestId"].as_str(),
+        r.header("x-request-id")
+    );
 
     // 403: the route needs a scope the key lacks.
     let r = get(port, "/write/thing", Some(&key));
     assert_eq!(r.status, 403);
     assert_eq!(r.body["error"]["code"], "forbidden");
-    assert_eq!(r.body["error"]["message"], "API key lacks required scope: api:write");
+    assert_eq!(
+        r.body["error"]["message"],
+        "API key lacks required scope: api:write"
+    );
 
     // 429 once the burst is spent, with Retry-After and the rate-limit headers.
     assert_eq!(get(port, "/hello", Some(&key)).status, 200);
     let r = get(port, "/hello", Some(&key));
     assert_eq!(r.status, 429, "{:?} {:?}", r.headers, r.body);
     assert_eq!(r.body["error"]["code"], "rate_limited");
-    assert_eq!(r.body["error"]["message"], "Rate limit exceeded: 2 per minute");
+    assert_eq!(
+        r.body["error"]["message"],
+        "Rate limit exceeded: 2 per minute"
+    );
     let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&ra));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));

@@ -877,9 +877,21 @@ impl Engine {
 
     /// The consumer and tier name of key `id` (what a transport passes upstream).
     pub fn identity(&self, id: KeyId) -> Option<(String, String)> {
-        let r = self.read_record(id).ok()?;
-        let consumer = layout::get_str(&r.consumer)?.to_string();
-        let tier = self.catalog.load().tier(r.tier)?.spec.name.clone();
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count() {
+            return None;
+        }
+        let (consumer, tier) = {
+            let _g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            let rs = unsafe { self.record_slot(slot) }?;
+            let r = &rs[layout::newest(rs)];
+            if r.id != id.0 {
+                return None;
+            }
+            (layout::get_str(&r.consumer)?.to_string(), r.tier)
+        };
+        let tier = self.catalog.load().tier(tier)?.spec.name.clone();
         Some((consumer, tier))
     }
 

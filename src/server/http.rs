@@ -125,6 +125,18 @@ pub async fn run(
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+// Header names built once (a `&str` name is parsed and hashed on every insert).
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+static X_QUOTA_KEY_ID: HeaderName = HeaderName::from_static("x-quota-key-id");
+static X_QUOTA_CONSUMER: HeaderName = HeaderName::from_static("x-quota-consumer");
+static X_QUOTA_ERROR: HeaderName = HeaderName::from_static("x-quota-error");
+
 /// The caller's `x-request-id` if acceptable (1-128 visible ASCII characters), else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
     if let Some(v) = req.headers().get("x-request-id") {
@@ -135,26 +147,44 @@ fn request_id<B>(req: &Request<B>) -> String {
             }
         }
     }
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let p = PREFIX.get_or_init(|| {
-        let mut b = [0u8; 4];
-        let _ = getrandom::getrandom(&mut b);
-        u32::from_le_bytes(b)
+    // A random prefix per thread and a per-thread sequence: unique without a shared counter.
+    thread_local! {
+        static SEQ: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
+            let mut b = [0u8; 8];
+            let _ = getrandom::getrandom(&mut b);
+            (u64::from_le_bytes(b) ^ REQUEST_SEQ.fetch_add(1, Ordering::Relaxed), 0)
+        });
+    }
+    let (prefix, n) = SEQ.with(|c| {
+        let (p, n) = c.get();
+        c.set((p, n + 1));
+        (p, n)
     });
-    format!(
-        "qd-{p:08x}-{:012x}",
-        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    let mut s = String::with_capacity(32);
+    s.push_str("qd-");
+    push_hex(&mut s, prefix, 16);
+    s.push('-');
+    push_hex(&mut s, n, 8);
+    s
+}
+
+fn push_hex(s: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
 }
 
 /// A JSON response.
 pub fn json(status: u16, body: String, rid: &str) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // Room for every header a check sets, so the map never grows mid-response.
+    *r.headers_mut() = hyper::HeaderMap::with_capacity(16);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(rid) {
-        h.insert("x-request-id", v);
+        h.insert(X_REQUEST_ID.clone(), v);
     }
     r
 }
@@ -292,18 +322,21 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
             .and_then(|id| state.engine.identity(id))
             .unwrap_or_default();
         let id = d.key_id.map(|i| i.to_string()).unwrap_or_default();
-        let body =
-            serde_json::json!({"allowed": true, "keyId": id, "consumer": consumer, "tier": tier});
-        let mut r = json(200, body.to_string(), rid);
+        let mut body = String::with_capacity(96 + consumer.len() + tier.len());
+        body.push_str("{\"allowed\":true,\"keyId\":\"");
+        body.push_str(&id);
+        body.push_str("\",\"consumer\":");
+        push_json_str(&mut body, &consumer);
+        body.push_str(",\"tier\":");
+        push_json_str(&mut body, &tier);
+        body.push('}');
+        let mut r = json(200, body, rid);
         let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            h.insert("x-quota-key-id", v);
+        if let Ok(v) = HeaderValue::try_from(id) {
+            h.insert(X_QUOTA_KEY_ID.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_str(&consumer) {
-            h.insert("x-quota-consumer", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&tier) {
-            h.insert("x-quota-tier", v);
+        if let Ok(v) = HeaderValue::try_from(consumer) {
+            h.insert(X_QUOTA_CONSUMER.clone(), v);
         }
         r
     } else {
@@ -315,26 +348,42 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
         // nginx auth_request discards the subrequest's body; this header lets the shipped nginx
         // configuration return the same envelope to the client.
         if let Ok(v) = HeaderValue::from_str(&body) {
-            r.headers_mut().insert("x-quota-error", v);
+            r.headers_mut().insert(X_QUOTA_ERROR.clone(), v);
         }
         r
     };
     let h = r.headers_mut();
     if let Some(p) = d.primary() {
-        h.insert("x-ratelimit-limit", HeaderValue::from(p.limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(p.remaining));
-        h.insert("x-ratelimit-reset", HeaderValue::from(p.reset));
-        if let Ok(v) = HeaderValue::from_str(&render::ratelimit_policy(&d)) {
-            h.insert("ratelimit-policy", v);
+        h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(p.limit));
+        h.insert(
+            X_RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(p.remaining),
+        );
+        h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(p.reset));
+        if let Ok(v) = HeaderValue::try_from(render::ratelimit_policy(&d)) {
+            h.insert(RATELIMIT_POLICY.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_str(&render::ratelimit(&d)) {
-            h.insert("ratelimit", v);
+        if let Ok(v) = HeaderValue::try_from(render::ratelimit(&d)) {
+            h.insert(RATELIMIT.clone(), v);
         }
     }
     if let Some(ra) = d.retry_after {
-        h.insert("retry-after", HeaderValue::from(ra.max(1)));
+        h.insert(RETRY_AFTER.clone(), HeaderValue::from(ra.max(1)));
     }
     r
+}
+
+/// Appends `v` as a JSON string literal.
+fn push_json_str(out: &mut String, v: &str) {
+    if v.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(v).to_string());
+    }
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes; `Err` is a 400 message.

@@ -7,58 +7,66 @@
 //! RateLimit: "minute";r=59;t=1, "hour";r=999;t=4, "month";r=9999;t=1812345
 //! ```
 
-use std::fmt::Write as _;
-
 use crate::engine::decision::{Decision, LimitKind, LimitStatus, Verdict};
 
-/// The policy name of a limit: `minute`, `hour`, `day`, `<n>s`, or `month`.
-pub fn policy_name(l: &LimitStatus) -> String {
+/// Writes the policy name of a limit: `minute`, `hour`, `day`, `<n>s`, or `month`.
+fn push_policy_name(s: &mut String, l: &LimitStatus) {
     match l.kind {
-        LimitKind::Monthly => "month".into(),
+        LimitKind::Monthly => s.push_str("month"),
         LimitKind::Window { period_secs } => match period_secs {
-            1 => "second".into(),
-            60 => "minute".into(),
-            3600 => "hour".into(),
-            86_400 => "day".into(),
-            s => format!("{s}s"),
+            1 => s.push_str("second"),
+            60 => s.push_str("minute"),
+            3600 => s.push_str("hour"),
+            86_400 => s.push_str("day"),
+            p => {
+                s.push_str(itoa::Buffer::new().format(p));
+                s.push('s');
+            }
         },
     }
 }
 
-/// `RateLimit-Policy`: every limit with its quota `q` and window `w` (seconds).
-pub fn ratelimit_policy(d: &Decision) -> String {
+/// The policy name of a limit.
+pub fn policy_name(l: &LimitStatus) -> String {
+    let mut s = String::new();
+    push_policy_name(&mut s, l);
+    s
+}
+
+/// One structured-field item per limit, `"name";a=x;b=y`, comma-separated. Written by hand with
+/// `itoa`: this runs on every HTTP check.
+fn items(d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus) -> (u64, u64)) -> String {
     let mut s = String::with_capacity(96);
+    let mut num = itoa::Buffer::new();
     for (i, l) in d.limits().iter().enumerate() {
         if i > 0 {
             s.push_str(", ");
         }
-        let _ = write!(
-            s,
-            "\"{}\";q={};w={}",
-            policy_name(l),
-            l.limit,
-            l.window_secs(d.now_s)
-        );
+        s.push('"');
+        push_policy_name(&mut s, l);
+        s.push_str("\";");
+        let (x, y) = f(l);
+        s.push_str(a);
+        s.push('=');
+        s.push_str(num.format(x));
+        s.push(';');
+        s.push_str(b);
+        s.push('=');
+        s.push_str(num.format(y));
     }
     s
 }
 
+/// `RateLimit-Policy`: every limit with its quota `q` and window `w` (seconds).
+pub fn ratelimit_policy(d: &Decision) -> String {
+    items(d, "q", "w", |l| (l.limit, l.window_secs(d.now_s)))
+}
+
 /// `RateLimit`: every limit with remaining `r` and seconds to reset `t`.
 pub fn ratelimit(d: &Decision) -> String {
-    let mut s = String::with_capacity(96);
-    for (i, l) in d.limits().iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(
-            s,
-            "\"{}\";r={};t={}",
-            policy_name(l),
-            l.remaining,
-            l.reset.saturating_sub(d.now_s)
-        );
-    }
-    s
+    items(d, "r", "t", |l| {
+        (l.remaining, l.reset.saturating_sub(d.now_s))
+    })
 }
 
 /// HTTP status for a verdict.
