@@ -155,6 +155,7 @@ fn main() {
             metrics: Arc::new(Metrics::new()),
             admin_token: AdminToken::from_value("bench".into(), TokenSource::Env),
             http: HttpConfig::default(),
+            binary: Default::default(),
             msync_interval: Duration::from_secs(1),
         });
         tokio::spawn(quotad::server::http::run(

@@ -7,7 +7,8 @@
 //! - [`keys`]: raw key format, generation and hashing; the public key record types.
 //! - [`tiers`]: plan tiers, the built-ins and TOML tier files.
 //! - [`store`]: the memory-mapped data files, their layout and checks, and the catalog file.
-//! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI).
+//! - [`protocol`]: the binary wire format and its pipelining client.
+//! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI; binary protocol).
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`cli`]: the command line (`quotad serve`).
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod engine;
 pub mod keys;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod tiers;

@@ -11,7 +11,7 @@ use quotad::tiers::{LimitSpec, TierSpec};
 use quotad::{Engine, EngineOptions, QuantaClock};
 
 const KEYS: usize = 6;
-const QUOTA: u64 = 400;
+const QUOTA: u64 = 5_000;
 
 /// The child's body; does nothing unless started by `sigkill_mid_run_loses_no_counted_request`.
 #[test]
@@ -95,19 +95,27 @@ fn sigkill_mid_run_loses_no_counted_request() {
         // Kill at a different point each round, while the child is still admitting.
         let kill_after = 300 + round * 350;
         let mut seen_ok = 0;
+        let mut seen_try = 0;
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(k) = line.strip_prefix("try ") {
                 attempted[k.parse::<usize>().unwrap()] += 1;
+                seen_try += 1;
             } else if let Some(k) = line.strip_prefix("ok ") {
                 admitted[k.parse::<usize>().unwrap()] += 1;
                 seen_ok += 1;
-                if seen_ok == kill_after {
-                    child.kill().unwrap(); // SIGKILL
-                    break;
-                }
+            }
+            // Kill while it is admitting; the try bound only guards against a child that stopped
+            // admitting (it never should before the quota, which is far away).
+            if seen_ok == kill_after || seen_try == 4 * kill_after {
+                child.kill().unwrap(); // SIGKILL
+                break;
             }
         }
+        assert_eq!(
+            seen_ok, kill_after,
+            "the child must still be admitting when killed"
+        );
         // Whatever the child wrote before it died is still in the pipe.
         for line in lines {
             let Ok(line) = line else { break };

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::metrics::Metrics;
+use crate::server::binary::{self, BinaryConfig};
 use crate::server::http::HttpConfig;
 use crate::server::token::{AdminToken, TokenSource};
 use crate::server::{http, msync_loop, AppState};
@@ -28,6 +29,18 @@ pub struct ServeArgs {
     /// HTTP listen address (check endpoint, admin API, health, metrics).
     #[arg(long, env = "QUOTAD_HTTP", default_value = "127.0.0.1:8686")]
     pub http: SocketAddr,
+    /// Binary protocol TCP listen address.
+    #[arg(long, env = "QUOTAD_BIND", default_value = "127.0.0.1:8687")]
+    pub bind: SocketAddr,
+    /// Binary protocol Unix socket path (optional).
+    #[arg(long, env = "QUOTAD_UNIX")]
+    pub unix: Option<PathBuf>,
+    /// Most binary protocol connections open at once (TCP and Unix together).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_binary_connections: usize,
+    /// Seconds a binary connection may stay idle before it is closed.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
     /// Tiers TOML file replacing the built-in tiers; re-read on SIGHUP.
     #[arg(long, env = "QUOTAD_TIERS")]
     pub tiers: Option<PathBuf>,
@@ -106,8 +119,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 max_connections: args.max_connections.max(1),
                 header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
             },
+            binary: BinaryConfig {
+                max_connections: args.max_binary_connections.max(1),
+                idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            },
             msync_interval,
         });
+        let bin_listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        tracing::info!(addr = %bin_listener.local_addr()?, "binary listening");
+        let unix_listener = match &args.unix {
+            Some(p) => {
+                // A socket file left by a previous run would make bind fail.
+                if std::fs::symlink_metadata(p)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(p);
+                }
+                let l = tokio::net::UnixListener::bind(p)
+                    .with_context(|| format!("cannot listen on unix socket {}", p.display()))?;
+                tracing::info!(path = %p.display(), "binary listening on unix socket");
+                Some(l)
+            }
+            None => None,
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(state.binary.max_connections));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -120,6 +157,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
             drain,
         ));
+        let bin_task = tokio::spawn(binary::run(
+            bin_listener,
+            state.clone(),
+            permits.clone(),
+            stopped(stop_rx.clone()),
+            drain,
+        ));
+        let unix_task = unix_listener.map(|l| {
+            tokio::spawn(binary::run(
+                l,
+                state.clone(),
+                permits.clone(),
+                stopped(stop_rx.clone()),
+                drain,
+            ))
+        });
         let msync_task = tokio::spawn(msync_loop(
             engine.clone(),
             msync_interval,
@@ -142,6 +195,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Ok(Ok(())) => tracing::info!("http stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
             Err(e) => tracing::error!(error = %e, "http task failed"),
+        }
+        let _ = bin_task.await;
+        if let Some(t) = unix_task {
+            let _ = t.await;
+        }
+        if let Some(p) = &args.unix {
+            let _ = std::fs::remove_file(p);
         }
         let _ = msync_task.await;
         let e = engine.clone();

@@ -4,6 +4,7 @@
 //! Servers take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
 pub mod admin;
+pub mod binary;
 pub mod http;
 pub mod openapi;
 pub mod render;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub admin_token: token::AdminToken,
     /// HTTP settings.
     pub http: http::HttpConfig,
+    /// Binary protocol settings.
+    pub binary: binary::BinaryConfig,
     /// How often counters are msynced.
     pub msync_interval: Duration,
 }

@@ -15,6 +15,7 @@ pub static ALL_LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 pub struct Daemon {
     child: Option<Child>,
     pub http: SocketAddr,
+    pub binary: SocketAddr,
     pub data_dir: PathBuf,
     pub token: String,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -38,6 +39,8 @@ impl Daemon {
             "serve",
             "--http",
             "127.0.0.1:0",
+            "--bind",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -60,7 +63,17 @@ impl Daemon {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<serde_json::Value>(&line) {
                     Ok(v) if v["message"] == "http listening" => {
-                        let _ = tx.send(Some(v["addr"].as_str().unwrap_or("").to_string()));
+                        let _ =
+                            tx.send(Some(("http", v["addr"].as_str().unwrap_or("").to_string())));
+                    }
+                    Ok(v) if v["message"] == "binary listening" => {
+                        let _ = tx.send(Some((
+                            "binary",
+                            v["addr"].as_str().unwrap_or("").to_string(),
+                        )));
+                    }
+                    Ok(v) if v["message"] == "ready" => {
+                        let _ = tx.send(Some(("ready", String::new())));
                     }
                     Ok(v) if v["level"] == "ERROR" => {
                         let _ = tx.send(None);
@@ -75,13 +88,19 @@ impl Daemon {
             }
             let _ = tx.send(None);
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(a)) => a,
-            _ => {
-                let _ = child.kill();
-                panic!("quotad did not start: {:#?}", logs.lock().unwrap());
+        let (mut http, mut binary) = (String::new(), String::new());
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Some(("http", a))) => http = a,
+                Ok(Some(("binary", a))) => binary = a,
+                Ok(Some(_)) => break,
+                _ => {
+                    let _ = child.kill();
+                    let text = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+                    panic!("quotad did not start:\n{text}");
+                }
             }
-        };
+        }
         let token = env
             .iter()
             .find(|(k, _)| *k == "QUOTAD_ADMIN_TOKEN")
@@ -94,7 +113,8 @@ impl Daemon {
             });
         Daemon {
             child: Some(child),
-            http: addr.parse().unwrap(),
+            http: http.parse().unwrap(),
+            binary: binary.parse().unwrap(),
             data_dir: data_dir.to_path_buf(),
             token,
             logs,

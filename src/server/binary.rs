@@ -1,0 +1,317 @@
+//! The binary protocol server over TCP and Unix sockets (`docs/PROTOCOL.md`).
+//!
+//! Per connection: read whatever the socket has, decode every complete frame in the buffer, decide
+//! each against the shared engine, append every answer to one output buffer, and write it with one
+//! call. A framing error is answered with an ERROR frame and the connection is closed; other
+//! connections are unaffected. A connection limit and an idle timeout bound what clients can hold.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
+
+use super::AppState;
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
+use crate::metrics::Transport;
+use crate::protocol::frame::{
+    self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame, WireResult,
+};
+
+/// Binary listener settings.
+#[derive(Debug, Clone)]
+pub struct BinaryConfig {
+    /// Most connections open at once (over TCP and Unix together).
+    pub max_connections: usize,
+    /// A connection with no complete request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for BinaryConfig {
+    fn default() -> Self {
+        BinaryConfig {
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A listener the binary server can accept from (TCP or Unix).
+pub trait Accept: Send + 'static {
+    /// The connection type.
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok(s)
+    }
+}
+
+/// Serves the binary protocol on `listener` until `shutdown`; then stops accepting, lets open
+/// connections finish the requests they have sent (up to `drain`), and returns.
+pub async fn run<L: Accept>(
+    listener: L,
+    state: Arc<AppState>,
+    permits: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let mut conn = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "binary accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.record_rejected_connection(Transport::Binary);
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                frame::put_error(&mut out, 0, ErrorCode::Busy, "too many connections");
+                let _ = conn.write_all(&out).await;
+                let _ = conn.shutdown().await;
+            });
+            continue;
+        };
+        let st = state.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let _guard = st.metrics.connection(Transport::Binary);
+            if let Err(e) = serve_conn(conn, &st, stop).await {
+                tracing::debug!(error = %e, "binary connection ended with an error");
+            }
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all).await.is_err() {
+        tracing::warn!("binary connections still open after the drain period");
+    }
+    Ok(())
+}
+
+fn reason_code(r: AuthFailure) -> u8 {
+    match r {
+        AuthFailure::Missing => 1,
+        AuthFailure::Malformed => 2,
+        AuthFailure::Unknown => 3,
+        AuthFailure::Revoked => 4,
+        AuthFailure::Expired => 5,
+    }
+}
+
+/// The wire form of a decision.
+pub fn to_wire(d: &Decision) -> WireResult {
+    let (decision, reason) = match d.verdict {
+        Verdict::Allowed => (0, 0),
+        Verdict::Unauthorized(r) => (1, reason_code(r)),
+        Verdict::Forbidden => (2, 0),
+        Verdict::PlanRequired => (3, 0),
+        Verdict::RateLimited(_) => (4, 0),
+        Verdict::QuotaExceeded => (5, 0),
+    };
+    let primary_index = d
+        .primary()
+        .and_then(|p| d.limits().iter().position(|l| std::ptr::eq(l, p)))
+        .unwrap_or(0);
+    let p = d.primary();
+    WireResult {
+        decision,
+        reason,
+        limit_index: primary_index as u8,
+        retry_after: d
+            .retry_after
+            .map_or(0, |r| r.min(u64::from(u32::MAX)) as u32),
+        limit: p.map_or(0, |p| p.limit),
+        remaining: p.map_or(0, |p| p.remaining),
+        reset: p.map_or(0, |p| p.reset),
+        key_id: d.key_id.map_or(0, |k| k.0),
+    }
+}
+
+/// Decides one check; `Err` is a request-level error (bad scope) that keeps the connection.
+fn decide(state: &AppState, req: &CheckReq<'_>) -> Result<WireResult, &'static str> {
+    let scope = match std::str::from_utf8(req.scope) {
+        Ok("") => None,
+        Ok(s) if crate::tiers::valid_scope(s) => Some(s),
+        _ => return Err("invalid scope"),
+    };
+    // A key that is not UTF-8 cannot be one of ours: let the engine call it malformed.
+    let key = match req.key {
+        [] => None,
+        k => Some(std::str::from_utf8(k).unwrap_or("\u{fffd}")),
+    };
+    let start = quanta::Instant::now();
+    let d = state.engine.check(key, scope, u64::from(req.cost.max(1)));
+    state.metrics.record_check(
+        Transport::Binary,
+        d.verdict,
+        start.elapsed().as_nanos() as u64,
+    );
+    Ok(to_wire(&d))
+}
+
+/// Appends the answer to one decoded frame.
+fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
+    match *f {
+        Frame::Hello { id, .. } => {
+            frame::put_header(out, op::HELLO_OK, id, 12);
+            out.extend_from_slice(&frame::VERSION.to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(frame::MAX_PAYLOAD as u32).to_le_bytes());
+            out.extend_from_slice(&(frame::MAX_BATCH as u16).to_le_bytes());
+            out.extend_from_slice(&(frame::MAX_KEY as u16).to_le_bytes());
+        }
+        Frame::Ping { id, payload } => {
+            frame::put_header(out, op::PONG, id, payload.len());
+            out.extend_from_slice(payload);
+        }
+        Frame::Check { id, req } => match decide(state, &req) {
+            Ok(r) => {
+                frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
+                r.put(out);
+            }
+            Err(m) => {
+                state.metrics.record_bad_request(Transport::Binary);
+                frame::put_error(out, id, ErrorCode::BadFrame, m);
+            }
+        },
+        Frame::Batch { id, count, body } => {
+            let start = out.len();
+            frame::put_header(out, op::BATCH_RESULT, id, 4 + count * frame::RESULT_LEN);
+            out.extend_from_slice(&(count as u16).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+            for req in BatchIter::new(body, count) {
+                match decide(state, &req) {
+                    Ok(r) => r.put(out),
+                    Err(m) => {
+                        // Checks before this one were decided (and counted); say which failed.
+                        out.truncate(start);
+                        state.metrics.record_bad_request(Transport::Binary);
+                        frame::put_error(out, id, ErrorCode::BadFrame, m);
+                        return;
+                    }
+                }
+            }
+        }
+        Frame::Other { id, .. } => frame::put_error(out, id, ErrorCode::UnknownOp, "unknown op"),
+    }
+}
+
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    state: &AppState,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut hello = false;
+    let idle = state.binary.idle_timeout;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, conn.read_buf(&mut buf)) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()), // idle
+            },
+            _ = stop.changed() => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let mut used = 0;
+        let mut fatal = None;
+        loop {
+            match frame::decode(&buf[used..]) {
+                Ok((f, len)) => {
+                    used += len;
+                    match f {
+                        Frame::Hello { id, version } => {
+                            if version != frame::VERSION {
+                                fatal = Some((
+                                    id,
+                                    ErrorCode::BadVersion,
+                                    "unsupported protocol version; this server speaks 1",
+                                ));
+                                break;
+                            }
+                            hello = true;
+                            answer(state, &f, &mut out);
+                        }
+                        _ if !hello => {
+                            let id = match f {
+                                Frame::Ping { id, .. }
+                                | Frame::Check { id, .. }
+                                | Frame::Batch { id, .. }
+                                | Frame::Other { id, .. }
+                                | Frame::Hello { id, .. } => id,
+                            };
+                            fatal = Some((id, ErrorCode::HelloRequired, "send HELLO first"));
+                            break;
+                        }
+                        _ => answer(state, &f, &mut out),
+                    }
+                }
+                Err(DecodeError::Incomplete) => break,
+                Err(DecodeError::Fatal { code, id }) => {
+                    let msg = match code {
+                        ErrorCode::TooLarge => "frame larger than 65536 bytes",
+                        ErrorCode::UnknownOp => "unknown op",
+                        ErrorCode::BadVersion => "bad magic: not a quotad client",
+                        ErrorCode::KeyTooLong => {
+                            "key longer than 256 bytes or scope longer than 64"
+                        }
+                        ErrorCode::BatchTooLarge => "batch larger than 1024 checks",
+                        _ => "malformed frame",
+                    };
+                    fatal = Some((id, code, msg));
+                    break;
+                }
+            }
+        }
+        buf.advance(used);
+        if let Some((id, code, msg)) = fatal {
+            state.metrics.record_bad_request(Transport::Binary);
+            frame::put_error(&mut out, id, code, msg);
+            conn.write_all(&out).await?;
+            let _ = conn.shutdown().await;
+            return Ok(());
+        }
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}

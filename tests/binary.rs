@@ -1,0 +1,354 @@
+//! The binary protocol through real TCP and Unix sockets against the real daemon.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Daemon;
+use quotad::protocol::client::{Check, Client, ClientError};
+use quotad::protocol::frame::{self, op, ErrorCode, WireResult};
+use serde_json::json;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn check(key: &str) -> Check<'_> {
+    Check {
+        key,
+        scope: None,
+        cost: 1,
+    }
+}
+
+#[test]
+fn every_operation_over_tcp_and_unix() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("quotad.sock");
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &["--unix", sock.to_str().unwrap()],
+    );
+    let (id, key) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "free"}));
+    rt().block_on(async {
+        for c in [
+            Client::connect_tcp(d.binary).await.unwrap(),
+            Client::connect_unix(&sock).await.unwrap(),
+        ] {
+            c.ping().await.unwrap();
+            let r = c.check(check(&key)).await.unwrap();
+            assert_eq!(r.code(), "allowed");
+            assert_eq!(r.limit, 60);
+            assert_eq!(quotad::keys::KeyId(r.key_id).to_string(), id);
+            let rs = c
+                .check_batch(&[check(&key), check("nope"), check(&key)])
+                .await
+                .unwrap();
+            let codes: Vec<&str> = rs.iter().map(WireResult::code).collect();
+            assert_eq!(codes, vec!["allowed", "unauthorized", "allowed"]);
+            assert_eq!(rs[1].reason, 2, "malformed");
+        }
+    });
+    let u = d
+        .client()
+        .admin(reqwest::Method::GET, &format!("/keys/{id}"), None);
+    assert_eq!(u.body["usage"]["monthlyUsed"], 6);
+}
+
+#[test]
+fn every_decision_carries_the_same_figures_as_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let h = d.client();
+    h.admin(reqwest::Method::PUT, "/tiers/t", Some(json!({"limits": [{"requests": 2, "periodSeconds": 1}], "monthlyQuota": 3, "scopes": ["a:read", "a:write"]})));
+    let (key_id, key) = h.create_key(json!({"consumer": "c", "tier": "t", "scopes": ["a:read"]}));
+    let (rid, revoked) = h.create_key(json!({"consumer": "c", "tier": "t"}));
+    h.admin(reqwest::Method::POST, &format!("/keys/{rid}/revoke"), None);
+    let (_, open) = h.create_key(json!({"consumer": "c", "tier": "t"}));
+    rt().block_on(async {
+        let c = Client::connect_tcp(d.binary).await.unwrap();
+        let r = c
+            .check(Check {
+                key: &key,
+                scope: Some("a:write"),
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.code(), "forbidden");
+        let r = c
+            .check(Check {
+                key: &open,
+                scope: Some("b:read"),
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.code(), "plan_required");
+        let r = c
+            .check(Check {
+                key: &revoked,
+                scope: None,
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.code(), r.reason), ("unauthorized", 4));
+        let r = c
+            .check(Check {
+                key: "",
+                scope: None,
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.code(), r.reason), ("unauthorized", 1));
+        let r = c
+            .check(Check {
+                key: &key,
+                scope: Some("a:read"),
+                cost: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.code(), r.limit, r.remaining), ("allowed", 2, 0));
+        let r = c
+            .check(Check {
+                key: &key,
+                scope: Some("a:read"),
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.code(), "rate_limited");
+        assert_eq!(r.retry_after, 1, "half a second, rounded up");
+        assert_eq!(r.remaining, 0);
+    });
+    // The same key over HTTP sees the same counter: quota 3, 2 used over the binary protocol.
+    let mut spent = false;
+    for _ in 0..40 {
+        let r = h.check(Some(&key), &[("X-Quota-Scope", "a:read")]);
+        if r.status == 429 && r.code() == "quota_exceeded" {
+            spent = true;
+            break;
+        }
+        if r.status == 200 {
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(300)); // wait for a burst token
+    }
+    assert!(spent, "the monthly quota (3) is shared by both transports");
+    rt().block_on(async {
+        let c = Client::connect_tcp(d.binary).await.unwrap();
+        let r = c
+            .check(Check {
+                key: &key,
+                scope: Some("a:read"),
+                cost: 1,
+            })
+            .await
+            .unwrap();
+        // Burst tokens may or may not be back; the quota is spent either way.
+        assert!(
+            r.code() == "quota_exceeded" || r.code() == "rate_limited",
+            "{}",
+            r.code()
+        );
+        assert!(r.retry_after >= 1);
+    });
+    let u = h.admin(reqwest::Method::GET, &format!("/keys/{key_id}"), None);
+    assert_eq!(u.body["usage"]["monthlyUsed"], 3);
+}
+
+fn raw_conn(d: &Daemon) -> TcpStream {
+    let s = TcpStream::connect(d.binary).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn hello(s: &mut TcpStream) {
+    let mut f = Vec::new();
+    frame::put_hello(&mut f, 1, frame::VERSION);
+    s.write_all(&f).unwrap();
+    let mut h = [0u8; 16 + 12];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[4], op::HELLO_OK);
+}
+
+/// Reads frames until EOF; returns (op, id, payload) of each.
+fn read_all(s: &mut TcpStream) -> Vec<(u8, u64, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok((op, id, p, len)) = frame::decode_any(&buf[at..]) {
+        out.push((op, id, p.to_vec()));
+        at += len;
+    }
+    out
+}
+
+#[test]
+fn pipelined_requests_in_one_write_are_answered_in_one_pass_with_matching_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let h = d.client();
+    let keys: Vec<String> = (0..4)
+        .map(|_| h.create_key(json!({"consumer": "c", "tier": "pro"})).1)
+        .collect();
+    let mut s = raw_conn(&d);
+    hello(&mut s);
+    let mut f = Vec::new();
+    for i in 0..200u64 {
+        let key = if i % 5 == 4 {
+            "garbage-key"
+        } else {
+            keys[(i % 4) as usize].as_str()
+        };
+        frame::put_header(&mut f, op::CHECK, 1000 + i, 8 + key.len());
+        frame::put_check(&mut f, 1, key.as_bytes(), b"");
+    }
+    s.write_all(&f).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers = read_all(&mut s);
+    assert_eq!(answers.len(), 200);
+    for (i, (op, id, p)) in answers.iter().enumerate() {
+        assert_eq!(*op, op::RESULT);
+        assert_eq!(*id, 1000 + i as u64, "answers keep request order and ids");
+        let r = WireResult::get(p).unwrap();
+        let expect = if i % 5 == 4 {
+            "unauthorized"
+        } else {
+            "allowed"
+        };
+        assert_eq!(r.code(), expect);
+    }
+}
+
+#[test]
+fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (_, key) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "enterprise"}));
+    let rt = rt();
+    let healthy = rt.block_on(Client::connect_tcp(d.binary)).unwrap();
+
+    let expect_error = |bytes: &[u8], after_hello: bool, code: ErrorCode| {
+        let mut s = raw_conn(&d);
+        if after_hello {
+            hello(&mut s);
+        }
+        s.write_all(bytes).unwrap();
+        let frames = read_all(&mut s); // the server closes after the error
+        let (op, _, p) = frames
+            .last()
+            .unwrap_or_else(|| panic!("no answer to {bytes:?}"));
+        assert_eq!(*op, op::ERROR);
+        assert_eq!(u16::from_le_bytes([p[0], p[1]]), code as u16, "{bytes:?}");
+        // Another connection is still served.
+        let r = rt.block_on(healthy.check(check(&key))).unwrap();
+        assert_eq!(r.code(), "allowed");
+    };
+
+    let mut big = Vec::new();
+    frame::put_header(&mut big, op::CHECK, 1, frame::MAX_PAYLOAD + 1);
+    expect_error(&big, true, ErrorCode::TooLarge);
+    let mut unknown = Vec::new();
+    frame::put_header(&mut unknown, 0x42, 2, 0);
+    expect_error(&unknown, true, ErrorCode::UnknownOp);
+    let mut bad_version = Vec::new();
+    frame::put_hello(&mut bad_version, 3, 99);
+    expect_error(&bad_version, false, ErrorCode::BadVersion);
+    let mut bad_magic = Vec::new();
+    frame::put_header(&mut bad_magic, op::HELLO, 3, 8);
+    bad_magic.extend_from_slice(b"GET / HT");
+    expect_error(&bad_magic, false, ErrorCode::BadVersion);
+    let long_key = "k".repeat(frame::MAX_KEY + 1);
+    let mut lk = Vec::new();
+    frame::put_header(&mut lk, op::CHECK, 4, 8 + long_key.len());
+    frame::put_check(&mut lk, 1, long_key.as_bytes(), b"");
+    expect_error(&lk, true, ErrorCode::KeyTooLong);
+    let mut no_hello = Vec::new();
+    frame::put_header(&mut no_hello, op::PING, 5, 0);
+    expect_error(&no_hello, false, ErrorCode::HelloRequired);
+    // An HTTP request sent to the binary port: a header claiming a huge payload.
+    expect_error(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        false,
+        ErrorCode::TooLarge,
+    );
+    let mut overrun = Vec::new();
+    frame::put_header(&mut overrun, op::CHECK, 6, 10);
+    overrun.extend_from_slice(&[1, 0, 0, 0, 200, 0, 0, 0, b'a', b'b']);
+    expect_error(&overrun, true, ErrorCode::BadFrame);
+    let mut batch = Vec::new();
+    frame::put_header(&mut batch, op::CHECK_BATCH, 7, 4);
+    batch.extend_from_slice(&((frame::MAX_BATCH + 1) as u16).to_le_bytes());
+    batch.extend_from_slice(&[0, 0]);
+    expect_error(&batch, true, ErrorCode::BatchTooLarge);
+
+    // A short frame or a frame truncated mid-way, then EOF: a clean close, no answer.
+    for partial in [&big[..7], &lk[..30]] {
+        let mut s = raw_conn(&d);
+        hello(&mut s);
+        s.write_all(partial).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(read_all(&mut s).is_empty());
+    }
+    // A bad scope is a request-level error: the connection stays usable.
+    let r = rt.block_on(healthy.check(Check {
+        key: &key,
+        scope: Some("bad scope"),
+        cost: 1,
+    }));
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Server {
+                code: Some(ErrorCode::BadFrame),
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        rt.block_on(healthy.check(check(&key))).unwrap().code(),
+        "allowed"
+    );
+}
+
+#[test]
+fn the_binary_connection_limit_and_idle_timeout_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &["--max-binary-connections", "1", "--idle-timeout-secs", "1"],
+    );
+    let mut a = raw_conn(&d);
+    hello(&mut a);
+    let mut b = raw_conn(&d);
+    let frames = read_all(&mut b);
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(op::ERROR),
+        "second connection refused"
+    );
+    assert_eq!(
+        u16::from_le_bytes([frames[0].2[0], frames[0].2[1]]),
+        ErrorCode::Busy as u16
+    );
+    // The first one is closed after a second of silence; then there is room again.
+    assert!(read_all(&mut a).is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = raw_conn(&d);
+    hello(&mut c);
+}
