@@ -1,5 +1,7 @@
 //! The command line: `quotad serve` runs the daemon.
 
+pub mod admin_client;
+pub mod bench;
 pub mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,8 +30,10 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon (HTTP check endpoint, admin API).
+    /// Run the daemon (HTTP check endpoint, admin API, binary protocol).
     Serve(serve::ServeArgs),
+    /// Load a running quotad and report throughput and latency (capacity planning).
+    Bench(bench::BenchArgs),
 }
 
 /// Sets up `tracing` (level from `RUST_LOG`, default `info`).
@@ -52,6 +56,7 @@ pub fn main() -> i32 {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,138 @@
+//! `quotad bench` against a real daemon: the report, `--json`, and `--sweep`'s CSV and SVG.
+
+mod common;
+
+use std::process::Command;
+
+use common::{bin, Daemon};
+
+fn bench(d: &Daemon, extra: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args([
+            "bench",
+            "--addr",
+            &d.binary.to_string(),
+            "--http-url",
+            &format!("http://{}", d.http),
+        ])
+        .args(["--token", &d.token])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn bench_reports_throughput_latency_and_decisions_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    for target in ["binary", "http"] {
+        let out = bench(
+            &d,
+            &[
+                "--target",
+                target,
+                "--keys",
+                "20",
+                "--connections",
+                "2",
+                "--depth",
+                "4",
+                "--requests",
+                "3000",
+                "--duration",
+                "30",
+                "--json",
+                "--distribution",
+                "zipf",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["requests"], 3000, "{target}: stops after --requests");
+        assert!(v["throughput"].as_f64().unwrap() > 0.0);
+        let l = &v["latencyMicros"];
+        assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
+        assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
+        let ok = if target == "binary" { "allowed" } else { "200" };
+        assert_eq!(
+            v["decisions"][ok], 3000,
+            "{target}: every check admitted: {v}"
+        );
+    }
+    // The counters moved: 6000 checks over 40 keys.
+    let m = d.client().get("/metrics").text;
+    assert!(
+        m.contains("quotad_checks_total{transport=\"binary\",decision=\"allowed\"} 3000"),
+        "{m}"
+    );
+    assert!(
+        m.contains("quotad_checks_total{transport=\"http\",decision=\"allowed\"} 3000"),
+        "{m}"
+    );
+}
+
+#[test]
+fn sweep_writes_a_well_formed_csv_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let csv = dir.path().join("sweep.csv");
+    let svg = dir.path().join("sweep.svg");
+    bench(
+        &d,
+        &[
+            "--sweep",
+            "--sweep-steps",
+            "3",
+            "--duration",
+            "3",
+            "--keys",
+            "10",
+            "--connections",
+            "2",
+            "--depth",
+            "2",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "offered_rps,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,requests"
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|f| f.parse::<f64>().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "steps + 1 points");
+    for r in &rows {
+        assert_eq!(r.len(), 8);
+        assert!(r[1] > 0.0, "achieved rate");
+        assert!(r[2] <= r[4] && r[4] <= r[6], "p50 <= p99 <= max: {r:?}");
+    }
+    assert!(
+        rows.windows(2).all(|w| w[0][0] < w[1][0]),
+        "offered rate steps up"
+    );
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&svg_text).expect("the SVG is well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    let polylines = root
+        .children()
+        .filter(|n| n.has_tag_name("polyline"))
+        .count();
+    assert_eq!(polylines, 3, "p50, p99 and p99.9 curves");
+    for p in root.children().filter(|n| n.has_tag_name("polyline")) {
+        let pts = p.attribute("points").unwrap().split(' ').count();
+        assert_eq!(pts, 4);
+    }
+}
