@@ -96,6 +96,9 @@ pub struct BenchArgs {
     /// Offered rate in requests/s over all connections (0: as fast as the server answers).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Threads the load generator runs on (it shares the machine with the server it measures).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -363,7 +366,7 @@ async fn connection(
     load: Arc<Load>,
     shared: Arc<Shared>,
     conn_index: usize,
-    rate_per_conn: Option<f64>,
+    mut tokens: Option<tokio::sync::mpsc::UnboundedReceiver<u32>>,
     deadline: Instant,
 ) -> anyhow::Result<(Histogram<u64>, BTreeMap<String, u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
@@ -397,22 +400,27 @@ async fn connection(
     let mut rng =
         Rng(0x9E37_79B9_7F4A_7C15 ^ (conn_index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let scope = load.scope.clone().unwrap_or_default();
-    let interval = rate_per_conn.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
-    let start = Instant::now();
-    let mut next_send = start;
+    // Open loop: each token from the pacer thread is one request to send.
+    let paced = tokens.is_some();
+    let mut credit = 0u64;
     let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(load.depth);
     let mut wbuf = Vec::with_capacity(64 * 1024);
     let mut id = 1u64;
     loop {
         let now = Instant::now();
         let stopping = now >= deadline || shared.done.load(Ordering::Relaxed);
+        if let Some(rx) = tokens.as_mut() {
+            while let Ok(n) = rx.try_recv() {
+                credit += u64::from(n);
+            }
+        }
         if !stopping {
             while in_flight.len() < load.depth {
-                if let Some(iv) = interval {
-                    if next_send > Instant::now() {
+                if paced {
+                    if credit == 0 {
                         break;
                     }
-                    next_send += iv;
+                    credit -= 1;
                 }
                 if let Some(b) = &shared.budget {
                     if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
@@ -432,8 +440,7 @@ async fn connection(
                     &load.http_authority,
                 );
                 id += 1;
-                // Latency runs from the write. (Timed from the schedule instead, the client's own
-                // timer granularity, 1 ms in tokio, would show up as server latency.)
+                // Latency runs from the write.
                 in_flight.push_back(Instant::now());
             }
         }
@@ -445,18 +452,23 @@ async fn connection(
             if stopping {
                 break;
             }
-            if let Some(iv) = interval {
-                let wait = next_send.saturating_duration_since(Instant::now()).min(iv);
-                tokio::time::sleep(wait).await;
+            if let Some(rx) = tokens.as_mut() {
+                let until = tokio::time::Instant::from_std(deadline);
+                tokio::select! {
+                    n = rx.recv() => credit += u64::from(n.unwrap_or(0)),
+                    _ = tokio::time::sleep_until(until) => {}
+                }
             }
             continue;
         }
-        let read = match interval {
-            Some(_) if !stopping && in_flight.len() < load.depth => {
-                let until = tokio::time::Instant::from_std(next_send.max(Instant::now()));
+        let read = match tokens.as_mut() {
+            Some(rx) if !stopping && in_flight.len() < load.depth => {
                 tokio::select! {
                     r = stream.read_buf(&mut rbuf) => Some(r?),
-                    _ = tokio::time::sleep_until(until) => None,
+                    n = rx.recv() => {
+                        credit += u64::from(n.unwrap_or(0));
+                        None
+                    }
                 }
             }
             _ => Some(stream.read_buf(&mut rbuf).await?),
@@ -498,17 +510,41 @@ async fn run_load(
     });
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds.max(0.1));
-    let per_conn = (rate > 0.0).then(|| rate / load.connections as f64);
+    let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..load.connections.max(1) {
+        let rx = (rate > 0.0).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            rx
+        });
         tasks.push(tokio::spawn(connection(
             load.clone(),
             shared.clone(),
             i,
-            per_conn,
+            rx,
             deadline,
         )));
     }
+    // The pacer: a plain thread that wakes every 100 us and hands out the requests that are due,
+    // round-robin over the connections. tokio's timer ticks in milliseconds, which would send
+    // the offered load in bursts and measure the bursts' queueing as server latency.
+    let pacer = (rate > 0.0).then(|| {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let mut released = 0u64;
+            let mut next = 0usize;
+            while Instant::now() < deadline && !shared.done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros(100));
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                for _ in released..due {
+                    let _ = senders[next % senders.len()].send(1);
+                    next += 1;
+                }
+                released = released.max(due);
+            }
+        })
+    });
     let ticker = progress.then(|| {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -544,6 +580,9 @@ async fn run_load(
         requests += c;
     }
     let elapsed = start.elapsed();
+    if let Some(p) = pacer {
+        let _ = p.join();
+    }
     if let Some(t) = ticker {
         t.abort();
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
