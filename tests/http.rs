@@ -557,6 +557,14 @@ fn health_metrics_and_docs_are_public() {
     );
 }
 
+fn crate_builtin_tiers() -> serde_json::Value {
+    let mut t = serde_json::to_value(quotad::tiers::builtin_tiers()).unwrap();
+    t.as_array_mut()
+        .unwrap()
+        .push(json!({"name": "doomed", "limits": [{"requests": 1, "periodSeconds": 60}]}));
+    t
+}
+
 /// Every route in the OpenAPI document answers on a real server (neither 404 nor 405).
 #[test]
 fn every_documented_route_answers() {
@@ -581,6 +589,7 @@ fn every_documented_route_answers() {
             let url = path.replace("{id}", &id).replace("{name}", tier);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = match (method.as_str(), path.as_str()) {
+                ("put", "/admin/v1/tiers") => Some(json!({"tiers": crate_builtin_tiers()})),
                 ("put", _) => Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}]})),
                 ("post", "/admin/v1/keys") => Some(json!({"consumer": "c", "tier": "free"})),
                 ("patch", _) => Some(json!({"name": "n"})),

@@ -2,6 +2,7 @@
 
 pub mod admin_client;
 pub mod bench;
+pub mod ops;
 pub mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,6 +35,40 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load a running quotad and report throughput and latency (capacity planning).
     Bench(bench::BenchArgs),
+    /// Manage API keys (through the admin API).
+    Keys {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: ops::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ops::KeysCmd,
+    },
+    /// Manage plan tiers (through the admin API).
+    Tiers {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: ops::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ops::TiersCmd,
+    },
+    /// One key's live usage.
+    Usage {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: ops::AdminArgs,
+        /// Key id (key_…).
+        id: String,
+    },
+    /// Check a data directory offline (daemon stopped): versions, checksums, counts.
+    Inspect {
+        /// The data directory.
+        data_dir: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Sets up `tracing` (level from `RUST_LOG`, default `info`).
@@ -54,14 +89,26 @@ pub fn init_tracing(format: LogFormat) {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    let daemon = matches!(cli.command, Command::Serve(_));
+    if !daemon {
+        // A command piped into `head` should end quietly, not panic on EPIPE.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Keys { admin, cmd } => ops::keys(cmd, &admin),
+        Command::Tiers { admin, cmd } => ops::tiers(cmd, &admin),
+        Command::Usage { admin, id } => ops::usage(id, &admin),
+        Command::Inspect { data_dir, json } => ops::inspect(data_dir, json),
     };
     match result {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
+            if daemon {
+                tracing::error!("{e:#}");
+            }
             eprintln!("quotad: error: {e:#}");
             1
         }

@@ -183,12 +183,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         tracing::info!("ready");
+        notify(&[sd_notify::NotifyState::Ready]);
+        let watchdog = watchdog_task();
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => reload_tiers(&engine, args.tiers.as_deref()).await,
             }
+        }
+        notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
         }
         let _ = stop_tx.send(true);
         match http_task.await {
@@ -211,6 +217,33 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Tells systemd (Type=notify) about our state; a no-op outside systemd.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pings the systemd watchdog at half its interval when `WatchdogSec=` is set.
+fn watchdog_task() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    tracing::info!(
+        interval_ms = every.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}
+
 async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no --tiers file to reload");
@@ -218,6 +251,7 @@ async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
     };
     let path = path.to_path_buf();
     let e = engine.clone();
+    notify(&[sd_notify::NotifyState::Reloading]);
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         let specs = crate::tiers::load_tiers_file(&path)?;
         let n = specs.len();
@@ -225,6 +259,7 @@ async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
         Ok(n)
     })
     .await;
+    notify(&[sd_notify::NotifyState::Ready]);
     match result {
         Ok(Ok(n)) => tracing::info!(tiers = n, "SIGHUP: tiers reloaded"),
         Ok(Err(err)) => {

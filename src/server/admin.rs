@@ -184,6 +184,12 @@ struct Rotate {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PutTiers {
+    tiers: Vec<TierSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PutTier {
     limits: Vec<LimitSpec>,
     #[serde(default)]
@@ -350,7 +356,25 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 let tiers = engine.tiers();
                 json(200, serde_json::json!({ "tiers": tiers }).to_string(), rid)
             }
-            _ => not_allowed("GET"),
+            Method::PUT => {
+                let p: PutTiers = match parse_json(&body) {
+                    Ok(p) => p,
+                    Err(m) => return error(400, "bad_request", &m, rid),
+                };
+                let names: Vec<String> = p.tiers.iter().map(|t| t.name.clone()).collect();
+                match blocking(engine, move |e| e.apply_tiers(p.tiers)).await {
+                    Ok(()) => {
+                        tracing::info!(tiers = ?names, "tier set replaced");
+                        json(
+                            200,
+                            serde_json::json!({ "tiers": engine.tiers() }).to_string(),
+                            rid,
+                        )
+                    }
+                    Err(e) => engine_error(&e, rid),
+                }
+            }
+            _ => not_allowed("GET, PUT"),
         },
         ["tiers", name] => {
             let name = name.to_string();

@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/v1/keys/{id}/revoke"),
     ("post", "/admin/v1/keys/{id}/rotate"),
     ("get", "/admin/v1/tiers"),
+    ("put", "/admin/v1/tiers"),
     ("get", "/admin/v1/tiers/{name}"),
     ("put", "/admin/v1/tiers/{name}"),
     ("delete", "/admin/v1/tiers/{name}"),
@@ -114,7 +115,11 @@ pub fn document() -> Value {
             "/admin/v1/keys/{id}/rotate": {"post": admin(json!({"summary": "New secret for the same record; usage carries over", "parameters": id_param(),
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rotate"}}}},
                 "responses": {"200": ok("The key with its new raw key", "Key"), "404": error_response("Unknown key id")}}))},
-            "/admin/v1/tiers": {"get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}}))},
+            "/admin/v1/tiers": {
+                "get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}})),
+                "put": admin(json!({"summary": "Replace the whole set of tiers at once (a tiers file); tiers left out are deleted, refused (409) while keys use them",
+                    "requestBody": body("TierList"), "responses": {"200": ok("Tiers now in force", "TierList"), "409": error_response("A tier left out is in use")}})),
+            },
             "/admin/v1/tiers/{name}": {
                 "get": admin(json!({"summary": "One tier", "parameters": name_param(),
                     "responses": {"200": ok("The tier", "Tier"), "404": error_response("Unknown tier")}})),

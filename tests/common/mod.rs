@@ -12,6 +12,37 @@ use std::time::{Duration, Instant};
 /// Every log line any daemon in this test process printed (for the "no secrets in logs" checks).
 pub static ALL_LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Every raw key and admin token a test used: none may appear in any log line.
+pub static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Registers a secret that must never be logged.
+pub fn remember_secret(s: &str) {
+    SECRETS.lock().unwrap().push(s.to_string());
+}
+
+/// Keeps a CLI command's stderr with the logs (its stdout may show a raw key: that is its job).
+pub fn record_output(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    ALL_LOGS
+        .lock()
+        .unwrap()
+        .extend(err.lines().map(str::to_string));
+}
+
+/// Panics if any log line so far contains a registered secret.
+pub fn assert_no_secrets_logged() {
+    let secrets = SECRETS.lock().map(|s| s.clone()).unwrap_or_default();
+    let logs = ALL_LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+    for line in &logs {
+        for s in &secrets {
+            assert!(
+                !line.contains(s.as_str()),
+                "a secret appears in a log line: {line}"
+            );
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub http: SocketAddr,
@@ -111,6 +142,7 @@ impl Daemon {
                     .trim()
                     .to_string()
             });
+        remember_secret(&token);
         Daemon {
             child: Some(child),
             http: http.parse().unwrap(),
@@ -180,6 +212,11 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Every test that ran a daemon checks the whole log of its process for secrets.
+        if !std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(20)); // let the log reader drain
+            assert_no_secrets_logged();
+        }
     }
 }
 
@@ -242,12 +279,17 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        Reply::from(rb.send().unwrap())
+        let r = Reply::from(rb.send().unwrap());
+        if let Some(k) = r.body["key"].as_str() {
+            remember_secret(k);
+        }
+        r
     }
 
     pub fn create_key(&self, body: serde_json::Value) -> (String, String) {
         let r = self.admin(reqwest::Method::POST, "/keys", Some(body));
         assert_eq!(r.status, 201, "{}", r.text);
+        remember_secret(r.body["key"].as_str().unwrap());
         (
             r.body["id"].as_str().unwrap().to_string(),
             r.body["key"].as_str().unwrap().to_string(),
