@@ -165,6 +165,21 @@ fn every_decision_carries_the_same_figures_as_http() {
     });
     let u = h.admin(reqwest::Method::GET, &format!("/keys/{key_id}"), None);
     assert_eq!(u.body["usage"]["monthlyUsed"], 3);
+
+    // quota_exceeded on its own: a generous burst and a quota of 1.
+    let (_, q) = h.create_key(json!({"consumer": "c", "tier": "enterprise", "monthlyQuota": 1}));
+    rt().block_on(async {
+        let c = Client::connect_tcp(d.binary).await.unwrap();
+        assert_eq!(c.check(check(&q)).await.unwrap().code(), "allowed");
+        let r = c.check(check(&q)).await.unwrap();
+        assert_eq!(r.code(), "quota_exceeded");
+        assert_eq!((r.limit, r.remaining), (1, 0));
+        let t = time::OffsetDateTime::now_utc();
+        let (y, m) = if t.month() == time::Month::December { (t.year() + 1, time::Month::January) } else { (t.year(), t.month().next()) };
+        let next = time::Date::from_calendar_date(y, m, 1).unwrap().midnight().assume_utc().unix_timestamp();
+        assert!((i64::from(r.retry_after) - (next - t.unix_timestamp())).abs() <= 2, "retry_after = seconds to next month");
+        assert_eq!(r.reset as i64, next);
+    });
 }
 
 fn raw_conn(d: &Daemon) -> TcpStream {
