@@ -875,6 +875,35 @@ impl Engine {
         }
     }
 
+    /// The consumer and tier name of key `id`, copied into a fixed buffer (no allocation: the
+    /// HTTP check renders them on every admitted request).
+    pub fn identity_fixed(&self, id: KeyId) -> Option<Identity> {
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count() {
+            return None;
+        }
+        let mut out = Identity::default();
+        let tier = {
+            let _g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            let rs = unsafe { self.record_slot(slot) }?;
+            let r = &rs[layout::newest(rs)];
+            if r.id != id.0 {
+                return None;
+            }
+            let c = layout::get_str(&r.consumer)?;
+            out.consumer[..c.len()].copy_from_slice(c.as_bytes());
+            out.consumer_len = c.len() as u8;
+            r.tier
+        };
+        let cat = self.catalog.load();
+        let t = cat.tier(tier)?.spec.name.as_bytes();
+        let n = t.len().min(out.tier.len());
+        out.tier[..n].copy_from_slice(&t[..n]);
+        out.tier_len = n as u8;
+        Some(out)
+    }
+
     /// The consumer and tier name of key `id` (what a transport passes upstream).
     pub fn identity(&self, id: KeyId) -> Option<(String, String)> {
         let slot = id.slot();
@@ -1320,6 +1349,38 @@ fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// A key's consumer and tier name, held inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    consumer: [u8; 64],
+    consumer_len: u8,
+    tier: [u8; 64],
+    tier_len: u8,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            consumer: [0; 64],
+            consumer_len: 0,
+            tier: [0; 64],
+            tier_len: 0,
+        }
+    }
+}
+
+impl Identity {
+    /// The consumer.
+    pub fn consumer(&self) -> &str {
+        std::str::from_utf8(&self.consumer[..usize::from(self.consumer_len)]).unwrap_or("")
+    }
+
+    /// The tier's name.
+    pub fn tier(&self) -> &str {
+        std::str::from_utf8(&self.tier[..usize::from(self.tier_len)]).unwrap_or("")
+    }
 }
 
 /// What [`inspect`] found in a healthy data directory.

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use super::render;
 use super::AppState;
-use crate::engine::decision::Verdict;
+use crate::engine::decision::{Decision, Verdict};
 use crate::metrics::Transport;
 
 /// The largest request body accepted (admin API).
@@ -136,10 +136,13 @@ static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 static X_QUOTA_KEY_ID: HeaderName = HeaderName::from_static("x-quota-key-id");
 static X_QUOTA_CONSUMER: HeaderName = HeaderName::from_static("x-quota-consumer");
 static X_QUOTA_ERROR: HeaderName = HeaderName::from_static("x-quota-error");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_QUOTA_SCOPE: HeaderName = HeaderName::from_static("x-quota-scope");
+static X_QUOTA_COST: HeaderName = HeaderName::from_static("x-quota-cost");
 
 /// The caller's `x-request-id` if acceptable (1-128 visible ASCII characters), else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
-    if let Some(v) = req.headers().get("x-request-id") {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
             if let Ok(s) = v.to_str() {
@@ -245,7 +248,7 @@ fn health(state: &AppState) -> serde_json::Value {
 }
 
 /// Reads header `name` as visible ASCII of bounded length; `Err` is a 400 message.
-fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>, String> {
+fn header_str<'a, B>(req: &'a Request<B>, name: &HeaderName) -> Result<Option<&'a str>, String> {
     let Some(v) = req.headers().get(name) else {
         return Ok(None);
     };
@@ -261,10 +264,10 @@ fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>,
 
 /// The API key from `X-API-Key`, `Authorization: Bearer`, or a configured header.
 fn presented_key<'a, B>(state: &AppState, req: &'a Request<B>) -> Result<Option<&'a str>, String> {
-    if let Some(k) = header_str(req, "x-api-key")? {
+    if let Some(k) = header_str(req, &X_API_KEY)? {
         return Ok(Some(k));
     }
-    if let Some(a) = header_str(req, "authorization")? {
+    if let Some(a) = header_str(req, &hyper::header::AUTHORIZATION)? {
         if let Some((scheme, token)) = a.split_once(' ') {
             if scheme.eq_ignore_ascii_case("bearer") {
                 return Ok(Some(token.trim()));
@@ -272,14 +275,15 @@ fn presented_key<'a, B>(state: &AppState, req: &'a Request<B>) -> Result<Option<
         }
     }
     for h in &state.http.key_headers {
-        if let Some(k) = header_str(req, h.as_str())? {
+        if let Some(k) = header_str(req, h)? {
             return Ok(Some(k));
         }
     }
     Ok(None)
 }
 
-fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
+/// Answers one `/v1/check` request (public so `examples/handler_cost.rs` can time it alone).
+pub fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
     let bad = |m: String| {
         state.metrics.record_bad_request(Transport::Http);
         error(400, "bad_request", &m, rid)
@@ -288,14 +292,14 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
         Ok(k) => k,
         Err(m) => return bad(m),
     };
-    let scope = match header_str(req, "x-quota-scope") {
+    let scope = match header_str(req, &X_QUOTA_SCOPE) {
         Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
             return bad(format!("header X-Quota-Scope: invalid scope {s:?}"))
         }
         Ok(s) => s.filter(|s| !s.is_empty()),
         Err(m) => return bad(m),
     };
-    let cost = match header_str(req, "x-quota-cost") {
+    let cost = match header_str(req, &X_QUOTA_COST) {
         Ok(None) => 1,
         Ok(Some(c)) => match c.parse::<u64>() {
             Ok(n) if (1..=crate::engine::MAX_COST).contains(&n) => n,
@@ -315,62 +319,104 @@ fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
 
+    render_check(&d, scope, rid, state)
+}
+
+/// Renders a decision. Every dynamic header value and the body are written into one buffer and
+/// handed to hyper as slices of it: one allocation instead of one per header.
+fn render_check(d: &Decision, scope: Option<&str>, rid: &str, state: &AppState) -> Resp {
     let status = render::status(d.verdict);
-    let mut r = if d.verdict == Verdict::Allowed {
-        let (consumer, tier) = d
-            .key_id
-            .and_then(|id| state.engine.identity(id))
-            .unwrap_or_default();
-        let id = d.key_id.map(|i| i.to_string()).unwrap_or_default();
-        let mut body = String::with_capacity(96 + consumer.len() + tier.len());
-        body.push_str("{\"allowed\":true,\"keyId\":\"");
-        body.push_str(&id);
-        body.push_str("\",\"consumer\":");
-        push_json_str(&mut body, &consumer);
-        body.push_str(",\"tier\":");
-        push_json_str(&mut body, &tier);
-        body.push('}');
-        let mut r = json(200, body, rid);
-        let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::try_from(id) {
-            h.insert(X_QUOTA_KEY_ID.clone(), v);
+    let mut buf = String::with_capacity(512);
+    let mut num = itoa::Buffer::new();
+    let mark = |buf: &mut String, f: &mut dyn FnMut(&mut String)| {
+        let a = buf.len();
+        f(buf);
+        a..buf.len()
+    };
+    let rid_r = mark(&mut buf, &mut |b| b.push_str(rid));
+    let primary = d.primary().map(|p| {
+        (
+            mark(&mut buf, &mut |b| b.push_str(num.format(p.limit))),
+            mark(&mut buf, &mut |b| b.push_str(num.format(p.remaining))),
+            mark(&mut buf, &mut |b| b.push_str(num.format(p.reset))),
+            mark(&mut buf, &mut |b| render::push_ratelimit_policy(b, d)),
+            mark(&mut buf, &mut |b| render::push_ratelimit(b, d)),
+        )
+    });
+    let retry = d
+        .retry_after
+        .map(|ra| mark(&mut buf, &mut |b| b.push_str(num.format(ra.max(1)))));
+    let (ident, body_r) = if d.verdict == Verdict::Allowed {
+        let identity = d.key_id.and_then(|id| state.engine.identity_fixed(id));
+        let consumer = identity.as_ref().map_or("", |i| i.consumer());
+        let tier = identity.as_ref().map_or("", |i| i.tier());
+        let id_r = mark(&mut buf, &mut |b| {
+            if let Some(id) = d.key_id {
+                b.push_str("key_");
+                push_hex(b, id.0, 16);
+            }
+        });
+        let consumer_r = mark(&mut buf, &mut |b| b.push_str(consumer));
+        let body_start = buf.len();
+        buf.push_str("{\"allowed\":true,\"keyId\":\"");
+        if let Some(id) = d.key_id {
+            buf.push_str("key_");
+            push_hex(&mut buf, id.0, 16);
         }
-        if let Ok(v) = HeaderValue::try_from(consumer) {
-            h.insert(X_QUOTA_CONSUMER.clone(), v);
-        }
-        r
+        buf.push_str("\",\"consumer\":");
+        push_json_str(&mut buf, consumer);
+        buf.push_str(",\"tier\":");
+        push_json_str(&mut buf, tier);
+        buf.push('}');
+        (Some((id_r, consumer_r)), body_start..buf.len())
     } else {
         if let Verdict::Unauthorized(why) = d.verdict {
             tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
         }
-        let body = render::envelope(d.verdict.code(), &render::message(&d, scope), rid);
-        let mut r = json(status, body.clone(), rid);
+        let env = render::envelope(d.verdict.code(), &render::message(d, scope), rid);
+        (None, mark(&mut buf, &mut |b| b.push_str(&env)))
+    };
+    let bytes = Bytes::from(buf);
+    let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(bytes.slice(r)).ok();
+    // Digits, `key_` + hex, and the RateLimit fields' quoted names and `;=,` punctuation: all
+    // visible ASCII by construction, so they skip the per-byte validation.
+    let trusted = |r: std::ops::Range<usize>| {
+        debug_assert!(bytes[r.clone()]
+            .iter()
+            .all(|b| b.is_ascii_graphic() || *b == b' '));
+        // SAFETY: see above; `HeaderValue` only requires no control characters.
+        Some(unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(r)) })
+    };
+    let mut resp = Response::new(Full::new(bytes.slice(body_r.clone())));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut h = hyper::HeaderMap::with_capacity(16);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut put = |name: &HeaderName, v: Option<HeaderValue>| {
+        if let Some(v) = v {
+            h.insert(name.clone(), v);
+        }
+    };
+    put(&X_REQUEST_ID, value(rid_r));
+    if let Some((id_r, consumer_r)) = ident {
+        put(&X_QUOTA_KEY_ID, trusted(id_r));
+        put(&X_QUOTA_CONSUMER, value(consumer_r));
+    } else {
         // nginx auth_request discards the subrequest's body; this header lets the shipped nginx
         // configuration return the same envelope to the client.
-        if let Ok(v) = HeaderValue::from_str(&body) {
-            r.headers_mut().insert(X_QUOTA_ERROR.clone(), v);
-        }
-        r
-    };
-    let h = r.headers_mut();
-    if let Some(p) = d.primary() {
-        h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(p.limit));
-        h.insert(
-            X_RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(p.remaining),
-        );
-        h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(p.reset));
-        if let Ok(v) = HeaderValue::try_from(render::ratelimit_policy(&d)) {
-            h.insert(RATELIMIT_POLICY.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::try_from(render::ratelimit(&d)) {
-            h.insert(RATELIMIT.clone(), v);
-        }
+        put(&X_QUOTA_ERROR, value(body_r));
     }
-    if let Some(ra) = d.retry_after {
-        h.insert(RETRY_AFTER.clone(), HeaderValue::from(ra.max(1)));
+    if let Some((l, rem, reset, pol, rl)) = primary {
+        put(&X_RATELIMIT_LIMIT, trusted(l));
+        put(&X_RATELIMIT_REMAINING, trusted(rem));
+        put(&X_RATELIMIT_RESET, trusted(reset));
+        put(&RATELIMIT_POLICY, trusted(pol));
+        put(&RATELIMIT, trusted(rl));
     }
-    r
+    if let Some(r) = retry {
+        put(&RETRY_AFTER, trusted(r));
+    }
+    *resp.headers_mut() = h;
+    resp
 }
 
 /// Appends `v` as a JSON string literal.

@@ -35,15 +35,14 @@ pub fn policy_name(l: &LimitStatus) -> String {
 
 /// One structured-field item per limit, `"name";a=x;b=y`, comma-separated. Written by hand with
 /// `itoa`: this runs on every HTTP check.
-fn items(d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus) -> (u64, u64)) -> String {
-    let mut s = String::with_capacity(96);
+fn items(s: &mut String, d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus) -> (u64, u64)) {
     let mut num = itoa::Buffer::new();
     for (i, l) in d.limits().iter().enumerate() {
         if i > 0 {
             s.push_str(", ");
         }
         s.push('"');
-        push_policy_name(&mut s, l);
+        push_policy_name(s, l);
         s.push_str("\";");
         let (x, y) = f(l);
         s.push_str(a);
@@ -54,17 +53,43 @@ fn items(d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus) -> (u64, u64))
         s.push('=');
         s.push_str(num.format(y));
     }
-    s
 }
 
 /// `RateLimit-Policy`: every limit with its quota `q` and window `w` (seconds).
 pub fn ratelimit_policy(d: &Decision) -> String {
-    items(d, "q", "w", |l| (l.limit, l.window_secs(d.now_s)))
+    let mut s = String::with_capacity(96);
+    push_ratelimit_policy(&mut s, d);
+    s
 }
 
 /// `RateLimit`: every limit with remaining `r` and seconds to reset `t`.
 pub fn ratelimit(d: &Decision) -> String {
-    items(d, "r", "t", |l| {
+    let mut s = String::with_capacity(96);
+    push_ratelimit(&mut s, d);
+    s
+}
+
+/// Appends the `RateLimit-Policy` value to `s`.
+pub fn push_ratelimit_policy(s: &mut String, d: &Decision) {
+    // The month's length is the same for every item: work it out once.
+    let month = d
+        .limits()
+        .iter()
+        .find(|l| l.kind == LimitKind::Monthly)
+        .map(|l| l.window_secs(d.now_s))
+        .unwrap_or(0);
+    items(s, d, "q", "w", |l| {
+        let w = match l.kind {
+            LimitKind::Window { period_secs } => period_secs,
+            LimitKind::Monthly => month,
+        };
+        (l.limit, w)
+    })
+}
+
+/// Appends the `RateLimit` value to `s`.
+pub fn push_ratelimit(s: &mut String, d: &Decision) {
+    items(s, d, "r", "t", |l| {
         (l.remaining, l.reset.saturating_sub(d.now_s))
     })
 }
