@@ -159,19 +159,27 @@ impl TierSpec {
     }
 }
 
-fn spec(name: &str, limits: &[(u64, u64)], monthly_quota: Option<u64>) -> TierSpec {
-    TierSpec {
-        name: name.to_string(),
-        limits: limits
-            .iter()
-            .map(|&(requests, period_seconds)| LimitSpec {
-                requests,
-                period_seconds,
-            })
-            .collect(),
-        monthly_quota,
-        scopes: None,
+impl TierSpec {
+    /// A tier of `(requests, period_seconds)` limits and an optional monthly quota, every scope
+    /// included.
+    pub fn with_limits(name: &str, limits: &[(u64, u64)], monthly_quota: Option<u64>) -> Self {
+        TierSpec {
+            name: name.to_string(),
+            limits: limits
+                .iter()
+                .map(|&(requests, period_seconds)| LimitSpec {
+                    requests,
+                    period_seconds,
+                })
+                .collect(),
+            monthly_quota,
+            scopes: None,
+        }
     }
+}
+
+fn spec(name: &str, limits: &[(u64, u64)], monthly_quota: Option<u64>) -> TierSpec {
+    TierSpec::with_limits(name, limits, monthly_quota)
 }
 
 /// The tiers quotad serves out of the box (see `docs/DESIGN.md` for the monthly figures).

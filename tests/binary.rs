@@ -174,17 +174,8 @@ fn every_decision_carries_the_same_figures_as_http() {
         let r = c.check(check(&q)).await.unwrap();
         assert_eq!(r.code(), "quota_exceeded");
         assert_eq!((r.limit, r.remaining), (1, 0));
+        let next = common::next_month_start();
         let t = time::OffsetDateTime::now_utc();
-        let (y, m) = if t.month() == time::Month::December {
-            (t.year() + 1, time::Month::January)
-        } else {
-            (t.year(), t.month().next())
-        };
-        let next = time::Date::from_calendar_date(y, m, 1)
-            .unwrap()
-            .midnight()
-            .assume_utc()
-            .unix_timestamp();
         assert!(
             (i64::from(r.retry_after) - (next - t.unix_timestamp())).abs() <= 2,
             "retry_after = seconds to next month"

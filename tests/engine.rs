@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use quotad::keys::{KeyUpdate, NewKey};
-use quotad::tiers::{LimitSpec, TierSpec};
+use quotad::tiers::TierSpec;
 use quotad::{AuthFailure, Engine, EngineOptions, FakeClock, LimitKind, Verdict};
 use time::macros::datetime;
 
@@ -25,18 +25,7 @@ fn key(engine: &Engine, tier: &str) -> (quotad::keys::KeyId, String) {
 }
 
 fn tier(name: &str, limits: &[(u64, u64)], monthly: Option<u64>) -> TierSpec {
-    TierSpec {
-        name: name.into(),
-        limits: limits
-            .iter()
-            .map(|&(requests, period_seconds)| LimitSpec {
-                requests,
-                period_seconds,
-            })
-            .collect(),
-        monthly_quota: monthly,
-        scopes: None,
-    }
+    TierSpec::with_limits(name, limits, monthly)
 }
 
 /// 2026-03-10T12:00:00Z

@@ -17,19 +17,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn seconds_to_next_month() -> u64 {
-    let t = time::OffsetDateTime::now_utc();
-    let (y, m) = if t.month() == time::Month::December {
-        (t.year() + 1, time::Month::January)
-    } else {
-        (t.year(), t.month().next())
-    };
-    let next = time::Date::from_calendar_date(y, m, 1)
-        .unwrap()
-        .midnight()
-        .assume_utc();
-    (next.unix_timestamp() - t.unix_timestamp()) as u64
-}
+use common::seconds_to_next_month;
 
 #[test]
 fn an_allowed_check_returns_identity_and_every_rate_limit_header() {

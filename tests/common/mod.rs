@@ -43,6 +43,26 @@ pub fn assert_no_secrets_logged() {
     }
 }
 
+/// Unix time of 00:00 UTC on the 1st of next month.
+pub fn next_month_start() -> i64 {
+    let t = time::OffsetDateTime::now_utc();
+    let (y, m) = if t.month() == time::Month::December {
+        (t.year() + 1, time::Month::January)
+    } else {
+        (t.year(), t.month().next())
+    };
+    time::Date::from_calendar_date(y, m, 1)
+        .unwrap()
+        .midnight()
+        .assume_utc()
+        .unix_timestamp()
+}
+
+/// Seconds from now until the next month starts (UTC).
+pub fn seconds_to_next_month() -> u64 {
+    (next_month_start() - time::OffsetDateTime::now_utc().unix_timestamp()) as u64
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub http: SocketAddr,
