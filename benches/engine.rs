@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use quotad::keys::NewKey;
 use quotad::tiers::{LimitSpec, TierSpec};
 use quotad::{Engine, EngineOptions, QuantaClock};
@@ -91,54 +91,93 @@ fn run_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Dur
     start.elapsed()
 }
 
-fn checks(c: &mut Criterion) {
-    let n = key_count();
+type Keyed = governor::RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+>;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    raws: Vec<String>,
+    order: Vec<u32>,
+    gov: Keyed,
+}
+
+fn setup(n: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (engine, raws) = build(dir.path(), n);
     let order = pattern(n, 1 << 22);
-    let mask = order.len() - 1;
-
-    type Keyed = governor::RateLimiter<
-        String,
-        governor::state::keyed::DefaultKeyedStateStore<String>,
-        governor::clock::DefaultClock,
-    >;
     let quota = governor::Quota::per_minute(NonZeroU32::new(1_000_000_000).unwrap());
     let gov: Keyed = governor::RateLimiter::keyed(quota);
     for r in &raws {
         let _ = gov.check_key(r);
     }
+    Setup { dir, engine, raws, order, gov }
+}
 
+fn quotad_loop(s: &Setup, t: usize, per: u64) {
+    let mask = s.order.len() - 1;
+    for i in (t * 7919..).take(per as usize) {
+        let raw = &s.raws[s.order[i & mask] as usize];
+        let d = s.engine.check(Some(raw), Some("api:read"), 1);
+        debug_assert!(d.verdict.is_allowed());
+        std::hint::black_box(&d);
+    }
+}
+
+fn governor_loop(s: &Setup, t: usize, per: u64) {
+    let mask = s.order.len() - 1;
+    for i in (t * 7919..).take(per as usize) {
+        let raw = &s.raws[s.order[i & mask] as usize];
+        std::hint::black_box(s.gov.check_key(raw).is_ok());
+    }
+}
+
+fn checks(c: &mut Criterion, s: &Setup, n: usize) {
     let mut g = c.benchmark_group(format!("check_{n}_keys"));
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
     for threads in [1usize, 2] {
         g.bench_function(BenchmarkId::new("quotad_full_check", threads), |b| {
-            b.iter_custom(|iters| {
-                run_threads(threads, iters, |t, per| {
-                    for i in (t * 7919..).take(per as usize) {
-                        let raw = &raws[order[i & mask] as usize];
-                        let d = engine.check(Some(raw), Some("api:read"), 1);
-                        debug_assert!(d.verdict.is_allowed());
-                        std::hint::black_box(&d);
-                    }
-                })
-            })
+            b.iter_custom(|iters| run_threads(threads, iters, |t, per| quotad_loop(s, t, per)))
         });
         g.bench_function(BenchmarkId::new("governor_keyed_check", threads), |b| {
-            b.iter_custom(|iters| {
-                run_threads(threads, iters, |t, per| {
-                    for i in (t * 7919..).take(per as usize) {
-                        let raw = &raws[order[i & mask] as usize];
-                        std::hint::black_box(gov.check_key(raw).is_ok());
-                    }
-                })
-            })
+            b.iter_custom(|iters| run_threads(threads, iters, |t, per| governor_loop(s, t, per)))
         });
     }
     g.finish();
-    drop(engine);
+}
 
+/// The ratio measured the way a noisy machine allows: short rounds that alternate the two
+/// contenders, so both see the same background load; the median of the per-round ratios.
+fn interleaved(s: &Setup) {
+    let rounds = 9;
+    let per_round = 1_000_000u64;
+    for threads in [1usize, 2] {
+        let mut ratios = Vec::with_capacity(rounds);
+        for r in 0..rounds {
+            let (q, g) = if r % 2 == 0 {
+                let q = run_threads(threads, per_round, |t, per| quotad_loop(s, t, per));
+                (q, run_threads(threads, per_round, |t, per| governor_loop(s, t, per)))
+            } else {
+                let g = run_threads(threads, per_round, |t, per| governor_loop(s, t, per));
+                (run_threads(threads, per_round, |t, per| quotad_loop(s, t, per)), g)
+            };
+            ratios.push(q.as_secs_f64() / g.as_secs_f64());
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "interleaved ratio quotad/governor, {threads} thread(s), {rounds} rounds of {per_round} checks: median {:.3} (min {:.3}, max {:.3})",
+            ratios[rounds / 2],
+            ratios[0],
+            ratios[rounds - 1]
+        );
+    }
+}
+
+fn restart(c: &mut Criterion, dir: &std::path::Path, n: usize) {
     let mut g = c.benchmark_group(format!("restart_{n}_keys"));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
@@ -147,8 +186,7 @@ fn checks(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let e = Engine::open(EngineOptions::new(dir.path()), Arc::new(QuantaClock::new()))
-                    .unwrap();
+                let e = Engine::open(EngineOptions::new(dir), Arc::new(QuantaClock::new())).unwrap();
                 total += start.elapsed();
                 assert_eq!(e.key_count(), n as u64);
                 drop(e);
@@ -159,5 +197,17 @@ fn checks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, checks);
-criterion_main!(benches);
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n = key_count();
+    let s = setup(n);
+    checks(&mut c, &s, n);
+    interleaved(&s);
+    let Setup { dir, engine, .. } = s;
+    drop(engine);
+    restart(&mut c, dir.path(), n);
+    c.final_summary();
+}
