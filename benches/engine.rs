@@ -114,7 +114,13 @@ fn setup(n: usize) -> Setup {
     for r in &raws {
         let _ = gov.check_key(r);
     }
-    Setup { dir, engine, raws, order, gov }
+    Setup {
+        dir,
+        engine,
+        raws,
+        order,
+        gov,
+    }
 }
 
 fn quotad_loop(s: &Setup, t: usize, per: u64) {
@@ -160,10 +166,16 @@ fn interleaved(s: &Setup) {
         for r in 0..rounds {
             let (q, g) = if r % 2 == 0 {
                 let q = run_threads(threads, per_round, |t, per| quotad_loop(s, t, per));
-                (q, run_threads(threads, per_round, |t, per| governor_loop(s, t, per)))
+                (
+                    q,
+                    run_threads(threads, per_round, |t, per| governor_loop(s, t, per)),
+                )
             } else {
                 let g = run_threads(threads, per_round, |t, per| governor_loop(s, t, per));
-                (run_threads(threads, per_round, |t, per| quotad_loop(s, t, per)), g)
+                (
+                    run_threads(threads, per_round, |t, per| quotad_loop(s, t, per)),
+                    g,
+                )
             };
             ratios.push(q.as_secs_f64() / g.as_secs_f64());
         }
@@ -186,7 +198,8 @@ fn restart(c: &mut Criterion, dir: &std::path::Path, n: usize) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let e = Engine::open(EngineOptions::new(dir), Arc::new(QuantaClock::new())).unwrap();
+                let e =
+                    Engine::open(EngineOptions::new(dir), Arc::new(QuantaClock::new())).unwrap();
                 total += start.elapsed();
                 assert_eq!(e.key_count(), n as u64);
                 drop(e);
