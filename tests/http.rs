@@ -616,6 +616,10 @@ fn the_connection_limit_holds_and_idle_clients_are_dropped() {
     let mut out = String::new();
     let _ = third.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    assert!(
+        out.contains("x-request-id: qd-") && out.contains("\"code\":\"unavailable\""),
+        "{out}"
+    );
     // The idle ones are closed after the header timeout; then there is room again.
     for mut s in [a, b] {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

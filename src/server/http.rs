@@ -84,9 +84,10 @@ pub async fn run(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             state.metrics.record_rejected_connection(Transport::Http);
             tokio::spawn(async move {
-                let body = render::envelope("unavailable", "Too many connections", "-");
+                let rid = new_request_id();
+                let body = render::envelope("unavailable", "Too many connections", &rid);
                 let msg = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-request-id: {rid}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(msg.as_bytes()).await;
@@ -150,7 +151,12 @@ fn request_id<B>(req: &Request<B>) -> String {
             }
         }
     }
-    // A random prefix per thread and a per-thread sequence: unique without a shared counter.
+    new_request_id()
+}
+
+/// A new request id: a random prefix per thread and a per-thread sequence, unique without a
+/// shared counter.
+fn new_request_id() -> String {
     thread_local! {
         static SEQ: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
             let mut b = [0u8; 8];
