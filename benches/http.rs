@@ -10,20 +10,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use quotad::keys::NewKey;
-use quotad::metrics::Metrics;
-use quotad::server::http::HttpConfig;
-use quotad::server::token::{AdminToken, TokenSource};
-use quotad::server::AppState;
-use quotad::tiers::{LimitSpec, TierSpec};
-use quotad::{Engine, EngineOptions, QuantaClock};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -98,34 +90,7 @@ fn main() {
     let conns = env_u64("QUOTAD_HTTP_BENCH_CONNS", 50);
     let rounds = env_u64("QUOTAD_HTTP_BENCH_ROUNDS", 3);
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = EngineOptions::new(dir.path().join("data"));
-    opts.sync_records = false;
-    let engine = Arc::new(Engine::open(opts, Arc::new(QuantaClock::new())).unwrap());
-    engine
-        .put_tier(TierSpec {
-            name: "bench".into(),
-            limits: vec![LimitSpec {
-                requests: 1_000_000_000,
-                period_seconds: 60,
-            }],
-            monthly_quota: Some(1_000_000_000_000),
-            scopes: None,
-        })
-        .unwrap();
-    let keys: Vec<String> = engine
-        .create_keys(
-            (0..1000)
-                .map(|i| NewKey {
-                    consumer: format!("c{i}"),
-                    tier: "bench".into(),
-                    ..Default::default()
-                })
-                .collect(),
-        )
-        .unwrap()
-        .into_iter()
-        .map(|k| k.raw)
-        .collect();
+    let (state, keys) = quotad::benchkit::bench_state(&dir.path().join("data"), 1000);
     let script = dir.path().join("keys.lua");
     let list = keys
         .iter()
@@ -150,17 +115,9 @@ fn main() {
         let ql = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = (ql.local_addr().unwrap(), bl.local_addr().unwrap());
-        let state = Arc::new(AppState {
-            engine: engine.clone(),
-            metrics: Arc::new(Metrics::new()),
-            admin_token: AdminToken::from_value("bench".into(), TokenSource::Env),
-            http: HttpConfig::default(),
-            binary: Default::default(),
-            msync_interval: Duration::from_secs(1),
-        });
         tokio::spawn(quotad::server::http::run(
             ql,
-            state,
+            state.clone(),
             std::future::pending(),
             Duration::from_secs(1),
         ));

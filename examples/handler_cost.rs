@@ -1,52 +1,10 @@
 //! Times the HTTP check handler alone (no sockets): the cost of parsing the headers, the
 //! engine check, and rendering the answer, next to the engine check by itself.
 //! Run: `cargo run --release --example handler_cost`.
-use quotad::keys::NewKey;
-use quotad::metrics::Metrics;
-use quotad::server::token::{AdminToken, TokenSource};
-use quotad::server::AppState;
-use quotad::tiers::{LimitSpec, TierSpec};
-use quotad::{Engine, EngineOptions, QuantaClock};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = EngineOptions::new(dir.path().join("d"));
-    opts.sync_records = false;
-    let engine = Arc::new(Engine::open(opts, Arc::new(QuantaClock::new())).unwrap());
-    engine
-        .put_tier(TierSpec {
-            name: "b".into(),
-            limits: vec![LimitSpec {
-                requests: 1_000_000_000,
-                period_seconds: 60,
-            }],
-            monthly_quota: Some(1_000_000_000_000),
-            scopes: None,
-        })
-        .unwrap();
-    let keys: Vec<String> = engine
-        .create_keys(
-            (0..1000)
-                .map(|i| NewKey {
-                    consumer: format!("c{i}"),
-                    tier: "b".into(),
-                    ..Default::default()
-                })
-                .collect(),
-        )
-        .unwrap()
-        .into_iter()
-        .map(|k| k.raw)
-        .collect();
-    let state = AppState {
-        engine: engine.clone(),
-        metrics: Arc::new(Metrics::new()),
-        admin_token: AdminToken::from_value("x".into(), TokenSource::Env),
-        http: Default::default(),
-        binary: Default::default(),
-        msync_interval: Duration::from_secs(1),
-    };
+    let (state, keys) = quotad::benchkit::bench_state(&dir.path().join("d"), 1000);
+    let engine = state.engine.clone();
     let reqs: Vec<hyper::Request<()>> = keys
         .iter()
         .map(|k| {
@@ -60,12 +18,11 @@ fn main() {
         .collect();
     for mode in ["full", "engine-only"] {
         let n = 1_000_000;
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         for i in 0..n {
             let r = &reqs[i % reqs.len()];
             if mode == "full" {
-                let resp = quotad::server::http::check(&state, r, "rid-1234");
-                std::hint::black_box(resp);
+                std::hint::black_box(quotad::server::http::check(&state, r, "rid-1234"));
             } else {
                 let k = r.headers().get("x-api-key").unwrap().to_str().unwrap();
                 std::hint::black_box(engine.check(Some(k), None, 1));

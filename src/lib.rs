@@ -15,6 +15,8 @@
 #![warn(missing_docs)]
 #![recursion_limit = "512"]
 
+#[doc(hidden)]
+pub mod benchkit;
 pub mod cli;
 pub mod engine;
 #[doc(hidden)]
