@@ -142,20 +142,6 @@ impl Metrics {
         }
     }
 
-    /// Open connections on a transport.
-    pub fn open_connections(&self, t: Transport) -> i64 {
-        self.connections[t as usize].load(Ordering::Relaxed)
-    }
-
-    /// Checks counted for a transport and decision code (e.g. `"allowed"`).
-    pub fn checks(&self, t: Transport, code: &str) -> u64 {
-        DECISIONS
-            .iter()
-            .position(|d| *d == code)
-            .map(|i| self.sum(|s| &s.checks[t as usize][i]))
-            .unwrap_or(0)
-    }
-
     /// The Prometheus text exposition, including the engine's gauges.
     pub fn render(&self, engine: &Engine) -> String {
         let mut s = String::with_capacity(4096);

@@ -439,16 +439,6 @@ impl Engine {
         self.key_count.load(Ordering::Relaxed)
     }
 
-    /// The current catalog snapshot.
-    pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.load_full()
-    }
-
-    /// The name of tier `index`.
-    pub fn tier_name(&self, index: u16) -> Option<String> {
-        self.catalog.load().tier(index).map(|t| t.spec.name.clone())
-    }
-
     #[inline]
     fn fast_digest(&self, raw: &str) -> u128 {
         let mut h = SipHasher13::new_with_keys(self.sip.0, self.sip.1);
@@ -877,51 +867,18 @@ impl Engine {
 
     /// The consumer and tier name of key `id`, copied into a fixed buffer (no allocation: the
     /// HTTP check renders them on every admitted request).
-    pub fn identity_fixed(&self, id: KeyId) -> Option<Identity> {
-        let slot = id.slot();
-        if u64::from(slot) >= self.key_count() {
-            return None;
-        }
+    pub fn identity(&self, id: KeyId) -> Option<Identity> {
+        let r = self.read_record(id).ok()?;
         let mut out = Identity::default();
-        let tier = {
-            let _g = self.shards.lock(slot);
-            // SAFETY: shard lock held.
-            let rs = unsafe { self.record_slot(slot) }?;
-            let r = &rs[layout::newest(rs)];
-            if r.id != id.0 {
-                return None;
-            }
-            let c = layout::get_str(&r.consumer)?;
-            out.consumer[..c.len()].copy_from_slice(c.as_bytes());
-            out.consumer_len = c.len() as u8;
-            r.tier
-        };
+        let c = layout::get_str(&r.consumer)?;
+        out.consumer[..c.len()].copy_from_slice(c.as_bytes());
+        out.consumer_len = c.len() as u8;
         let cat = self.catalog.load();
-        let t = cat.tier(tier)?.spec.name.as_bytes();
+        let t = cat.tier(r.tier)?.spec.name.as_bytes();
         let n = t.len().min(out.tier.len());
         out.tier[..n].copy_from_slice(&t[..n]);
         out.tier_len = n as u8;
         Some(out)
-    }
-
-    /// The consumer and tier name of key `id` (what a transport passes upstream).
-    pub fn identity(&self, id: KeyId) -> Option<(String, String)> {
-        let slot = id.slot();
-        if u64::from(slot) >= self.key_count() {
-            return None;
-        }
-        let (consumer, tier) = {
-            let _g = self.shards.lock(slot);
-            // SAFETY: shard lock held.
-            let rs = unsafe { self.record_slot(slot) }?;
-            let r = &rs[layout::newest(rs)];
-            if r.id != id.0 {
-                return None;
-            }
-            (layout::get_str(&r.consumer)?.to_string(), r.tier)
-        };
-        let tier = self.catalog.load().tier(tier)?.spec.name.clone();
-        Some((consumer, tier))
     }
 
     /// The record of key `id`.
@@ -1152,21 +1109,6 @@ impl Engine {
             .load()
             .tiers()
             .map(|(_, t)| t.spec.clone())
-            .collect()
-    }
-
-    /// Number of keys on each tier, by name.
-    pub fn tier_usage(&self) -> Vec<(String, u64)> {
-        let admin = self.admin.lock();
-        self.catalog
-            .load()
-            .tiers()
-            .map(|(i, t)| {
-                (
-                    t.spec.name.clone(),
-                    admin.tier_use.get(usize::from(i)).copied().unwrap_or(0),
-                )
-            })
             .collect()
     }
 

@@ -138,15 +138,18 @@ pub enum Frame<'a> {
         /// The encoded checks.
         body: &'a [u8],
     },
-    /// A frame of a server op (a client reading answers uses [`decode_any`]).
-    Other {
-        /// Request id.
-        id: u64,
-        /// Op code.
-        op: u8,
-        /// Payload.
-        payload: &'a [u8],
-    },
+}
+
+impl Frame<'_> {
+    /// The request id.
+    pub fn id(&self) -> u64 {
+        match *self {
+            Frame::Hello { id, .. }
+            | Frame::Ping { id, .. }
+            | Frame::Check { id, .. }
+            | Frame::Batch { id, .. } => id,
+        }
+    }
 }
 
 /// Why a buffer does not hold a usable frame.

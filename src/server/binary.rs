@@ -221,7 +221,6 @@ fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
                 }
             }
         }
-        Frame::Other { id, .. } => frame::put_error(out, id, ErrorCode::UnknownOp, "unknown op"),
     }
 }
 
@@ -271,14 +270,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             answer(state, &f, &mut out);
                         }
                         _ if !hello => {
-                            let id = match f {
-                                Frame::Ping { id, .. }
-                                | Frame::Check { id, .. }
-                                | Frame::Batch { id, .. }
-                                | Frame::Other { id, .. }
-                                | Frame::Hello { id, .. } => id,
-                            };
-                            fatal = Some((id, ErrorCode::HelloRequired, "send HELLO first"));
+                            fatal = Some((f.id(), ErrorCode::HelloRequired, "send HELLO first"));
                             break;
                         }
                         _ => answer(state, &f, &mut out),

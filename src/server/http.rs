@@ -353,7 +353,7 @@ fn render_check(d: &Decision, scope: Option<&str>, rid: &str, state: &AppState) 
         .retry_after
         .map(|ra| mark(&mut buf, &mut |b| b.push_str(num.format(ra.max(1)))));
     let (ident, body_r) = if d.verdict == Verdict::Allowed {
-        let identity = d.key_id.and_then(|id| state.engine.identity_fixed(id));
+        let identity = d.key_id.and_then(|id| state.engine.identity(id));
         let consumer = identity.as_ref().map_or("", |i| i.consumer());
         let tier = identity.as_ref().map_or("", |i| i.tier());
         let id_r = mark(&mut buf, &mut |b| {

@@ -26,13 +26,6 @@ fn push_policy_name(s: &mut String, l: &LimitStatus) {
     }
 }
 
-/// The policy name of a limit.
-pub fn policy_name(l: &LimitStatus) -> String {
-    let mut s = String::new();
-    push_policy_name(&mut s, l);
-    s
-}
-
 /// One structured-field item per limit, `"name";a=x;b=y`, comma-separated. Written by hand with
 /// `itoa`: this runs on every HTTP check.
 fn items(s: &mut String, d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus) -> (u64, u64)) {
@@ -55,21 +48,7 @@ fn items(s: &mut String, d: &Decision, a: &str, b: &str, f: impl Fn(&LimitStatus
     }
 }
 
-/// `RateLimit-Policy`: every limit with its quota `q` and window `w` (seconds).
-pub fn ratelimit_policy(d: &Decision) -> String {
-    let mut s = String::with_capacity(96);
-    push_ratelimit_policy(&mut s, d);
-    s
-}
-
-/// `RateLimit`: every limit with remaining `r` and seconds to reset `t`.
-pub fn ratelimit(d: &Decision) -> String {
-    let mut s = String::with_capacity(96);
-    push_ratelimit(&mut s, d);
-    s
-}
-
-/// Appends the `RateLimit-Policy` value to `s`.
+/// Appends `RateLimit-Policy` to `s`: every limit with its quota `q` and window `w` (seconds).
 pub fn push_ratelimit_policy(s: &mut String, d: &Decision) {
     // The month's length is the same for every item: work it out once.
     let month = d
@@ -87,7 +66,7 @@ pub fn push_ratelimit_policy(s: &mut String, d: &Decision) {
     })
 }
 
-/// Appends the `RateLimit` value to `s`.
+/// Appends `RateLimit` to `s`: every limit with remaining `r` and seconds to reset `t`.
 pub fn push_ratelimit(s: &mut String, d: &Decision) {
     items(s, d, "r", "t", |l| {
         (l.remaining, l.reset.saturating_sub(d.now_s))
@@ -145,7 +124,12 @@ mod tests {
             remaining: 0,
             reset: 0,
         };
-        assert_eq!(policy_name(&l(60)), "minute");
-        assert_eq!(policy_name(&l(90)), "90s");
+        let name = |p| {
+            let mut s = String::new();
+            push_policy_name(&mut s, &l(p));
+            s
+        };
+        assert_eq!(name(60), "minute");
+        assert_eq!(name(90), "90s");
     }
 }
