@@ -212,7 +212,7 @@ impl Engine {
     pub fn open(opts: EngineOptions, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
         let dir = opts.data_dir.clone();
         let lock = DirLock::acquire(&dir)?;
-        let (mut doc, fresh) = match catalog_file::load(&dir)? {
+        let (doc, fresh) = match catalog_file::load(&dir)? {
             Some(doc) => (doc, false),
             None => {
                 let stray = Arena::segment_path(&dir, &KEYS, 0);
@@ -233,36 +233,38 @@ impl Engine {
                 (doc, true)
             }
         };
-        let records = Arena::open(&dir, KEYS, doc.data_dir_id)?;
-        let counters = Arena::open(&dir, COUNTERS, doc.data_dir_id)?;
         let now = clock.now_ns();
-        let shards = Shards::new(now);
-
-        // Catalog as stored, for validating records.
-        let stored = Catalog::compile(doc.clone()).map_err(|e| {
-            StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string())
-        })?;
-        let mut tier_use = vec![0u64; doc.tiers.len()];
-        let mut repairs = Vec::new();
-        let key_count =
-            Self::load_records(&records, &stored, &shards, &mut tier_use, &mut repairs)?;
-        Self::check_counters(&counters, &shards, key_count, &mut repairs)?;
+        let Loaded {
+            records,
+            counters,
+            shards,
+            catalog: stored,
+            mut tier_use,
+            repairs,
+            key_count,
+        } = load(&dir, doc, now)?;
         if key_count > 0 {
             records.ensure(key_count - 1)?;
             counters.ensure(key_count - 1)?;
         }
         // Everything checked: only now touch the files (torn writes of a killed process).
-        for r in repairs {
-            r.apply(&records, &counters);
+        if !repairs.is_empty() {
+            for r in repairs {
+                r.apply(&records, &counters);
+            }
+            records.flush_all()?;
+            counters.flush_all()?;
         }
 
-        let mut changed = fresh;
-        if let Some(new_tiers) = opts.tiers {
-            let before = doc.clone();
-            replace_tiers(&mut doc, &tier_use, new_tiers)?;
-            changed |= doc != before;
-        }
-        let catalog = Catalog::compile(doc)?;
+        let (catalog, changed) = match opts.tiers {
+            None => (stored, fresh),
+            Some(new_tiers) => {
+                let mut doc = stored.doc().clone();
+                replace_tiers(&mut doc, &tier_use, new_tiers)?;
+                let changed = fresh || doc != *stored.doc();
+                (Catalog::compile(doc)?, changed)
+            }
+        };
         tier_use.resize(catalog.doc().tiers.len(), 0);
         if changed {
             catalog_file::store(&dir, catalog.doc())?;
@@ -685,7 +687,10 @@ impl Engine {
     /// `msync`s every counter page; bounds what a power loss (not a crash) can cost.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.counters.flush_all()?;
-        self.records.flush_all()?;
+        // Record changes are msynced as they are made, unless the engine was opened without that.
+        if !self.sync_records {
+            self.records.flush_all()?;
+        }
         self.last_flush_ns
             .store(self.clock.now_ns(), Ordering::Relaxed);
         Ok(())
@@ -760,6 +765,8 @@ impl Engine {
             self.records.ensure(last - 1)?;
             self.counters.ensure(last - 1)?;
         }
+        // A few keys: msync each record; a bulk import: one msync of everything at the end.
+        let sync_each = self.sync_records && news.len() <= 64;
         let mut out = Vec::with_capacity(news.len());
         for (i, (k, (tier, set))) in news.into_iter().zip(plan).enumerate() {
             let slot = first + i as u32;
@@ -793,18 +800,19 @@ impl Engine {
                 // apart from an interrupted creation.
                 layout::write_next(rs, rec);
                 layout::write_next(rs, rec);
-                // SAFETY: shard lock held; ensured below before the slot is published.
+                // SAFETY: shard lock held; the entry exists once ensured, and checks see the slot
+                // only after `key_count` is published below.
                 self.shards.ensure(slot);
                 unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
                 drop(g);
             }
-            if self.sync_records && out.len() < 64 {
+            if sync_each {
                 self.records.flush_slot(slot)?;
             }
             admin.tier_use[usize::from(tier)] += 1;
             out.push((slot, raw));
         }
-        if self.sync_records && out.len() >= 64 {
+        if self.sync_records && !sync_each {
             self.records.flush_all()?;
         }
         admin.key_count = last;
@@ -1325,6 +1333,43 @@ impl Identity {
     }
 }
 
+/// A data directory as start-up reads it: every file opened and checked, nothing written yet.
+struct Loaded {
+    records: Arena,
+    counters: Arena,
+    shards: Shards,
+    /// The catalog as stored.
+    catalog: Catalog,
+    /// Keys per tier index.
+    tier_use: Vec<u64>,
+    /// Torn writes to repair once everything has passed.
+    repairs: Vec<Repair>,
+    key_count: u32,
+}
+
+/// Opens and checks every file of `dir` (whose catalog is `doc`) the way start-up and
+/// [`inspect`] both need, writing nothing.
+fn load(dir: &Path, doc: CatalogDoc, now: u64) -> Result<Loaded, EngineError> {
+    let records = Arena::open(dir, KEYS, doc.data_dir_id)?;
+    let counters = Arena::open(dir, COUNTERS, doc.data_dir_id)?;
+    let shards = Shards::new(now);
+    let mut tier_use = vec![0u64; doc.tiers.len()];
+    let catalog = Catalog::compile(doc)
+        .map_err(|e| StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string()))?;
+    let mut repairs = Vec::new();
+    let key_count = Engine::load_records(&records, &catalog, &shards, &mut tier_use, &mut repairs)?;
+    Engine::check_counters(&counters, &shards, key_count, &mut repairs)?;
+    Ok(Loaded {
+        records,
+        counters,
+        shards,
+        catalog,
+        tier_use,
+        repairs,
+        key_count,
+    })
+}
+
 /// What [`inspect`] found in a healthy data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectReport {
@@ -1347,15 +1392,14 @@ pub fn inspect(dir: &Path) -> Result<InspectReport, EngineError> {
     let _lock = DirLock::acquire(dir)?;
     let doc = catalog_file::load(dir)?
         .ok_or_else(|| StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), "missing"))?;
-    let records = Arena::open(dir, KEYS, doc.data_dir_id)?;
-    let counters = Arena::open(dir, COUNTERS, doc.data_dir_id)?;
-    let catalog = Catalog::compile(doc.clone())
-        .map_err(|e| StoreError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string()))?;
-    let shards = Shards::new(0);
-    let mut tier_use = vec![0u64; doc.tiers.len()];
-    let mut repairs = Vec::new();
-    let keys = Engine::load_records(&records, &catalog, &shards, &mut tier_use, &mut repairs)?;
-    Engine::check_counters(&counters, &shards, keys, &mut repairs)?;
+    let Loaded {
+        records,
+        counters,
+        catalog,
+        repairs,
+        key_count: keys,
+        ..
+    } = load(dir, doc, 0)?;
     let newest_write = (0..counters.segment_count())
         .filter_map(|n| std::fs::metadata(Arena::segment_path(dir, &COUNTERS, n)).ok())
         .filter_map(|m| m.modified().ok())
