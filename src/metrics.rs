@@ -145,11 +145,12 @@ impl Metrics {
     /// The Prometheus text exposition, including the engine's gauges.
     pub fn render(&self, engine: &Engine) -> String {
         let mut s = String::with_capacity(4096);
-        let _ = writeln!(
-            s,
-            "# HELP quotad_checks_total Checks answered, by transport and decision."
+        family(
+            &mut s,
+            "quotad_checks_total",
+            "counter",
+            "Checks answered, by transport and decision.",
         );
-        let _ = writeln!(s, "# TYPE quotad_checks_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (di, dn) in DECISIONS.iter().enumerate() {
                 let v = self.sum(|s| &s.checks[ti][di]);
@@ -159,11 +160,12 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "# HELP quotad_unauthorized_total Unauthorized checks, by transport and reason."
+        family(
+            &mut s,
+            "quotad_unauthorized_total",
+            "counter",
+            "Unauthorized checks, by transport and reason.",
         );
-        let _ = writeln!(s, "# TYPE quotad_unauthorized_total counter");
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
             for (ri, rn) in REASONS.iter().enumerate() {
                 let v = self.sum(|s| &s.unauthorized[ti][ri]);
@@ -173,11 +175,12 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "# HELP quotad_check_duration_seconds Time the engine took to decide a check."
+        family(
+            &mut s,
+            "quotad_check_duration_seconds",
+            "histogram",
+            "Time the engine took to decide a check.",
         );
-        let _ = writeln!(s, "# TYPE quotad_check_duration_seconds histogram");
         let mut cum = 0;
         for (i, ub) in BUCKETS_NS.iter().enumerate() {
             cum += self.sum(|s| &s.latency_buckets[i]);
@@ -192,64 +195,78 @@ impl Metrics {
             s,
             "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
-        let _ = writeln!(
-            s,
-            "quotad_check_duration_seconds_sum {}",
-            self.sum(|s| &s.latency_sum_ns) as f64 / 1e9
-        );
+        let sum = self.sum(|s| &s.latency_sum_ns) as f64 / 1e9;
+        let _ = writeln!(s, "quotad_check_duration_seconds_sum {sum}");
         let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
-        let _ = writeln!(
-            s,
-            "# HELP quotad_open_connections Connections open now, by transport."
+        let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let load_u = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        per_transport(
+            &mut s,
+            "quotad_open_connections",
+            "gauge",
+            "Connections open now, by transport.",
+            |t| load(&self.connections[t]),
         );
-        let _ = writeln!(s, "# TYPE quotad_open_connections gauge");
-        for (ti, tn) in TRANSPORTS.iter().enumerate() {
-            let v = self.connections[ti].load(Ordering::Relaxed);
-            let _ = writeln!(s, "quotad_open_connections{{transport=\"{tn}\"}} {v}");
-        }
-        let _ = writeln!(
-            s,
-            "# HELP quotad_rejected_connections_total Connections refused by the connection limit."
+        per_transport(
+            &mut s,
+            "quotad_rejected_connections_total",
+            "counter",
+            "Connections refused by the connection limit.",
+            |t| load_u(&self.rejected_connections[t]),
         );
-        let _ = writeln!(s, "# TYPE quotad_rejected_connections_total counter");
-        for (ti, tn) in TRANSPORTS.iter().enumerate() {
-            let v = self.rejected_connections[ti].load(Ordering::Relaxed);
-            let _ = writeln!(
-                s,
-                "quotad_rejected_connections_total{{transport=\"{tn}\"}} {v}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP quotad_bad_requests_total Requests refused as malformed."
+        per_transport(
+            &mut s,
+            "quotad_bad_requests_total",
+            "counter",
+            "Requests refused as malformed.",
+            |t| load_u(&self.bad_requests[t]),
         );
-        let _ = writeln!(s, "# TYPE quotad_bad_requests_total counter");
-        for (ti, tn) in TRANSPORTS.iter().enumerate() {
-            let v = self.bad_requests[ti].load(Ordering::Relaxed);
-            let _ = writeln!(s, "quotad_bad_requests_total{{transport=\"{tn}\"}} {v}");
-        }
-        let _ = writeln!(s, "# HELP quotad_admin_requests_total Admin API requests.");
-        let _ = writeln!(s, "# TYPE quotad_admin_requests_total counter");
-        let _ = writeln!(
-            s,
-            "quotad_admin_requests_total {}",
-            self.admin_requests.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP quotad_keys Keys in the data directory (live, revoked and expired)."
-        );
-        let _ = writeln!(s, "# TYPE quotad_keys gauge");
-        let _ = writeln!(s, "quotad_keys {}", engine.key_count());
-        let _ = writeln!(s, "# HELP quotad_tiers Tiers in force.");
-        let _ = writeln!(s, "# TYPE quotad_tiers gauge");
-        let _ = writeln!(s, "quotad_tiers {}", engine.tiers().len());
-        let _ = writeln!(s, "# HELP quotad_last_msync_age_seconds Seconds since the counters were last msynced to disk.");
-        let _ = writeln!(s, "# TYPE quotad_last_msync_age_seconds gauge");
         let now = engine.clock().now_ns();
         let age = now.saturating_sub(engine.last_flush_ns()) as f64 / 1e9;
-        let _ = writeln!(s, "quotad_last_msync_age_seconds {age:.3}");
+        for (name, kind, help, value) in [
+            (
+                "quotad_admin_requests_total",
+                "counter",
+                "Admin API requests.",
+                load_u(&self.admin_requests).to_string(),
+            ),
+            (
+                "quotad_keys",
+                "gauge",
+                "Keys in the data directory (live, revoked and expired).",
+                engine.key_count().to_string(),
+            ),
+            (
+                "quotad_tiers",
+                "gauge",
+                "Tiers in force.",
+                engine.tiers().len().to_string(),
+            ),
+            (
+                "quotad_last_msync_age_seconds",
+                "gauge",
+                "Seconds since the counters were last msynced to disk.",
+                format!("{age:.3}"),
+            ),
+        ] {
+            family(&mut s, name, kind, help);
+            let _ = writeln!(s, "{name} {value}");
+        }
         s
+    }
+}
+
+/// Writes a metric family's `# HELP` and `# TYPE` lines.
+fn family(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
+
+/// Writes a family with one sample per transport.
+fn per_transport(s: &mut String, name: &str, kind: &str, help: &str, value: impl Fn(usize) -> i64) {
+    family(s, name, kind, help);
+    for (ti, tn) in TRANSPORTS.iter().enumerate() {
+        let _ = writeln!(s, "{name}{{transport=\"{tn}\"}} {}", value(ti));
     }
 }
 

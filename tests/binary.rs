@@ -229,8 +229,7 @@ fn pipelined_requests_in_one_write_are_answered_in_one_pass_with_matching_ids() 
         } else {
             keys[(i % 4) as usize].as_str()
         };
-        frame::put_header(&mut f, op::CHECK, 1000 + i, 8 + key.len());
-        frame::put_check(&mut f, 1, key.as_bytes(), b"");
+        frame::put_check_frame(&mut f, 1000 + i, 1, key.as_bytes(), b"");
     }
     s.write_all(&f).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -291,8 +290,7 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
     expect_error(&bad_magic, false, ErrorCode::BadVersion);
     let long_key = "k".repeat(frame::MAX_KEY + 1);
     let mut lk = Vec::new();
-    frame::put_header(&mut lk, op::CHECK, 4, 8 + long_key.len());
-    frame::put_check(&mut lk, 1, long_key.as_bytes(), b"");
+    frame::put_check_frame(&mut lk, 4, 1, long_key.as_bytes(), b"");
     expect_error(&lk, true, ErrorCode::KeyTooLong);
     let mut no_hello = Vec::new();
     frame::put_header(&mut no_hello, op::PING, 5, 0);

@@ -109,13 +109,7 @@ fn sigterm_answers_in_flight_requests_flushes_and_exits_zero() {
     let mut f = Vec::new();
     quotad::protocol::frame::put_hello(&mut f, 0, quotad::protocol::frame::VERSION);
     for i in 0..300u64 {
-        quotad::protocol::frame::put_header(
-            &mut f,
-            quotad::protocol::frame::op::CHECK,
-            i + 1,
-            8 + key.len(),
-        );
-        quotad::protocol::frame::put_check(&mut f, 1, key.as_bytes(), b"");
+        quotad::protocol::frame::put_check_frame(&mut f, i + 1, 1, key.as_bytes(), b"");
     }
     let mut https: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(d.http).unwrap())

@@ -36,18 +36,25 @@ pub fn resolve_token(explicit: Option<&str>, data_dir: &std::path::Path) -> anyh
         })
 }
 
+/// `HOST:PORT` of an `http://HOST:PORT` URL.
+pub fn authority(url: &str) -> anyhow::Result<String> {
+    let authority = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("URL must start with http:// (got {url:?})"))?
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        bail!("URL must be http://HOST:PORT (got {url:?})");
+    }
+    Ok(authority.to_string())
+}
+
 impl AdminClient {
     /// A client for `url` (`http://host:port`).
     pub fn new(url: &str, token: String) -> anyhow::Result<Self> {
-        let authority = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("admin URL must start with http:// (got {url:?})"))?
-            .trim_end_matches('/')
-            .to_string();
-        if authority.is_empty() || authority.contains('/') {
-            bail!("admin URL must be http://HOST:PORT (got {url:?})");
-        }
-        Ok(AdminClient { authority, token })
+        Ok(AdminClient {
+            authority: authority(url)?,
+            token,
+        })
     }
 
     /// Sends one request; returns the status and the JSON body (`Null` if none).

@@ -217,14 +217,6 @@ struct Load {
     picker: Picker,
 }
 
-fn http_authority(url: &str) -> anyhow::Result<String> {
-    let a = url
-        .strip_prefix("http://")
-        .context("--http-url must start with http://")?
-        .trim_end_matches('/');
-    Ok(a.to_string())
-}
-
 async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
     if let Some(f) = &a.key_file {
         let text =
@@ -298,8 +290,7 @@ fn encode_request(
 ) {
     match target {
         Target::Binary => {
-            frame::put_header(out, op::CHECK, id, 8 + key.len() + scope.len());
-            frame::put_check(out, 1, key.as_bytes(), scope.as_bytes());
+            frame::put_check_frame(out, id, 1, key.as_bytes(), scope.as_bytes());
         }
         Target::Http => {
             out.extend_from_slice(b"GET /v1/check HTTP/1.1\r\nHost: ");
@@ -758,7 +749,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let load = Arc::new(Load {
             target: a.target,
             addr: a.addr,
-            http_authority: http_authority(&a.http_url)?,
+            http_authority: super::admin_client::authority(&a.http_url)?,
             connections: a.connections,
             depth: a.depth,
             scope: a.scope.clone(),

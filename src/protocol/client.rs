@@ -122,8 +122,7 @@ impl Client {
         }
         let id = self.id();
         let mut f = Vec::with_capacity(frame::HEADER_LEN + 8 + c.key.len() + scope.len());
-        frame::put_header(&mut f, op::CHECK, id, 8 + c.key.len() + scope.len());
-        frame::put_check(&mut f, c.cost, c.key.as_bytes(), scope.as_bytes());
+        frame::put_check_frame(&mut f, id, c.cost, c.key.as_bytes(), scope.as_bytes());
         let (op, payload) = self.send(id, f).await?;
         if op != op::RESULT {
             return Err(ClientError::Unexpected(op));

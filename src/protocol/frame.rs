@@ -367,6 +367,12 @@ pub fn put_check(out: &mut Vec<u8>, cost: u32, key: &[u8], scope: &[u8]) {
     out.extend_from_slice(scope);
 }
 
+/// Appends a whole CHECK frame (header and one check).
+pub fn put_check_frame(out: &mut Vec<u8>, id: u64, cost: u32, key: &[u8], scope: &[u8]) {
+    put_header(out, op::CHECK, id, 8 + key.len() + scope.len());
+    put_check(out, cost, key, scope);
+}
+
 /// Appends a HELLO frame.
 pub fn put_hello(out: &mut Vec<u8>, id: u64, version: u16) {
     put_header(out, op::HELLO, id, 8);
@@ -446,11 +452,8 @@ mod tests {
     use super::*;
 
     fn check_frame(id: u64, key: &[u8], scope: &[u8]) -> Vec<u8> {
-        let mut p = Vec::new();
-        put_check(&mut p, 1, key, scope);
         let mut out = Vec::new();
-        put_header(&mut out, op::CHECK, id, p.len());
-        out.extend_from_slice(&p);
+        put_check_frame(&mut out, id, 1, key, scope);
         out
     }
 

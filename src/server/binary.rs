@@ -38,34 +38,9 @@ impl Default for BinaryConfig {
     }
 }
 
-/// A listener the binary server can accept from (TCP or Unix).
-pub trait Accept: Send + 'static {
-    /// The connection type.
-    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Accepts one connection.
-    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
-}
-
-impl Accept for tokio::net::TcpListener {
-    type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
-        let _ = s.set_nodelay(true);
-        Ok(s)
-    }
-}
-
-impl Accept for tokio::net::UnixListener {
-    type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        let (s, _) = tokio::net::UnixListener::accept(self).await?;
-        Ok(s)
-    }
-}
-
 /// Serves the binary protocol on `listener` until `shutdown`; then stops accepting, lets open
 /// connections finish the requests they have sent (up to `drain`), and returns.
-pub async fn run<L: Accept>(
+pub async fn run<L: super::Accept>(
     listener: L,
     state: Arc<AppState>,
     permits: Arc<Semaphore>,
@@ -75,28 +50,20 @@ pub async fn run<L: Accept>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
-    loop {
-        let mut conn = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "binary accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.metrics.record_rejected_connection(Transport::Binary);
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                frame::put_error(&mut out, 0, ErrorCode::Busy, "too many connections");
-                let _ = conn.write_all(&out).await;
-                let _ = conn.shutdown().await;
-            });
-            continue;
-        };
+    while let Some((conn, permit)) = super::accept_admitted(
+        &listener,
+        &permits,
+        &mut shutdown,
+        &state,
+        Transport::Binary,
+        || {
+            let mut out = Vec::new();
+            frame::put_error(&mut out, 0, ErrorCode::Busy, "too many connections");
+            out
+        },
+    )
+    .await
+    {
         let st = state.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {

@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -68,34 +67,24 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(state.http.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
-        let (mut stream, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.metrics.record_rejected_connection(Transport::Http);
-            tokio::spawn(async move {
-                let rid = new_request_id();
-                let body = render::envelope("unavailable", "Too many connections", &rid);
-                let msg = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-request-id: {rid}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(msg.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, permit)) = super::accept_admitted(
+        &listener,
+        &permits,
+        &mut shutdown,
+        &state,
+        Transport::Http,
+        || {
+            let rid = new_request_id();
+            let body = render::envelope("unavailable", "Too many connections", &rid);
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-request-id: {rid}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        },
+    )
+    .await
+    {
         let st = state.clone();
         let svc = hyper::service::service_fn(move |req| {
             let st = st.clone();

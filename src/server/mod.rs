@@ -10,11 +10,16 @@ pub mod openapi;
 pub mod render;
 pub mod token;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::engine::Engine;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -31,6 +36,68 @@ pub struct AppState {
     pub binary: binary::BinaryConfig,
     /// How often counters are msynced.
     pub msync_interval: Duration,
+}
+
+/// A listener a server can accept from (TCP or Unix).
+pub trait Accept: Send + 'static {
+    /// The connection type.
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Conn> {
+        let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok(s)
+    }
+}
+
+/// The next connection that gets one of `permits`, or `None` once `shutdown` completes. A
+/// connection beyond the limit is sent `refusal()` and closed (counted in the metrics); accept
+/// errors (out of descriptors and the like) back off instead of spinning.
+pub(crate) async fn accept_admitted<L: Accept>(
+    listener: &L,
+    permits: &Arc<Semaphore>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    state: &AppState,
+    transport: Transport,
+    refusal: impl Fn() -> Vec<u8>,
+) -> Option<(L::Conn, OwnedSemaphorePermit)> {
+    loop {
+        let mut conn = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?transport, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.as_mut() => return None,
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => return Some((conn, permit)),
+            Err(_) => {
+                state.metrics.record_rejected_connection(transport);
+                let bytes = refusal();
+                tokio::spawn(async move {
+                    let _ = conn.write_all(&bytes).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        }
+    }
 }
 
 /// Msyncs the engine's files every `interval` until `shutdown` completes, then once more.
