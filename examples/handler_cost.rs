@@ -4,7 +4,7 @@
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (state, keys) = quotad::benchkit::bench_state(&dir.path().join("d"), 1000);
-    let engine = state.engine.clone();
+    let engine = state.backend.local().expect("bench state is local").clone();
     let reqs: Vec<hyper::Request<()>> = keys
         .iter()
         .map(|k| {
@@ -22,7 +22,7 @@ fn main() {
         for i in 0..n {
             let r = &reqs[i % reqs.len()];
             if mode == "full" {
-                std::hint::black_box(quotad::server::http::check(&state, r, "rid-1234"));
+                std::hint::black_box(quotad::server::http::check(&state, &engine, r, "rid-1234"));
             } else {
                 let k = r.headers().get("x-api-key").unwrap().to_str().unwrap();
                 std::hint::black_box(engine.check(Some(k), None, 1));

@@ -40,7 +40,7 @@ pub fn bench_state(dir: &std::path::Path, n: usize) -> (Arc<AppState>, Vec<Strin
         .map(|k| k.raw)
         .collect();
     let state = Arc::new(AppState {
-        engine,
+        backend: crate::backend::Backend::Local(engine),
         metrics: Arc::new(Metrics::new()),
         admin_token: AdminToken::from_value("bench".into(), TokenSource::Env),
         http: Default::default(),

@@ -9,12 +9,14 @@
 //! - [`store`]: the memory-mapped data files, their layout and checks, and the catalog file.
 //! - [`protocol`]: the binary wire format and its pipelining client.
 //! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI; binary protocol).
+//! - [`backend`]: the store a daemon runs on (this node's engine, or Redis shared by several nodes).
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`cli`]: the command line (`quotad serve`).
 
 #![warn(missing_docs)]
 #![recursion_limit = "512"]
 
+pub mod backend;
 #[doc(hidden)]
 pub mod benchkit;
 pub mod cli;

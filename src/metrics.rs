@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::backend::Backend;
 use crate::engine::decision::{AuthFailure, Verdict};
-use crate::engine::Engine;
 
 /// Which transport asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +20,14 @@ pub enum Transport {
 }
 
 const TRANSPORTS: [&str; 2] = ["http", "binary"];
-const DECISIONS: [&str; 6] = [
+const DECISIONS: [&str; 7] = [
     "allowed",
     "unauthorized",
     "forbidden",
     "plan_required",
     "rate_limited",
     "quota_exceeded",
+    "unavailable",
 ];
 const REASONS: [&str; 5] = ["missing", "malformed", "unknown", "revoked", "expired"];
 /// Histogram bucket upper bounds, nanoseconds.
@@ -42,6 +43,7 @@ fn decision_index(v: Verdict) -> usize {
         Verdict::PlanRequired => 3,
         Verdict::RateLimited(_) => 4,
         Verdict::QuotaExceeded => 5,
+        Verdict::Unavailable => 6,
     }
 }
 
@@ -60,7 +62,7 @@ fn reason_index(r: AuthFailure) -> usize {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct CheckStripe {
-    checks: [[AtomicU64; 6]; 2],
+    checks: [[AtomicU64; 7]; 2],
     unauthorized: [[AtomicU64; 5]; 2],
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
@@ -142,8 +144,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, including the engine's gauges.
-    pub fn render(&self, engine: &Engine) -> String {
+    /// The Prometheus text exposition, including the store's gauges (`keys`: the key count, or
+    /// -1 when the store could not say).
+    pub fn render(&self, backend: &Backend, keys: i64) -> String {
         let mut s = String::with_capacity(4096);
         family(
             &mut s,
@@ -221,9 +224,7 @@ impl Metrics {
             "Requests refused as malformed.",
             |t| load_u(&self.bad_requests[t]),
         );
-        let now = engine.clock().now_ns();
-        let age = now.saturating_sub(engine.last_flush_ns()) as f64 / 1e9;
-        for (name, kind, help, value) in [
+        let mut gauges = vec![
             (
                 "quotad_admin_requests_total",
                 "counter",
@@ -233,22 +234,77 @@ impl Metrics {
             (
                 "quotad_keys",
                 "gauge",
-                "Keys in the data directory (live, revoked and expired).",
-                engine.key_count().to_string(),
+                "Keys in the store (live, revoked and expired).",
+                keys.to_string(),
             ),
             (
                 "quotad_tiers",
                 "gauge",
                 "Tiers in force.",
-                engine.tiers().len().to_string(),
+                backend.tiers().len().to_string(),
             ),
-            (
-                "quotad_last_msync_age_seconds",
-                "gauge",
-                "Seconds since the counters were last msynced to disk.",
-                format!("{age:.3}"),
-            ),
-        ] {
+        ];
+        match backend {
+            Backend::Local(engine) => {
+                let now = engine.clock().now_ns();
+                let age = now.saturating_sub(engine.last_flush_ns()) as f64 / 1e9;
+                gauges.push((
+                    "quotad_last_msync_age_seconds",
+                    "gauge",
+                    "Seconds since the counters were last msynced to disk.",
+                    format!("{age:.3}"),
+                ));
+            }
+            Backend::Redis(r) => {
+                let st = r.stats();
+                let n = |v: u64| v.to_string();
+                gauges.extend([
+                    (
+                        "quotad_store_reachable",
+                        "gauge",
+                        "1 when the last Redis call succeeded.",
+                        n(u64::from(st.reachable())),
+                    ),
+                    (
+                        "quotad_store_errors_total",
+                        "counter",
+                        "Redis calls that failed or timed out.",
+                        n(st.errors()),
+                    ),
+                    (
+                        "quotad_store_fail_open_total",
+                        "counter",
+                        "Checks admitted without Redis by the fail-open policy.",
+                        n(st.fail_open()),
+                    ),
+                    (
+                        "quotad_store_stale_records_total",
+                        "counter",
+                        "Checks that found this node's copy of a key record stale (changed on another node).",
+                        n(st.stale_records()),
+                    ),
+                    (
+                        "quotad_store_leases_total",
+                        "counter",
+                        "Leases taken from Redis (lease mode).",
+                        n(st.leases_taken()),
+                    ),
+                    (
+                        "quotad_store_lease_tokens_returned_total",
+                        "counter",
+                        "Unspent lease tokens given back to Redis.",
+                        n(st.leases_returned_tokens()),
+                    ),
+                    (
+                        "quotad_store_local_checks_total",
+                        "counter",
+                        "Checks answered from a lease without a Redis call.",
+                        n(st.local_spends()),
+                    ),
+                ]);
+            }
+        }
+        for (name, kind, help, value) in gauges {
             family(&mut s, name, kind, help);
             let _ = writeln!(s, "{name} {value}");
         }

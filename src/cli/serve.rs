@@ -12,12 +12,14 @@ use hyper::header::HeaderName;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::engine::{Engine, EngineOptions};
+use crate::backend::Backend;
+use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::metrics::Metrics;
 use crate::server::binary::{self, BinaryConfig};
 use crate::server::http::HttpConfig;
 use crate::server::token::{AdminToken, TokenSource};
 use crate::server::{http, msync_loop, AppState};
+use crate::store::redis::{FailPolicy, Mode, RedisOptions, RedisStore};
 use crate::QuantaClock;
 
 /// Flags of `quotad serve` (each also settable by environment variable).
@@ -59,6 +61,104 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
+    /// Where keys, tiers and counters live: `mmap` (this node's data directory, the default),
+    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…` (shared by several nodes).
+    #[arg(long, env = "QUOTAD_STORE", default_value = "mmap")]
+    pub store: String,
+    /// On Redis: `exact` (every check goes to Redis) or `lease` (a node takes a few tokens of a
+    /// key at once and spends them locally; see docs/SCALING.md).
+    #[arg(long, env = "QUOTAD_STORE_MODE", default_value = "exact", value_parser = ["exact", "lease"])]
+    pub store_mode: String,
+    /// Lease mode: most tokens one lease takes.
+    #[arg(long, env = "QUOTAD_LEASE_SIZE", default_value_t = 20)]
+    pub lease_size: u64,
+    /// Lease mode: milliseconds a node may spend a lease before giving back the rest.
+    #[arg(long, env = "QUOTAD_LEASE_TTL_MS", default_value_t = 1000)]
+    pub lease_ttl_ms: u64,
+    /// On Redis: what a check does when Redis cannot be reached.
+    #[arg(long, env = "QUOTAD_FAIL_POLICY", default_value = "fail-closed", value_parser = ["fail-closed", "fail-open"])]
+    pub fail_policy: String,
+    /// On Redis: milliseconds one Redis call may take before it counts as failed.
+    #[arg(long, env = "QUOTAD_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// On Redis: milliseconds between polls of the tier catalog (bounds how long a tier change
+    /// made on another node takes to apply here).
+    #[arg(long, env = "QUOTAD_REDIS_POLL_MS", default_value_t = 250)]
+    pub redis_poll_ms: u64,
+    /// On Redis: prefix of every Redis key quotad writes.
+    #[arg(long, env = "QUOTAD_REDIS_NAMESPACE", default_value = "quotad")]
+    pub redis_namespace: String,
+}
+
+impl ServeArgs {
+    fn redis_options(&self, tiers: Option<Vec<crate::tiers::TierSpec>>) -> Option<RedisOptions> {
+        if self.store == "mmap" {
+            return None;
+        }
+        let mut o = RedisOptions::new(&self.store);
+        o.namespace = self.redis_namespace.clone();
+        o.mode = if self.store_mode == "lease" {
+            Mode::Lease {
+                size: self.lease_size.max(1),
+                ttl: Duration::from_millis(self.lease_ttl_ms.max(1)),
+            }
+        } else {
+            Mode::Exact
+        };
+        o.fail = if self.fail_policy == "fail-open" {
+            FailPolicy::Open
+        } else {
+            FailPolicy::Closed
+        };
+        o.timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
+        o.poll = Duration::from_millis(self.redis_poll_ms.max(1));
+        o.tiers = tiers;
+        Some(o)
+    }
+}
+
+/// Opens the store: the data directory's engine, or a connection to Redis (retried for up to
+/// 30 s, so that a node started with its Redis comes up once Redis does).
+async fn open_backend(
+    args: &ServeArgs,
+    tiers: Option<Vec<crate::tiers::TierSpec>>,
+) -> anyhow::Result<Backend> {
+    let started = std::time::Instant::now();
+    if let Some(opts) = args.redis_options(tiers.clone()) {
+        tracing::info!(store = %opts.url, mode = ?opts.mode, fail = ?opts.fail, "connecting to redis");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match RedisStore::connect(opts.clone(), Arc::new(QuantaClock::new())).await {
+                Ok(r) => {
+                    tracing::info!(
+                        tiers = r.tiers().len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "redis store ready"
+                    );
+                    return Ok(Backend::Redis(Arc::new(r)));
+                }
+                Err(e @ EngineError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "redis not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(anyhow::anyhow!(e)).context("cannot use the redis store"),
+            }
+        }
+    }
+    tracing::info!(data_dir = %args.data_dir.display(), "opening data directory");
+    let mut opts = EngineOptions::new(&args.data_dir);
+    opts.tiers = tiers;
+    let engine = Arc::new(
+        Engine::open(opts, Arc::new(QuantaClock::new()))
+            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
+    );
+    tracing::info!(
+        keys = engine.key_count(),
+        tiers = engine.tiers().len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "data directory loaded"
+    );
+    Ok(Backend::Local(engine))
 }
 
 /// Runs the daemon until a termination signal.
@@ -75,20 +175,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(p) => Some(crate::tiers::load_tiers_file(p)?),
         None => None,
     };
-    tracing::info!(data_dir = %args.data_dir.display(), "opening data directory");
-    let started = std::time::Instant::now();
-    let mut opts = EngineOptions::new(&args.data_dir);
-    opts.tiers = tiers;
-    let engine = Arc::new(
-        Engine::open(opts, Arc::new(QuantaClock::new()))
-            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
-    );
-    tracing::info!(
-        keys = engine.key_count(),
-        tiers = engine.tiers().len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "data directory loaded"
-    );
     let token =
         AdminToken::load_or_create(std::env::var("QUOTAD_ADMIN_TOKEN").ok(), &args.data_dir)
             .context("cannot load or create the admin token")?;
@@ -105,13 +191,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let backend = open_backend(&args, tiers).await?;
         let http_listener = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("cannot listen on {}", args.http))?;
         tracing::info!(addr = %http_listener.local_addr()?, "http listening");
         let msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
         let state = Arc::new(AppState {
-            engine: engine.clone(),
+            backend: backend.clone(),
             metrics: Arc::new(Metrics::new()),
             admin_token: token,
             http: HttpConfig {
@@ -173,11 +260,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 drain,
             ))
         });
-        let msync_task = tokio::spawn(msync_loop(
-            engine.clone(),
-            msync_interval,
-            stopped(stop_rx.clone()),
-        ));
+        let background = match &backend {
+            Backend::Local(engine) => tokio::spawn(msync_loop(
+                engine.clone(),
+                msync_interval,
+                stopped(stop_rx.clone()),
+            )),
+            Backend::Redis(r) => tokio::spawn(r.clone().run_background(stopped(stop_rx.clone()))),
+        };
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -189,7 +279,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => reload_tiers(&engine, args.tiers.as_deref()).await,
+                _ = hup.recv() => reload_tiers(&backend, args.tiers.as_deref()).await,
             }
         }
         notify(&[sd_notify::NotifyState::Stopping]);
@@ -209,10 +299,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(p) = &args.unix {
             let _ = std::fs::remove_file(p);
         }
-        let _ = msync_task.await;
-        let e = engine.clone();
-        tokio::task::spawn_blocking(move || e.flush()).await??;
-        tracing::info!("counters flushed to disk; bye");
+        let _ = background.await;
+        if let Backend::Local(engine) = &backend {
+            let e = engine.clone();
+            tokio::task::spawn_blocking(move || e.flush()).await??;
+            tracing::info!("counters flushed to disk; bye");
+        } else {
+            tracing::info!("leases given back to redis; bye");
+        }
         anyhow::Ok(())
     })
 }
@@ -244,27 +338,28 @@ fn watchdog_task() -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn reload_tiers(engine: &Arc<Engine>, path: Option<&std::path::Path>) {
+async fn reload_tiers(backend: &Backend, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no --tiers file to reload");
         return;
     };
-    let path = path.to_path_buf();
-    let e = engine.clone();
     notify(&[sd_notify::NotifyState::Reloading]);
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let specs = crate::tiers::load_tiers_file(&path)?;
-        let n = specs.len();
-        e.apply_tiers(specs)?;
-        Ok(n)
-    })
-    .await;
+    let result = match crate::tiers::load_tiers_file(path) {
+        Ok(specs) => {
+            let n = specs.len();
+            backend
+                .apply_tiers(specs)
+                .await
+                .map(|()| n)
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
     notify(&[sd_notify::NotifyState::Ready]);
     match result {
-        Ok(Ok(n)) => tracing::info!(tiers = n, "SIGHUP: tiers reloaded"),
-        Ok(Err(err)) => {
+        Ok(n) => tracing::info!(tiers = n, "SIGHUP: tiers reloaded"),
+        Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "SIGHUP: tier file refused; the previous tiers stay in force")
         }
-        Err(err) => tracing::error!(error = %err, "SIGHUP: reload task failed"),
     }
 }

@@ -76,6 +76,19 @@ impl Limit {
         self.interval_ns
     }
 
+    /// The same limit with its interval rounded up to a whole microsecond: the resolution of
+    /// the Redis store, whose scripts compute in Lua numbers (doubles, exact below 2^53, which
+    /// microseconds since 1970 are and nanoseconds are not). Limits whose interval is already a
+    /// whole microsecond (every built-in tier) are unchanged.
+    pub fn to_micros(&self) -> Limit {
+        let interval_ns = self.interval_ns.div_ceil(1_000) * 1_000;
+        Limit {
+            interval_ns,
+            capacity_ns: interval_ns * self.requests,
+            ..*self
+        }
+    }
+
     /// Human form, e.g. `60 per minute`, `1000 per 3600 seconds`.
     pub fn describe(&self) -> String {
         let unit = match self.period_secs {

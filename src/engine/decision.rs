@@ -47,6 +47,8 @@ pub enum Verdict {
     RateLimited(usize),
     /// 429: the monthly quota is spent.
     QuotaExceeded,
+    /// 503: the shared store (Redis) could not be reached and the policy is fail-closed.
+    Unavailable,
 }
 
 impl Verdict {
@@ -59,6 +61,7 @@ impl Verdict {
             Verdict::PlanRequired => "plan_required",
             Verdict::RateLimited(_) => "rate_limited",
             Verdict::QuotaExceeded => "quota_exceeded",
+            Verdict::Unavailable => "unavailable",
         }
     }
 
@@ -156,6 +159,22 @@ impl Decision {
 
     pub(crate) fn set_primary(&mut self, i: usize) {
         self.primary = i as u8;
+    }
+
+    /// Adds `n` to every limit's remaining figure (a lease held by this node counts as available).
+    pub(crate) fn add_remaining(&mut self, n: u64) {
+        let len = usize::from(self.len);
+        for l in &mut self.limits[..len] {
+            l.remaining = l.remaining.saturating_add(n);
+        }
+    }
+
+    /// Subtracts `n` from every limit's remaining figure.
+    pub(crate) fn sub_remaining(&mut self, n: u64) {
+        let len = usize::from(self.len);
+        for l in &mut self.limits[..len] {
+            l.remaining = l.remaining.saturating_sub(n);
+        }
     }
 
     /// Every limit: the tier's windows (shortest first), then the monthly quota if there is one.

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod decision;
 pub mod month;
 pub mod shards;
+pub mod spend;
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ use crate::tiers::{self, TierSpec};
 use self::bucket::evaluate;
 use self::catalog::{intern_scope_set, Catalog, CatalogError};
 use self::clock::{Clock, NANOS_PER_SEC};
-use self::decision::{AuthFailure, Decision, LimitKind, LimitStatus, Verdict};
+use self::decision::{AuthFailure, Decision, Verdict};
 use self::month::MonthWindow;
 use self::shards::{Grace, HotEntry, ShardData, Shards};
 
@@ -114,6 +115,9 @@ pub enum EngineError {
     /// A storage fault.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared store (Redis) could not be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl EngineError {
@@ -125,6 +129,7 @@ impl EngineError {
             EngineError::TierInUse { .. } => "conflict",
             EngineError::Invalid(_) | EngineError::Catalog(_) => "bad_request",
             EngineError::Store(_) => "storage",
+            EngineError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -551,15 +556,6 @@ impl Engine {
         if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
             convert_buckets(&mut cur, &catalog, tier_ix, tier, now);
         }
-        let mut evals = [None; tiers::MAX_LIMITS];
-        let mut denied_by: Option<(usize, u64)> = None;
-        for (i, limit) in tier.limits.iter().enumerate() {
-            let e = evaluate(cur.tat[i], now, cost, limit);
-            if !e.allowed && denied_by.is_none_or(|(_, w)| e.retry_after_ns > w) {
-                denied_by = Some((i, e.retry_after_ns));
-            }
-            evals[i] = Some(e);
-        }
         let quota = if entry.quota_override != NO_OVERRIDE {
             Some(entry.quota_override)
         } else {
@@ -570,64 +566,21 @@ impl Engine {
         } else {
             0
         };
-        let quota_denied = quota.is_some_and(|q| used.saturating_add(cost) > q);
-        let admit = denied_by.is_none() && !quota_denied;
-
-        // Figures as they stand after the decision: consumed when admitted, untouched otherwise.
         let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
-        let mut tightest = (u64::MAX, 0usize);
+        let Some(tat) = spend::decide(
+            &cur.tat,
+            used,
+            now,
+            cost,
+            &tier.limits,
+            quota,
+            &month,
+            &mut d,
+        ) else {
+            return d;
+        };
         let mut next = cur;
-        for (i, limit) in tier.limits.iter().enumerate() {
-            let Some(e) = evals[i] else { break };
-            let (remaining, full_at) = if admit {
-                next.tat[i] = e.new_tat;
-                (e.remaining, e.full_at_ns)
-            } else if e.allowed {
-                (e.remaining + cost, cur.tat[i].clamp(now, e.full_at_ns))
-            } else {
-                (e.remaining, e.full_at_ns)
-            };
-            if remaining < tightest.0 {
-                tightest = (remaining, i);
-            }
-            d.push_limit(LimitStatus {
-                kind: LimitKind::Window {
-                    period_secs: limit.period_secs(),
-                },
-                limit: limit.requests(),
-                remaining,
-                reset: ceil_secs(full_at),
-            });
-        }
-        if let Some(q) = quota {
-            let remaining = if admit {
-                q - used - cost
-            } else {
-                q.saturating_sub(used)
-            };
-            if remaining < tightest.0 {
-                tightest = (remaining, d.limits().len());
-            }
-            d.push_limit(LimitStatus {
-                kind: LimitKind::Monthly,
-                limit: q,
-                remaining,
-                reset: month.end_ns / NANOS_PER_SEC,
-            });
-        }
-        if let Some((i, wait)) = denied_by {
-            d.verdict = Verdict::RateLimited(i);
-            d.retry_after = Some(ceil_secs(wait).max(1));
-            d.set_primary(i);
-            return d;
-        }
-        if quota_denied {
-            d.verdict = Verdict::QuotaExceeded;
-            d.retry_after = Some(month::secs_until_next_month(now));
-            d.set_primary(d.limits().len() - 1);
-            return d;
-        }
-        d.set_primary(tightest.1);
+        next.tat = tat;
         next.key_tag = (entry.id >> 32) as u32;
         next.tier = tier_ix;
         next.limits_version = tier.version;
@@ -703,26 +656,6 @@ impl Engine {
 
     // ----- admin: keys -----------------------------------------------------------------------
 
-    fn validate_new(&self, k: &NewKey) -> Result<(), EngineError> {
-        if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0')
-        {
-            return Err(EngineError::Invalid(format!(
-                "consumer must be 1-{MAX_CONSUMER_LEN} bytes without NUL"
-            )));
-        }
-        validate_name(k.name.as_deref())?;
-        validate_scopes(&k.scopes)?;
-        if let Some(p) = &k.prefix {
-            if !keyfmt::valid_prefix(p) {
-                return Err(EngineError::Invalid(format!(
-                    "prefix must be at most {} characters of A-Z a-z 0-9 _ -",
-                    keyfmt::MAX_PREFIX_LEN
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Creates one key; the record is durable before this returns. The raw key is in the result
     /// and nowhere else.
     pub fn create_key(&self, new: NewKey) -> Result<CreatedKey, EngineError> {
@@ -734,7 +667,7 @@ impl Engine {
     /// Creates many keys with one `msync` at the end (bulk import, load generation).
     pub fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, EngineError> {
         for k in &news {
-            self.validate_new(k)?;
+            validate_new(k)?;
         }
         let mut admin = self.admin.lock();
         let catalog = self.catalog.load_full();
@@ -1189,7 +1122,26 @@ impl Drop for Engine {
     }
 }
 
-fn validate_scopes(scopes: &[String]) -> Result<(), EngineError> {
+pub(crate) fn validate_new(k: &NewKey) -> Result<(), EngineError> {
+    if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0') {
+        return Err(EngineError::Invalid(format!(
+            "consumer must be 1-{MAX_CONSUMER_LEN} bytes without NUL"
+        )));
+    }
+    validate_name(k.name.as_deref())?;
+    validate_scopes(&k.scopes)?;
+    if let Some(p) = &k.prefix {
+        if !keyfmt::valid_prefix(p) {
+            return Err(EngineError::Invalid(format!(
+                "prefix must be at most {} characters of A-Z a-z 0-9 _ -",
+                keyfmt::MAX_PREFIX_LEN
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_scopes(scopes: &[String]) -> Result<(), EngineError> {
     if scopes.len() > MAX_KEY_SCOPES {
         return Err(EngineError::Invalid(format!(
             "at most {MAX_KEY_SCOPES} scopes per key"
@@ -1203,7 +1155,7 @@ fn validate_scopes(scopes: &[String]) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
+pub(crate) fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
     match name {
         Some(n) if n.len() > MAX_KEY_NAME_LEN || n.contains('\0') => Err(EngineError::Invalid(
             format!("name must be at most {MAX_KEY_NAME_LEN} bytes without NUL"),
@@ -1213,7 +1165,7 @@ fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
 }
 
 /// Replaces the tiers of `doc` by `specs`, keeping the index of every tier that stays.
-fn replace_tiers(
+pub(crate) fn replace_tiers(
     doc: &mut CatalogDoc,
     use_: &[u64],
     specs: Vec<TierSpec>,
@@ -1322,6 +1274,22 @@ impl Default for Identity {
 }
 
 impl Identity {
+    /// An identity from its parts (each cut at 64 bytes on a character boundary).
+    pub fn new(consumer: &str, tier: &str) -> Self {
+        fn put(dst: &mut [u8; 64], s: &str) -> u8 {
+            let mut n = s.len().min(64);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+            n as u8
+        }
+        let mut out = Identity::default();
+        out.consumer_len = put(&mut out.consumer, consumer);
+        out.tier_len = put(&mut out.tier, tier);
+        out
+    }
+
     /// The consumer.
     pub fn consumer(&self) -> &str {
         std::str::from_utf8(&self.consumer[..usize::from(self.consumer_len)]).unwrap_or("")

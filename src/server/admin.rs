@@ -1,8 +1,6 @@
 //! The admin API under `/admin/v1` (bearer admin token): keys and tiers. JSON in camelCase;
 //! unknown or mistyped fields are refused with 400. Every change is durable before the response.
 
-use std::sync::Arc;
-
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -11,7 +9,8 @@ use time::OffsetDateTime;
 
 use super::http::{error, json, read_body, Resp};
 use super::AppState;
-use crate::engine::{Engine, EngineError};
+use crate::backend::Backend;
+use crate::engine::EngineError;
 use crate::keys::record::{KeyInfo, Usage};
 use crate::keys::{KeyId, KeyUpdate, NewKey};
 use crate::tiers::{LimitSpec, TierSpec};
@@ -209,6 +208,7 @@ fn engine_error(e: &EngineError, rid: &str) -> Resp {
     let (status, code) = match e.code() {
         "not_found" => (404, "not_found"),
         "conflict" => (409, "conflict"),
+        "unavailable" => (503, "unavailable"),
         "bad_request" => (400, "bad_request"),
         _ => (500, "internal"),
     };
@@ -216,18 +216,6 @@ fn engine_error(e: &EngineError, rid: &str) -> Resp {
         tracing::error!(error = %e, request_id = rid, "admin operation failed");
     }
     error(status, code, &e.to_string(), rid)
-}
-
-/// Runs a blocking engine call (it may fsync) off the async workers.
-async fn blocking<T: Send + 'static>(
-    engine: &Arc<Engine>,
-    f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
-    let e = engine.clone();
-    match tokio::task::spawn_blocking(move || f(&e)).await {
-        Ok(r) => r,
-        Err(join) => Err(EngineError::Invalid(format!("admin task failed: {join}"))),
-    }
 }
 
 fn query_params(q: Option<&str>) -> Vec<(String, String)> {
@@ -287,7 +275,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
         Ok(b) => b,
         Err(m) => return error(400, "bad_request", &m, rid),
     };
-    let engine = &state.engine;
+    let engine = &state.backend;
     let not_allowed = |allow: &str| {
         let mut r = error(405, "method_not_allowed", &format!("Allowed: {allow}"), rid);
         if let Ok(v) = hyper::header::HeaderValue::from_str(allow) {
@@ -298,7 +286,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
     match segs.as_slice() {
         ["keys"] => match method {
             Method::POST => create_key(engine, &body, rid).await,
-            Method::GET => list_keys(engine, query.as_deref(), rid),
+            Method::GET => list_keys(engine, query.as_deref(), rid).await,
             _ => not_allowed("GET, POST"),
         },
         ["keys", id] => {
@@ -306,7 +294,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 return error(404, "not_found", "unknown key id", rid);
             };
             match method {
-                Method::GET => show_key(engine, id, rid),
+                Method::GET => show_key(engine, id, rid).await,
                 Method::PATCH => patch_key(engine, id, &body, rid).await,
                 _ => not_allowed("GET, PATCH"),
             }
@@ -319,7 +307,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 return not_allowed("POST");
             }
             if *action == "revoke" {
-                match blocking(engine, move |e| e.revoke_key(id)).await {
+                match engine.revoke_key(id).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, "key revoked");
                         json(
@@ -340,7 +328,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                     }
                 };
                 let grace = r.grace_seconds.unwrap_or(0);
-                match blocking(engine, move |e| e.rotate_key(id, grace)).await {
+                match engine.rotate_key(id, grace).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, grace_seconds = grace, "key rotated");
                         let mut j = KeyJson::from_info(&k.info);
@@ -362,7 +350,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                     Err(m) => return error(400, "bad_request", &m, rid),
                 };
                 let names: Vec<String> = p.tiers.iter().map(|t| t.name.clone()).collect();
-                match blocking(engine, move |e| e.apply_tiers(p.tiers)).await {
+                match engine.apply_tiers(p.tiers).await {
                     Ok(()) => {
                         tracing::info!(tiers = ?names, "tier set replaced");
                         json(
@@ -394,7 +382,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                         monthly_quota: p.monthly_quota,
                         scopes: p.scopes,
                     };
-                    match blocking(engine, move |e| e.put_tier(spec)).await {
+                    match engine.put_tier(spec).await {
                         Ok(t) => {
                             tracing::info!(tier = %name, "tier set");
                             json(200, serde_json::to_string(&t).unwrap_or_default(), rid)
@@ -402,16 +390,13 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                         Err(e) => engine_error(&e, rid),
                     }
                 }
-                Method::DELETE => {
-                    let n = name.clone();
-                    match blocking(engine, move |e| e.delete_tier(&n)).await {
-                        Ok(()) => {
-                            tracing::info!(tier = %name, "tier deleted");
-                            json(200, serde_json::json!({"deleted": name}).to_string(), rid)
-                        }
-                        Err(e) => engine_error(&e, rid),
+                Method::DELETE => match engine.delete_tier(name.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(tier = %name, "tier deleted");
+                        json(200, serde_json::json!({"deleted": name}).to_string(), rid)
                     }
-                }
+                    Err(e) => engine_error(&e, rid),
+                },
                 _ => not_allowed("GET, PUT, DELETE"),
             }
         }
@@ -424,7 +409,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
     }
 }
 
-async fn create_key(engine: &Arc<Engine>, body: &[u8], rid: &str) -> Resp {
+async fn create_key(engine: &Backend, body: &[u8], rid: &str) -> Resp {
     let c: CreateKey = match parse_json(body) {
         Ok(c) => c,
         Err(m) => return error(400, "bad_request", &m, rid),
@@ -442,7 +427,7 @@ async fn create_key(engine: &Arc<Engine>, body: &[u8], rid: &str) -> Resp {
         name: c.name,
         prefix: c.prefix,
     };
-    match blocking(engine, move |e| e.create_key(new)).await {
+    match engine.create_key(new).await {
         Ok(k) => {
             tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, "key created");
             let mut j = KeyJson::from_info(&k.info);
@@ -453,7 +438,7 @@ async fn create_key(engine: &Arc<Engine>, body: &[u8], rid: &str) -> Resp {
     }
 }
 
-fn list_keys(engine: &Engine, query: Option<&str>, rid: &str) -> Resp {
+async fn list_keys(engine: &Backend, query: Option<&str>, rid: &str) -> Resp {
     let mut consumer = None;
     let mut tier = None;
     let mut limit = 100usize;
@@ -494,7 +479,13 @@ fn list_keys(engine: &Engine, query: Option<&str>, rid: &str) -> Resp {
             }
         }
     }
-    let (keys, next) = engine.list_keys(consumer.as_deref(), tier.as_deref(), cursor, limit);
+    let (keys, next) = match engine
+        .list_keys(consumer.as_deref(), tier.as_deref(), cursor, limit)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return engine_error(&e, rid),
+    };
     let keys: Vec<KeyJson> = keys.iter().map(KeyJson::from_info).collect();
     json(
         200,
@@ -503,12 +494,12 @@ fn list_keys(engine: &Engine, query: Option<&str>, rid: &str) -> Resp {
     )
 }
 
-fn show_key(engine: &Engine, id: KeyId, rid: &str) -> Resp {
-    let info = match engine.key(id) {
+async fn show_key(engine: &Backend, id: KeyId, rid: &str) -> Resp {
+    let info = match engine.key(id).await {
         Ok(i) => i,
         Err(e) => return engine_error(&e, rid),
     };
-    let usage = match engine.usage(id) {
+    let usage = match engine.usage(id).await {
         Ok(u) => u,
         Err(e) => return engine_error(&e, rid),
     };
@@ -517,7 +508,7 @@ fn show_key(engine: &Engine, id: KeyId, rid: &str) -> Resp {
     json(200, serde_json::to_string(&j).unwrap_or_default(), rid)
 }
 
-async fn patch_key(engine: &Arc<Engine>, id: KeyId, body: &[u8], rid: &str) -> Resp {
+async fn patch_key(engine: &Backend, id: KeyId, body: &[u8], rid: &str) -> Resp {
     let p: PatchKey = match parse_json(body) {
         Ok(p) => p,
         Err(m) => return error(400, "bad_request", &m, rid),
@@ -537,7 +528,7 @@ async fn patch_key(engine: &Arc<Engine>, id: KeyId, body: &[u8], rid: &str) -> R
         monthly_quota: p.monthly_quota,
         name: p.name,
     };
-    match blocking(engine, move |e| e.update_key(id, upd)).await {
+    match engine.update_key(id, upd).await {
         Ok(k) => {
             tracing::info!(key_id = %id, "key updated");
             json(

@@ -1,7 +1,7 @@
 //! The binary protocol server over TCP and Unix sockets (`docs/PROTOCOL.md`).
 //!
 //! Per connection: read whatever the socket has, decode every complete frame in the buffer, decide
-//! each against the shared engine, append every answer to one output buffer, and write it with one
+//! each against the shared store (on Redis, all of a read's checks concurrently), append every answer to one output buffer, and write it with one
 //! call. A framing error is answered with an ERROR frame and the connection is closed; other
 //! connections are unaffected. A connection limit and an idle timeout bound what clients can hold.
 
@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::AppState;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
+use crate::engine::Engine;
 use crate::metrics::Transport;
 use crate::protocol::frame::{
     self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame, WireResult,
@@ -103,6 +104,7 @@ pub fn to_wire(d: &Decision) -> WireResult {
         Verdict::PlanRequired => (3, 0),
         Verdict::RateLimited(_) => (4, 0),
         Verdict::QuotaExceeded => (5, 0),
+        Verdict::Unavailable => (6, 0),
     };
     let primary_index = d
         .primary()
@@ -123,8 +125,11 @@ pub fn to_wire(d: &Decision) -> WireResult {
     }
 }
 
-/// Decides one check; `Err` is a request-level error (bad scope) that keeps the connection.
-fn decide(state: &AppState, req: &CheckReq<'_>) -> Result<WireResult, &'static str> {
+/// The key, scope and cost of one check; `Err` is a request-level error (bad scope) that keeps
+/// the connection.
+fn parse_req<'a>(
+    req: &CheckReq<'a>,
+) -> Result<(Option<&'a str>, Option<&'a str>, u64), &'static str> {
     let scope = match std::str::from_utf8(req.scope) {
         Ok("") => None,
         Ok(s) if crate::tiers::valid_scope(s) => Some(s),
@@ -135,8 +140,18 @@ fn decide(state: &AppState, req: &CheckReq<'_>) -> Result<WireResult, &'static s
         [] => None,
         k => Some(std::str::from_utf8(k).unwrap_or("\u{fffd}")),
     };
+    Ok((key, scope, u64::from(req.cost.max(1))))
+}
+
+/// Decides one check on this node's engine.
+fn decide(
+    state: &AppState,
+    engine: &Engine,
+    req: &CheckReq<'_>,
+) -> Result<WireResult, &'static str> {
+    let (key, scope, cost) = parse_req(req)?;
     let start = quanta::Instant::now();
-    let d = state.engine.check(key, scope, u64::from(req.cost.max(1)));
+    let d = engine.check(key, scope, cost);
     state.metrics.record_check(
         Transport::Binary,
         d.verdict,
@@ -145,8 +160,8 @@ fn decide(state: &AppState, req: &CheckReq<'_>) -> Result<WireResult, &'static s
     Ok(to_wire(&d))
 }
 
-/// Appends the answer to one decoded frame.
-fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
+/// Appends the answer to a HELLO or PING; returns false for other frames.
+fn answer_control(f: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     match *f {
         Frame::Hello { id, .. } => {
             frame::put_header(out, op::HELLO_OK, id, 12);
@@ -160,7 +175,19 @@ fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
             frame::put_header(out, op::PONG, id, payload.len());
             out.extend_from_slice(payload);
         }
-        Frame::Check { id, req } => match decide(state, &req) {
+        _ => return false,
+    }
+    true
+}
+
+/// Appends the answer to one decoded frame, decided on this node's engine.
+fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
+    if answer_control(f, out) {
+        return;
+    }
+    match *f {
+        Frame::Hello { .. } | Frame::Ping { .. } => {}
+        Frame::Check { id, req } => match decide(state, engine, &req) {
             Ok(r) => {
                 frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 r.put(out);
@@ -176,7 +203,7 @@ fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&(count as u16).to_le_bytes());
             out.extend_from_slice(&[0, 0]);
             for req in BatchIter::new(body, count) {
-                match decide(state, &req) {
+                match decide(state, engine, &req) {
                     Ok(r) => r.put(out),
                     Err(m) => {
                         // Checks before this one were decided (and counted); say which failed.
@@ -184,6 +211,90 @@ fn answer(state: &AppState, f: &Frame<'_>, out: &mut Vec<u8>) {
                         state.metrics.record_bad_request(Transport::Binary);
                         frame::put_error(out, id, ErrorCode::BadFrame, m);
                         return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One frame's answer on the shared store: ready bytes, or checks still to decide.
+enum Job {
+    Ready(Vec<u8>),
+    Checks {
+        id: u64,
+        batch: bool,
+        reqs: Vec<(Option<String>, Option<String>, u64)>,
+    },
+}
+
+fn shared_job(state: &AppState, f: &Frame<'_>) -> Job {
+    let mut out = Vec::new();
+    if answer_control(f, &mut out) {
+        return Job::Ready(out);
+    }
+    let own = |req: &CheckReq<'_>| {
+        parse_req(req).map(|(k, s, c)| (k.map(str::to_string), s.map(str::to_string), c))
+    };
+    let (id, batch, reqs) = match *f {
+        Frame::Check { id, req } => (id, false, own(&req).map(|r| vec![r])),
+        Frame::Batch { id, count, body } => (
+            id,
+            true,
+            BatchIter::new(body, count).map(|r| own(&r)).collect(),
+        ),
+        Frame::Hello { .. } | Frame::Ping { .. } => return Job::Ready(out),
+    };
+    match reqs {
+        Ok(reqs) => Job::Checks { id, batch, reqs },
+        Err(m) => {
+            // On the shared store a batch with a bad check is refused whole: none is decided.
+            state.metrics.record_bad_request(Transport::Binary);
+            frame::put_error(&mut out, id, ErrorCode::BadFrame, m);
+            Job::Ready(out)
+        }
+    }
+}
+
+/// Decides every check of `jobs` concurrently (they pipeline on the Redis connections) and
+/// appends the answers to `out` in frame order.
+async fn run_jobs(state: &AppState, jobs: &mut Vec<Job>, out: &mut Vec<u8>) {
+    let backend = &state.backend;
+    let checks = jobs.iter().flat_map(|j| match j {
+        Job::Ready(_) => &[][..],
+        Job::Checks { reqs, .. } => &reqs[..],
+    });
+    let decided = futures_util::future::join_all(checks.map(|(k, s, c)| async move {
+        let start = quanta::Instant::now();
+        let d = backend.check(k.as_deref(), s.as_deref(), *c).await;
+        state.metrics.record_check(
+            Transport::Binary,
+            d.verdict,
+            start.elapsed().as_nanos() as u64,
+        );
+        to_wire(&d)
+    }))
+    .await;
+    let mut results = decided.into_iter();
+    for job in jobs.drain(..) {
+        match job {
+            Job::Ready(b) => out.extend_from_slice(&b),
+            Job::Checks { id, batch, reqs } => {
+                if batch {
+                    frame::put_header(
+                        out,
+                        op::BATCH_RESULT,
+                        id,
+                        4 + reqs.len() * frame::RESULT_LEN,
+                    );
+                    out.extend_from_slice(&(reqs.len() as u16).to_le_bytes());
+                    out.extend_from_slice(&[0, 0]);
+                } else {
+                    frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
+                }
+                for _ in 0..reqs.len() {
+                    if let Some(r) = results.next() {
+                        r.put(out);
                     }
                 }
             }
@@ -200,6 +311,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut hello = false;
     let idle = state.binary.idle_timeout;
+    let local = state.backend.local().cloned();
+    let mut jobs: Vec<Job> = Vec::new();
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -234,13 +347,19 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                                 break;
                             }
                             hello = true;
-                            answer(state, &f, &mut out);
+                            match &local {
+                                Some(e) => answer(state, e, &f, &mut out),
+                                None => jobs.push(shared_job(state, &f)),
+                            }
                         }
                         _ if !hello => {
                             fatal = Some((f.id(), ErrorCode::HelloRequired, "send HELLO first"));
                             break;
                         }
-                        _ => answer(state, &f, &mut out),
+                        _ => match &local {
+                            Some(e) => answer(state, e, &f, &mut out),
+                            None => jobs.push(shared_job(state, &f)),
+                        },
                     }
                 }
                 Err(DecodeError::Incomplete) => break,
@@ -261,6 +380,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.advance(used);
+        if !jobs.is_empty() {
+            run_jobs(state, &mut jobs, &mut out).await;
+        }
         if let Some((id, code, msg)) = fatal {
             state.metrics.record_bad_request(Transport::Binary);
             frame::put_error(&mut out, id, code, msg);

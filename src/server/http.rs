@@ -22,8 +22,11 @@ use tokio::sync::Semaphore;
 
 use super::render;
 use super::AppState;
+use crate::backend::Backend;
 use crate::engine::decision::{Decision, Verdict};
+use crate::engine::Engine;
 use crate::metrics::Transport;
+use crate::store::redis::{FailPolicy, Mode};
 
 /// The largest request body accepted (admin API).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -196,7 +199,10 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
     let rid = request_id(&req);
     let path = req.uri().path();
     if path == "/v1/check" || path.starts_with("/v1/check/") {
-        return check(state, &req, &rid);
+        return match state.backend.local() {
+            Some(engine) => check(state, engine, &req, &rid),
+            None => check_shared(state, &req, &rid).await,
+        };
     }
     if let Some(rest) = path.strip_prefix("/admin/v1/") {
         let rest = rest.to_string();
@@ -211,9 +217,13 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
                 .insert("allow", HeaderValue::from_static("GET, HEAD"));
             r
         }
-        "/health" => json(200, health(state).to_string(), &rid),
+        "/health" => {
+            let (status, body) = health(state).await;
+            json(status, body.to_string(), &rid)
+        }
         "/metrics" => {
-            let mut r = json(200, state.metrics.render(&state.engine), &rid);
+            let keys = state.backend.key_count().await.map_or(-1, |k| k as i64);
+            let mut r = json(200, state.metrics.render(&state.backend, keys), &rid);
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -225,21 +235,53 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
     }
 }
 
-fn health(state: &AppState) -> serde_json::Value {
-    let e = &state.engine;
-    let age = e.clock().now_ns().saturating_sub(e.last_flush_ns()) as f64 / 1e9;
-    serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "dataDir": e.data_dir().display().to_string(),
-        "keys": e.key_count(),
-        "tiers": e.tiers().len(),
-        "persistence": {
-            "store": "mmap",
-            "lastMsyncAgeSeconds": (age * 1000.0).round() / 1000.0,
-            "msyncIntervalSeconds": state.msync_interval.as_secs_f64(),
-        },
-    })
+/// `/health`: 200 `ok` while the store answers; 503 `degraded` while Redis is unreachable.
+async fn health(state: &AppState) -> (u16, serde_json::Value) {
+    match &state.backend {
+        Backend::Local(e) => {
+            let age = e.clock().now_ns().saturating_sub(e.last_flush_ns()) as f64 / 1e9;
+            (
+                200,
+                serde_json::json!({
+                    "status": "ok",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "dataDir": e.data_dir().display().to_string(),
+                    "keys": e.key_count(),
+                    "tiers": e.tiers().len(),
+                    "persistence": {
+                        "store": "mmap",
+                        "lastMsyncAgeSeconds": (age * 1000.0).round() / 1000.0,
+                        "msyncIntervalSeconds": state.msync_interval.as_secs_f64(),
+                    },
+                }),
+            )
+        }
+        Backend::Redis(r) => {
+            let keys = r.key_count().await.ok();
+            let st = r.stats();
+            let now = r.clock().now_ns();
+            let last_ok = st.last_ok_ns();
+            let ok = st.reachable();
+            let o = r.options();
+            (
+                if ok { 200 } else { 503 },
+                serde_json::json!({
+                    "status": if ok { "ok" } else { "degraded" },
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "keys": keys,
+                    "tiers": r.tiers().len(),
+                    "persistence": {
+                        "store": if o.url.starts_with("redis-cluster://") { "redis-cluster" } else { "redis" },
+                        "reachable": ok,
+                        "lastOkAgeSeconds": (last_ok != 0).then(|| (now.saturating_sub(last_ok) as f64 / 1e6).round() / 1e3),
+                        "mode": match o.mode { Mode::Exact => "exact", Mode::Lease { .. } => "lease" },
+                        "failPolicy": match o.fail { FailPolicy::Closed => "fail-closed", FailPolicy::Open => "fail-open" },
+                        "catalogRevision": r.catalog().0,
+                    },
+                }),
+            )
+        }
+    }
 }
 
 /// Reads header `name` as visible ASCII of bounded length; `Err` is a 400 message.
@@ -277,43 +319,68 @@ fn presented_key<'a, B>(state: &AppState, req: &'a Request<B>) -> Result<Option<
     Ok(None)
 }
 
-/// Answers one `/v1/check` request (public so `examples/handler_cost.rs` can time it alone).
-pub fn check<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
+/// What a check request asks, or the 400 to answer.
+fn parse_check<'a, B>(
+    state: &AppState,
+    req: &'a Request<B>,
+    rid: &str,
+) -> Result<(Option<&'a str>, Option<&'a str>, u64), Resp> {
     let bad = |m: String| {
         state.metrics.record_bad_request(Transport::Http);
         error(400, "bad_request", &m, rid)
     };
-    let key = match presented_key(state, req) {
-        Ok(k) => k,
-        Err(m) => return bad(m),
-    };
+    let key = presented_key(state, req).map_err(bad)?;
     let scope = match header_str(req, &X_QUOTA_SCOPE) {
         Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
-            return bad(format!("header X-Quota-Scope: invalid scope {s:?}"))
+            return Err(bad(format!("header X-Quota-Scope: invalid scope {s:?}")))
         }
         Ok(s) => s.filter(|s| !s.is_empty()),
-        Err(m) => return bad(m),
+        Err(m) => return Err(bad(m)),
     };
     let cost = match header_str(req, &X_QUOTA_COST) {
         Ok(None) => 1,
         Ok(Some(c)) => match c.parse::<u64>() {
             Ok(n) if (1..=crate::engine::MAX_COST).contains(&n) => n,
             _ => {
-                return bad(format!(
+                return Err(bad(format!(
                     "header X-Quota-Cost must be an integer from 1 to {}",
                     crate::engine::MAX_COST
-                ))
+                )))
             }
         },
-        Err(m) => return bad(m),
+        Err(m) => return Err(bad(m)),
+    };
+    Ok((key, scope, cost))
+}
+
+/// Answers one `/v1/check` request on this node's engine (public so `examples/handler_cost.rs`
+/// can time it alone).
+pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) -> Resp {
+    let (key, scope, cost) = match parse_check(state, req, rid) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let start = quanta::Instant::now();
-    let d = state.engine.check(key, scope, cost);
+    let d = engine.check(key, scope, cost);
     let elapsed = start.elapsed().as_nanos() as u64;
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
+    render_check(&d, scope, rid, state)
+}
 
+/// Answers one `/v1/check` request on the shared (Redis) store.
+async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
+    let (key, scope, cost) = match parse_check(state, req, rid) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let start = quanta::Instant::now();
+    let d = state.backend.check(key, scope, cost).await;
+    let elapsed = start.elapsed().as_nanos() as u64;
+    state
+        .metrics
+        .record_check(Transport::Http, d.verdict, elapsed);
     render_check(&d, scope, rid, state)
 }
 
@@ -342,7 +409,7 @@ fn render_check(d: &Decision, scope: Option<&str>, rid: &str, state: &AppState) 
         .retry_after
         .map(|ra| mark(&mut buf, &mut |b| b.push_str(num.format(ra.max(1)))));
     let (ident, body_r) = if d.verdict == Verdict::Allowed {
-        let identity = d.key_id.and_then(|id| state.engine.identity(id));
+        let identity = d.key_id.and_then(|id| state.backend.identity(id));
         let consumer = identity.as_ref().map_or("", |i| i.consumer());
         let tier = identity.as_ref().map_or("", |i| i.tier());
         let id_r = mark(&mut buf, &mut |b| {

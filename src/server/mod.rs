@@ -1,4 +1,4 @@
-//! The daemon's transports around one shared [`Engine`]: the HTTP server ([`http`], with the
+//! The daemon's transports around one shared [`Backend`]: the HTTP server ([`http`], with the
 //! admin API in [`admin`]), and the tasks every transport needs (the periodic `msync`).
 //!
 //! Servers take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
@@ -18,14 +18,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Transport};
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// The engine.
-    pub engine: Arc<Engine>,
+    /// The store: this node's engine, or Redis shared with other nodes.
+    pub backend: Backend,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The admin token.

@@ -80,6 +80,7 @@ pub fn status(v: Verdict) -> u16 {
         Verdict::Unauthorized(_) => 401,
         Verdict::Forbidden | Verdict::PlanRequired => 403,
         Verdict::RateLimited(_) | Verdict::QuotaExceeded => 429,
+        Verdict::Unavailable => 503,
     }
 }
 
@@ -103,6 +104,7 @@ pub fn message(d: &Decision, scope: Option<&str>) -> String {
             }
         }
         Verdict::QuotaExceeded => "Monthly quota exceeded".into(),
+        Verdict::Unavailable => "Rate-limit store unavailable".into(),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Where state lives: the memory-mapped segment files ([`arena`], laid out by [`layout`]), the
 //! catalog of tiers and scopes ([`catalog_file`]), and the data directory that holds them
-//! ([`datadir`]).
+//! ([`datadir`]); and the shared Redis store for several nodes ([`redis`]).
 
 pub mod arena;
 pub mod catalog_file;
 pub mod datadir;
 pub mod layout;
+pub mod redis;
 
 use std::path::PathBuf;
 

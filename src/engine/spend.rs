@@ -1,0 +1,101 @@
+//! The limits phase of a check as one pure function: given a key's counter state (one GCRA TAT
+//! per burst limit, the month's usage), `now` and a cost, decide and compute the figures every
+//! transport renders. Both stores call it: the memory-mapped engine on its mapped slot, the Redis
+//! store on the state its script returns, so one key gets the same answer from either.
+
+use super::bucket::{evaluate, Limit};
+use super::clock::NANOS_PER_SEC;
+use super::decision::{Decision, LimitKind, LimitStatus, Verdict};
+use super::month::{self, MonthWindow};
+use crate::tiers::MAX_LIMITS;
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(NANOS_PER_SEC)
+}
+
+/// Decides the limits phase and fills `d` (which arrives as an `Allowed` decision with no limit
+/// figures). `tat[i]` is the bucket of `limits[i]`; `used` the month's usage so far (0 for a new
+/// month). Returns the TATs to store when the request is admitted, `None` when denied (nothing may
+/// be written then).
+#[inline]
+pub fn decide(
+    tat: &[u64],
+    used: u64,
+    now: u64,
+    cost: u64,
+    limits: &[Limit],
+    quota: Option<u64>,
+    month: &MonthWindow,
+    d: &mut Decision,
+) -> Option<[u64; MAX_LIMITS]> {
+    let mut evals = [None; MAX_LIMITS];
+    let mut denied_by: Option<(usize, u64)> = None;
+    for (i, limit) in limits.iter().enumerate().take(MAX_LIMITS) {
+        let e = evaluate(tat.get(i).copied().unwrap_or(0), now, cost, limit);
+        if !e.allowed && denied_by.is_none_or(|(_, w)| e.retry_after_ns > w) {
+            denied_by = Some((i, e.retry_after_ns));
+        }
+        evals[i] = Some(e);
+    }
+    let quota_denied = quota.is_some_and(|q| used.saturating_add(cost) > q);
+    let admit = denied_by.is_none() && !quota_denied;
+
+    // Figures as they stand after the decision: consumed when admitted, untouched otherwise.
+    let mut tightest = (u64::MAX, 0usize);
+    let mut next = [0u64; MAX_LIMITS];
+    for (i, limit) in limits.iter().enumerate() {
+        let Some(e) = evals.get(i).copied().flatten() else {
+            break;
+        };
+        let cur = tat.get(i).copied().unwrap_or(0);
+        let (remaining, full_at) = if admit {
+            next[i] = e.new_tat;
+            (e.remaining, e.full_at_ns)
+        } else if e.allowed {
+            (e.remaining + cost, cur.clamp(now, e.full_at_ns))
+        } else {
+            (e.remaining, e.full_at_ns)
+        };
+        if remaining < tightest.0 {
+            tightest = (remaining, i);
+        }
+        d.push_limit(LimitStatus {
+            kind: LimitKind::Window {
+                period_secs: limit.period_secs(),
+            },
+            limit: limit.requests(),
+            remaining,
+            reset: ceil_secs(full_at),
+        });
+    }
+    if let Some(q) = quota {
+        let remaining = if admit {
+            q - used - cost
+        } else {
+            q.saturating_sub(used)
+        };
+        if remaining < tightest.0 {
+            tightest = (remaining, d.limits().len());
+        }
+        d.push_limit(LimitStatus {
+            kind: LimitKind::Monthly,
+            limit: q,
+            remaining,
+            reset: month.end_ns / NANOS_PER_SEC,
+        });
+    }
+    if let Some((i, wait)) = denied_by {
+        d.verdict = Verdict::RateLimited(i);
+        d.retry_after = Some(ceil_secs(wait).max(1));
+        d.set_primary(i);
+        return None;
+    }
+    if quota_denied {
+        d.verdict = Verdict::QuotaExceeded;
+        d.retry_after = Some(month::secs_until_next_month(now));
+        d.set_primary(d.limits().len() - 1);
+        return None;
+    }
+    d.set_primary(tightest.1);
+    Some(next)
+}
