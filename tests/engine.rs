@@ -1,11 +1,131 @@
-//! The engine through its public interface, on real files, with a fake clock.
+//! The engine through its public interface, with a fake clock. The behaviour tests run against
+//! both stores: the memory-mapped files of one node (`mmap::…`) and a real Redis (`redis::…`),
+//! through the [`Backend`] every transport uses; the tests of files and threads are mmap's own.
+
+mod common;
 
 use std::sync::Arc;
 
-use quotad::keys::{KeyUpdate, NewKey};
+use quotad::backend::Backend;
+use quotad::keys::record::{CreatedKey, KeyInfo, Usage};
+use quotad::keys::{KeyId, KeyUpdate, NewKey};
+use quotad::store::redis::{RedisOptions, RedisStore};
 use quotad::tiers::TierSpec;
-use quotad::{AuthFailure, Engine, EngineOptions, FakeClock, LimitKind, Verdict};
+use quotad::{
+    AuthFailure, Decision, Engine, EngineError, EngineOptions, FakeClock, LimitKind, Verdict,
+};
 use time::macros::datetime;
+
+use common::redis::RedisServer;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Mmap,
+    Redis,
+}
+
+/// One store behind the [`Backend`] API, called synchronously (each call is `block_on`).
+struct Store {
+    backend: Backend,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    _redis: Option<RedisServer>,
+}
+
+impl Store {
+    fn open(kind: Kind, clock: &FakeClock) -> Store {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, redis) = match kind {
+            Kind::Mmap => (Backend::Local(Arc::new(open(dir.path(), clock))), None),
+            Kind::Redis => {
+                let server = RedisServer::start();
+                let r = rt
+                    .block_on(RedisStore::connect(
+                        RedisOptions::new(server.url()),
+                        Arc::new(clock.clone()),
+                    ))
+                    .expect("connect to redis");
+                (Backend::Redis(Arc::new(r)), Some(server))
+            }
+        };
+        Store {
+            backend,
+            rt,
+            _dir: dir,
+            _redis: redis,
+        }
+    }
+    fn check(&self, key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
+        self.rt.block_on(self.backend.check(key, scope, cost))
+    }
+    fn create_key(&self, n: NewKey) -> Result<CreatedKey, EngineError> {
+        self.rt.block_on(self.backend.create_key(n))
+    }
+    fn update_key(&self, id: KeyId, u: KeyUpdate) -> Result<KeyInfo, EngineError> {
+        self.rt.block_on(self.backend.update_key(id, u))
+    }
+    fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, EngineError> {
+        self.rt.block_on(self.backend.revoke_key(id))
+    }
+    fn rotate_key(&self, id: KeyId, grace: u64) -> Result<CreatedKey, EngineError> {
+        self.rt.block_on(self.backend.rotate_key(id, grace))
+    }
+    fn usage(&self, id: KeyId) -> Result<Usage, EngineError> {
+        self.rt.block_on(self.backend.usage(id))
+    }
+    fn put_tier(&self, t: TierSpec) -> Result<TierSpec, EngineError> {
+        self.rt.block_on(self.backend.put_tier(t))
+    }
+    fn delete_tier(&self, name: &str) -> Result<(), EngineError> {
+        self.rt.block_on(self.backend.delete_tier(name.to_string()))
+    }
+    fn tiers(&self) -> Vec<TierSpec> {
+        self.backend.tiers()
+    }
+}
+
+/// Runs each named `fn name(kind: Kind)` as `mmap::name` and `redis::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod mmap {
+            $( #[test] fn $name() { super::$name(super::Kind::Mmap) } )*
+        }
+        mod redis {
+            $( #[test] fn $name() { super::$name(super::Kind::Redis) } )*
+        }
+    };
+}
+
+on_both_stores!(
+    bucket_exhausts_then_refills_one_token_per_interval,
+    several_windows_apply_at_once_and_the_tightest_is_reported,
+    monthly_quota_resets_on_first_of_month_utc_including_new_year,
+    leap_day_belongs_to_february_and_march_starts_fresh,
+    cost_is_taken_from_every_limit_and_the_quota_or_from_none,
+    denials_consume_nothing_whatever_the_reason,
+    scopes_grant_only_themselves_and_empty_means_unrestricted,
+    a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check,
+    missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized,
+    rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period,
+    a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counters,
+    a_per_key_quota_override_beats_the_tier,
+    tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused,
+);
+
+fn key_s(s: &Store, tier: &str) -> (KeyId, String) {
+    let k = s
+        .create_key(NewKey {
+            consumer: "acme".into(),
+            tier: tier.into(),
+            ..Default::default()
+        })
+        .unwrap();
+    (k.info.id, k.raw)
+}
 
 const S: u64 = 1_000_000_000;
 
@@ -33,12 +153,10 @@ fn mid_march() -> FakeClock {
     FakeClock::at_secs(datetime!(2026-03-10 12:00:00 UTC).unix_timestamp() as u64)
 }
 
-#[test]
-fn bucket_exhausts_then_refills_one_token_per_interval() {
-    let dir = tempfile::tempdir().unwrap();
+fn bucket_exhausts_then_refills_one_token_per_interval(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    let (_, raw) = key(&e, "default"); // 100 per minute
+    let e = Store::open(kind, &clock);
+    let (_, raw) = key_s(&e, "default"); // 100 per minute
     for i in 0..100 {
         let d = e.check(Some(&raw), None, 1);
         assert_eq!(d.verdict, Verdict::Allowed, "request {i}");
@@ -60,12 +178,10 @@ fn bucket_exhausts_then_refills_one_token_per_interval() {
     );
 }
 
-#[test]
-fn several_windows_apply_at_once_and_the_tightest_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
+fn several_windows_apply_at_once_and_the_tightest_is_reported(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    let (_, raw) = key(&e, "free"); // 60/min, 1000/hour, 10,000/month
+    let e = Store::open(kind, &clock);
+    let (_, raw) = key_s(&e, "free"); // 60/min, 1000/hour, 10,000/month
     let d = e.check(Some(&raw), None, 1);
     let limits = d.limits();
     assert_eq!(limits.len(), 3);
@@ -106,14 +222,12 @@ fn several_windows_apply_at_once_and_the_tightest_is_reported() {
     );
 }
 
-#[test]
-fn monthly_quota_resets_on_first_of_month_utc_including_new_year() {
-    let dir = tempfile::tempdir().unwrap();
+fn monthly_quota_resets_on_first_of_month_utc_including_new_year(kind: Kind) {
     let start = datetime!(2026-12-31 23:59:00 UTC).unix_timestamp() as u64;
     let clock = FakeClock::at_secs(start);
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     e.put_tier(tier("tiny", &[(1000, 1)], Some(3))).unwrap();
-    let (id, raw) = key(&e, "tiny");
+    let (id, raw) = key_s(&e, "tiny");
     for _ in 0..3 {
         assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
     }
@@ -138,13 +252,11 @@ fn monthly_quota_resets_on_first_of_month_utc_including_new_year() {
     assert_eq!(e.usage(id).unwrap().monthly_used, 1);
 }
 
-#[test]
-fn leap_day_belongs_to_february_and_march_starts_fresh() {
-    let dir = tempfile::tempdir().unwrap();
+fn leap_day_belongs_to_february_and_march_starts_fresh(kind: Kind) {
     let clock = FakeClock::at_secs(datetime!(2028-02-29 23:00:00 UTC).unix_timestamp() as u64);
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     e.put_tier(tier("tiny", &[(1000, 1)], Some(1))).unwrap();
-    let (_, raw) = key(&e, "tiny");
+    let (_, raw) = key_s(&e, "tiny");
     assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
     let d = e.check(Some(&raw), None, 1);
     assert_eq!(d.verdict, Verdict::QuotaExceeded);
@@ -153,14 +265,12 @@ fn leap_day_belongs_to_february_and_march_starts_fresh() {
     assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
 }
 
-#[test]
-fn cost_is_taken_from_every_limit_and_the_quota_or_from_none() {
-    let dir = tempfile::tempdir().unwrap();
+fn cost_is_taken_from_every_limit_and_the_quota_or_from_none(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     e.put_tier(tier("t", &[(10, 60), (15, 3600)], Some(100)))
         .unwrap();
-    let (id, raw) = key(&e, "t");
+    let (id, raw) = key_s(&e, "t");
     let d = e.check(Some(&raw), None, 8);
     assert!(d.verdict.is_allowed());
     let rem: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
@@ -187,11 +297,9 @@ fn cost_is_taken_from_every_limit_and_the_quota_or_from_none() {
     assert_eq!(e.usage(id).unwrap().monthly_used, 15);
 }
 
-#[test]
-fn denials_consume_nothing_whatever_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
+fn denials_consume_nothing_whatever_the_reason(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     let mut spec = tier("scoped", &[(5, 60)], Some(5));
     spec.scopes = Some(vec!["a:read".into(), "a:write".into()]);
     e.put_tier(spec).unwrap();
@@ -222,11 +330,9 @@ fn denials_consume_nothing_whatever_the_reason() {
     }
 }
 
-#[test]
-fn scopes_grant_only_themselves_and_empty_means_unrestricted() {
-    let dir = tempfile::tempdir().unwrap();
+fn scopes_grant_only_themselves_and_empty_means_unrestricted(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     let write_only = e
         .create_key(NewKey {
             consumer: "ci".into(),
@@ -235,7 +341,7 @@ fn scopes_grant_only_themselves_and_empty_means_unrestricted() {
             ..Default::default()
         })
         .unwrap();
-    let (_, open_key) = key(&e, "pro");
+    let (_, open_key) = key_s(&e, "pro");
     let check = |raw: &str, scope| e.check(Some(raw), scope, 1).verdict;
     assert_eq!(
         check(&write_only.raw, Some("sessions:write")),
@@ -254,15 +360,13 @@ fn scopes_grant_only_themselves_and_empty_means_unrestricted() {
     assert_eq!(check(&open_key, Some("anything:else")), Verdict::Allowed);
 }
 
-#[test]
-fn a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     let mut basic = tier("basic", &[(100, 60)], None);
     basic.scopes = Some(vec!["reports:read".into()]);
     e.put_tier(basic).unwrap();
-    let (_, unrestricted) = key(&e, "basic");
+    let (_, unrestricted) = key_s(&e, "basic");
     let limited = e
         .create_key(NewKey {
             consumer: "c".into(),
@@ -289,12 +393,10 @@ fn a_scope_outside_the_plan_is_plan_required_after_the_key_scope_check() {
     );
 }
 
-#[test]
-fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized() {
-    let dir = tempfile::tempdir().unwrap();
+fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    let (id, raw) = key(&e, "default");
+    let e = Store::open(kind, &clock);
+    let (id, raw) = key_s(&e, "default");
     let why = |raw: Option<&str>| match e.check(raw, None, 1).verdict {
         Verdict::Unauthorized(w) => Some(w),
         _ => None,
@@ -343,12 +445,10 @@ fn clock_secs(c: &FakeClock) -> u64 {
     c.now_ns() / S
 }
 
-#[test]
-fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
+fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    let (id, old) = key(&e, "default");
+    let e = Store::open(kind, &clock);
+    let (id, old) = key_s(&e, "default");
     for _ in 0..40 {
         assert!(e.check(Some(&old), None, 1).verdict.is_allowed());
     }
@@ -376,13 +476,11 @@ fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period() {
     assert!(e.check(Some(&again.raw), None, 1).verdict.is_allowed());
 }
 
-#[test]
-fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counters() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counters(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     e.put_tier(tier("t", &[(10, 60)], Some(1000))).unwrap();
-    let (id, raw) = key(&e, "t");
+    let (id, raw) = key_s(&e, "t");
     for _ in 0..4 {
         assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
     }
@@ -403,7 +501,7 @@ fn a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counter
     );
     assert_eq!(e.usage(id).unwrap().monthly_used, 5);
     assert_eq!(e.usage(id).unwrap().limits[0].remaining, 0);
-    let (_, fresh) = key(&e, "t");
+    let (_, fresh) = key_s(&e, "t");
     assert_eq!(e.check(Some(&fresh), None, 1).limits()[0].remaining, 2);
     // Moving the key to another tier also applies at once; the per-minute usage follows it.
     e.update_key(
@@ -445,11 +543,9 @@ fn limit_changes_survive_a_restart_before_the_next_check() {
     assert_eq!(e.check(Some(&raw), None, 1).limits()[0].remaining, 93);
 }
 
-#[test]
-fn a_per_key_quota_override_beats_the_tier() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_per_key_quota_override_beats_the_tier(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
+    let e = Store::open(kind, &clock);
     let k = e
         .create_key(NewKey {
             consumer: "c".into(),
@@ -465,12 +561,10 @@ fn a_per_key_quota_override_beats_the_tier() {
     );
 }
 
-#[test]
-fn tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+fn tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    key(&e, "free");
+    let e = Store::open(kind, &clock);
+    key_s(&e, "free");
     assert!(matches!(
         e.delete_tier("free"),
         Err(quotad::EngineError::TierInUse { keys: 1, .. })

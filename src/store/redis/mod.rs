@@ -742,7 +742,20 @@ impl RedisStore {
             // A denial decided from a copy older than RECORD_RECHECK re-reads it first.
             let stale =
                 !refreshed && now_ns.saturating_sub(fetched) >= RECORD_RECHECK.as_nanos() as u64;
-            let cat_arc = self.catalog.load();
+            let mut cat_arc = self.catalog.load_full();
+            if cat_arc.1.tier_index(&rec.tier).is_none() {
+                // A tier created on another node since our last poll: read the catalog now.
+                if let Err(e) = self.poll_catalog().await {
+                    return self.on_error(
+                        &RedisError::Reply(e.to_string()),
+                        id,
+                        None,
+                        now_s,
+                        false,
+                    );
+                }
+                cat_arc = self.catalog.load_full();
+            }
             let cat = &cat_arc.1;
             let tier_ix = cat.tier_index(&rec.tier);
             let denial = if !self.authenticate(id, &rec, raw, fast, now) {
@@ -997,46 +1010,51 @@ impl RedisStore {
         let now = self.clock.now_ns();
         let mut out = Vec::with_capacity(news.len());
         let mut per_tier: HashMap<String, i64> = HashMap::new();
-        for (chunk_start, chunk) in news.chunks(256).enumerate() {
-            let mut pipe = redis::pipe();
-            let mut made = Vec::new();
-            for (i, k) in chunk.iter().enumerate() {
-                let slot = (first + (chunk_start * 256 + i) as u64) as u32;
-                let id = KeyId::new(slot, random_u64() as u32);
-                let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
-                let raw = keyfmt::generate(prefix, id)
-                    .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
-                let rec = Rec {
-                    version: 1,
-                    id,
-                    hash: keyfmt::hash(&raw),
-                    hash_prev: [0; 32],
-                    prev_until_ns: 0,
-                    tier: k.tier.clone(),
-                    scopes: k.scopes.clone(),
-                    expires_at_s: k.expires_at.unwrap_or(0),
-                    quota: k.monthly_quota,
-                    revoked: false,
-                    consumer: k.consumer.clone(),
-                    name: k.name.clone().unwrap_or_default(),
-                    display_prefix: keyfmt::display_prefix(&raw),
-                    created_at_s: now / NANOS_PER_SEC,
-                };
-                let mut cmd = redis::cmd("HSET");
-                cmd.arg(self.k_key(slot)).arg("v").arg(1);
-                for (f, v) in rec.fields() {
-                    cmd.arg(f).arg(v);
-                }
-                pipe.add_command(cmd).ignore();
-                *per_tier.entry(k.tier.clone()).or_default() += 1;
-                made.push(CreatedKey {
-                    info: rec.info(),
-                    raw,
-                });
+        // One HSET per key, all in flight at once: in a cluster they go to different masters
+        // (a pipeline would be one node's), and on one server they pipeline on the connection.
+        let mut cmds = Vec::with_capacity(news.len());
+        for (i, k) in news.iter().enumerate() {
+            let slot = (first + i as u64) as u32;
+            let id = KeyId::new(slot, random_u64() as u32);
+            let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
+            let raw = keyfmt::generate(prefix, id)
+                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+            let rec = Rec {
+                version: 1,
+                id,
+                hash: keyfmt::hash(&raw),
+                hash_prev: [0; 32],
+                prev_until_ns: 0,
+                tier: k.tier.clone(),
+                scopes: k.scopes.clone(),
+                expires_at_s: k.expires_at.unwrap_or(0),
+                quota: k.monthly_quota,
+                revoked: false,
+                consumer: k.consumer.clone(),
+                name: k.name.clone().unwrap_or_default(),
+                display_prefix: keyfmt::display_prefix(&raw),
+                created_at_s: now / NANOS_PER_SEC,
+            };
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(self.k_key(slot)).arg("v").arg(1);
+            for (f, v) in rec.fields() {
+                cmd.arg(f).arg(v);
             }
-            let mut c = self.conn.clone();
-            self.call(pipe.query_async::<()>(&mut c)).await?;
-            out.extend(made);
+            cmds.push(cmd);
+            *per_tier.entry(k.tier.clone()).or_default() += 1;
+            out.push(CreatedKey {
+                info: rec.info(),
+                raw,
+            });
+        }
+        for chunk in cmds.chunks(512) {
+            let writes = chunk.iter().map(|cmd| {
+                let mut c = self.conn.clone();
+                async move { self.call(cmd.query_async::<i64>(&mut c)).await }
+            });
+            for r in futures_util::future::join_all(writes).await {
+                r?;
+            }
         }
         for (t, n) in per_tier {
             self.bump_tier_use(&t, n).await?;
@@ -1079,12 +1097,22 @@ impl RedisStore {
         let mut out: Vec<KeyInfo> = Vec::new();
         while slot < n {
             let end = (slot + 256).min(n);
-            let mut pipe = redis::pipe();
-            for s in slot..end {
-                pipe.cmd("HGETALL").arg(self.k_key(s as u32));
-            }
-            let mut c = self.conn.clone();
-            let maps: Vec<HashMap<String, String>> = self.call(pipe.query_async(&mut c)).await?;
+            let reads = (slot..end).map(|s| {
+                let mut c = self.conn.clone();
+                let key = self.k_key(s as u32);
+                async move {
+                    self.call(
+                        redis::cmd("HGETALL")
+                            .arg(key)
+                            .query_async::<HashMap<String, String>>(&mut c),
+                    )
+                    .await
+                }
+            });
+            let maps = futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
             for m in maps {
                 let Ok(r) = Rec::parse(&m) else { continue };
                 if consumer.is_some_and(|c| c != r.consumer) || tier.is_some_and(|t| t != r.tier) {
