@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// Use these raw keys (one per line) instead of creating keys.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// Write the keys this run created to FILE (mode 0600; raw keys, one per line), so that
+    /// another `quotad bench` (e.g. against a second node on the same Redis) can use them with
+    /// `--key-file`.
+    #[arg(long, value_name = "FILE")]
+    pub save_keys: Option<PathBuf>,
     /// Tier for created keys (default: a tier `quotad-bench` with limits no bench reaches).
     #[arg(long)]
     pub tier: Option<String>,
@@ -270,6 +275,20 @@ async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
     }
     if a.keys >= 200 {
         eprintln!();
+    }
+    if let Some(path) = &a.save_keys {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        for k in &keys {
+            writeln!(f, "{k}").with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     Ok(keys)
 }

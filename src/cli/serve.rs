@@ -175,12 +175,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(p) => Some(crate::tiers::load_tiers_file(p)?),
         None => None,
     };
-    if args.store != "mmap" {
-        // On Redis the data directory holds only the admin token.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&args.data_dir)
-            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    }
+    // The admin token lives in the data directory (on Redis, it is all the directory holds).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let token =
         AdminToken::load_or_create(std::env::var("QUOTAD_ADMIN_TOKEN").ok(), &args.data_dir)
             .context("cannot load or create the admin token")?;

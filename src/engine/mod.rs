@@ -567,16 +567,12 @@ impl Engine {
             0
         };
         let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
-        let Some(tat) = spend::decide(
-            &cur.tat,
-            used,
-            now,
-            cost,
-            &tier.limits,
+        let terms = spend::Terms {
+            limits: &tier.limits,
             quota,
-            &month,
-            &mut d,
-        ) else {
+            month: &month,
+        };
+        let Some(tat) = spend::decide(&cur.tat, used, now, cost, &terms, &mut d) else {
             return d;
         };
         let mut next = cur;

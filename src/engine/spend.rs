@@ -13,21 +13,35 @@ fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(NANOS_PER_SEC)
 }
 
+/// What a key is held to: its tier's burst limits and its monthly quota in the current month.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms<'a> {
+    /// Burst limits, shortest period first.
+    pub limits: &'a [Limit],
+    /// Requests per calendar month; `None` = unlimited.
+    pub quota: Option<u64>,
+    /// The month `now` falls in.
+    pub month: &'a MonthWindow,
+}
+
 /// Decides the limits phase and fills `d` (which arrives as an `Allowed` decision with no limit
-/// figures). `tat[i]` is the bucket of `limits[i]`; `used` the month's usage so far (0 for a new
-/// month). Returns the TATs to store when the request is admitted, `None` when denied (nothing may
-/// be written then).
+/// figures). `tat[i]` is the bucket of `terms.limits[i]`; `used` the month's usage so far (0 for a
+/// new month). Returns the TATs to store when the request is admitted, `None` when denied
+/// (nothing may be written then).
 #[inline]
 pub fn decide(
     tat: &[u64],
     used: u64,
     now: u64,
     cost: u64,
-    limits: &[Limit],
-    quota: Option<u64>,
-    month: &MonthWindow,
+    terms: &Terms<'_>,
     d: &mut Decision,
 ) -> Option<[u64; MAX_LIMITS]> {
+    let Terms {
+        limits,
+        quota,
+        month,
+    } = *terms;
     let mut evals = [None; MAX_LIMITS];
     let mut denied_by: Option<(usize, u64)> = None;
     for (i, limit) in limits.iter().enumerate().take(MAX_LIMITS) {

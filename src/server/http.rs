@@ -319,36 +319,37 @@ fn presented_key<'a, B>(state: &AppState, req: &'a Request<B>) -> Result<Option<
     Ok(None)
 }
 
-/// What a check request asks, or the 400 to answer.
+/// The 400 answer to a bad check request.
+fn bad_check(state: &AppState, message: &str, rid: &str) -> Resp {
+    state.metrics.record_bad_request(Transport::Http);
+    error(400, "bad_request", message, rid)
+}
+
+/// What a check request asks (key, scope, cost), or the message of its 400.
 fn parse_check<'a, B>(
     state: &AppState,
     req: &'a Request<B>,
-    rid: &str,
-) -> Result<(Option<&'a str>, Option<&'a str>, u64), Resp> {
-    let bad = |m: String| {
-        state.metrics.record_bad_request(Transport::Http);
-        error(400, "bad_request", &m, rid)
-    };
-    let key = presented_key(state, req).map_err(bad)?;
+) -> Result<(Option<&'a str>, Option<&'a str>, u64), String> {
+    let key = presented_key(state, req)?;
     let scope = match header_str(req, &X_QUOTA_SCOPE) {
         Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
-            return Err(bad(format!("header X-Quota-Scope: invalid scope {s:?}")))
+            return Err(format!("header X-Quota-Scope: invalid scope {s:?}"))
         }
         Ok(s) => s.filter(|s| !s.is_empty()),
-        Err(m) => return Err(bad(m)),
+        Err(m) => return Err(m),
     };
     let cost = match header_str(req, &X_QUOTA_COST) {
         Ok(None) => 1,
         Ok(Some(c)) => match c.parse::<u64>() {
             Ok(n) if (1..=crate::engine::MAX_COST).contains(&n) => n,
             _ => {
-                return Err(bad(format!(
+                return Err(format!(
                     "header X-Quota-Cost must be an integer from 1 to {}",
                     crate::engine::MAX_COST
-                )))
+                ))
             }
         },
-        Err(m) => return Err(bad(m)),
+        Err(m) => return Err(m),
     };
     Ok((key, scope, cost))
 }
@@ -356,9 +357,9 @@ fn parse_check<'a, B>(
 /// Answers one `/v1/check` request on this node's engine (public so `examples/handler_cost.rs`
 /// can time it alone).
 pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) -> Resp {
-    let (key, scope, cost) = match parse_check(state, req, rid) {
+    let (key, scope, cost) = match parse_check(state, req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(m) => return bad_check(state, &m, rid),
     };
     let start = quanta::Instant::now();
     let d = engine.check(key, scope, cost);
@@ -371,9 +372,9 @@ pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) 
 
 /// Answers one `/v1/check` request on the shared (Redis) store.
 async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
-    let (key, scope, cost) = match parse_check(state, req, rid) {
+    let (key, scope, cost) = match parse_check(state, req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(m) => return bad_check(state, &m, rid),
     };
     let start = quanta::Instant::now();
     let d = state.backend.check(key, scope, cost).await;

@@ -82,6 +82,7 @@ pub fn document() -> Value {
             "403": error_response("forbidden (scope) or plan_required (tier)"),
             "429": {"description": "rate_limited or quota_exceeded", "headers": denied_headers,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "503": error_response("unavailable: the shared Redis store cannot be reached and the node fails closed (Retry-After: 1)"),
         }
     });
     json!({
@@ -90,7 +91,7 @@ pub fn document() -> Value {
                  "description": "Rate-limit and quota decisions for API gateways."},
         "paths": {
             "/v1/check": {"get": check_op.clone(), "post": check_op},
-            "/health": {"get": {"summary": "Liveness and persistence state", "responses": {"200": ok("Healthy", "Health")}}},
+            "/health": {"get": {"summary": "Liveness and persistence state", "responses": {"200": ok("Healthy", "Health"), "503": {"description": "degraded: the shared Redis store is unreachable (same body, status \"degraded\")", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/docs": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/admin/v1/keys": {

@@ -804,7 +804,9 @@ impl RedisStore {
             let quota = rec.quota.or(tier.spec.monthly_quota);
             let month = MonthWindow::containing(now);
             if let Mode::Lease { .. } = self.opts.mode {
-                if let Some(d) = self.spend_lease(id, &rec, tier_ix, tier, cost, now, month.id) {
+                if let Some(d) =
+                    self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
+                {
                     return d;
                 }
             }
@@ -835,16 +837,22 @@ impl RedisStore {
                         *d = s.saturating_mul(1_000);
                     }
                     let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+                    let terms = spend::Terms {
+                        limits: &limits,
+                        quota,
+                        month: &month,
+                    };
                     if granted <= cost {
-                        let admitted =
-                            spend::decide(&tat_ns, used, now, cost, &limits, quota, &month, &mut d);
+                        let admitted = spend::decide(&tat_ns, used, now, cost, &terms, &mut d);
                         if admitted.is_some() != (granted > 0) {
-                            tracing::error!(key_id = %id, granted, "redis script and engine disagree; trusting the script");
+                            // The script and `spend::decide` implement one rule; a difference is
+                            // a bug, reported rather than hidden.
+                            tracing::error!(key_id = %id, granted, "redis script and engine disagree");
                         }
                         return d;
                     }
                     // A lease: figures as if the whole lease were still in Redis, minus this cost.
-                    spend::decide(&tat_ns, used, now, cost, &limits, quota, &month, &mut d);
+                    spend::decide(&tat_ns, used, now, cost, &terms, &mut d);
                     let left = granted - cost;
                     d.add_remaining(left);
                     self.stats.leases_taken.fetch_add(1, Ordering::Relaxed);
@@ -884,15 +892,14 @@ impl RedisStore {
     fn spend_lease(
         &self,
         id: KeyId,
-        rec: &Rec,
-        tier_ix: u16,
-        tier: &CompiledTier,
+        version: u64,
+        (tier_ix, tier): (u16, &CompiledTier),
         cost: u64,
         now: u64,
         month: u32,
     ) -> Option<Decision> {
         let mut e = self.cache.get_mut(&id.0)?;
-        if e.rec.version != rec.version {
+        if e.rec.version != version {
             return None;
         }
         let l = e.lease.as_mut()?;
