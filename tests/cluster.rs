@@ -211,6 +211,31 @@ fn lease_mode_admits_no_more_than_the_quota_and_returns_what_it_did_not_spend() 
         50.0 + 2.0 * LEASE as f64 + refill.ceil()
     );
     assert!(admitted >= 50, "the burst itself is admitted: {admitted}");
+
+    // A revoke on A holds on B once B's lease on the key ends: within the lease TTL (300 ms).
+    let (id, raw) = a
+        .client()
+        .create_key(json!({"consumer": "acme", "tier": "pro"}));
+    assert_eq!(b.client().check(Some(&raw), &[]).status, 200);
+    assert!(metric(&b, "quotad_store_leases_total") > 0.0);
+    let r = a
+        .client()
+        .admin(Method::POST, &format!("/keys/{id}/revoke"), None);
+    assert_eq!(r.status, 200);
+    let revoked = Instant::now();
+    loop {
+        let r = b.client().check(Some(&raw), &[]);
+        if r.status == 401 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            revoked.elapsed() < Duration::from_millis(300 + 500),
+            "revoked on A, still admitted on B after {:?}",
+            revoked.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
