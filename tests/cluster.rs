@@ -31,6 +31,17 @@ fn metered_tier(c: &Client, burst: u64, quota: u64) {
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
+/// `n` new keys on tier `metered`, created through `d`.
+fn metered_keys(d: &Daemon, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            d.client()
+                .create_key(json!({"consumer": format!("c{i}"), "tier": "metered"}))
+                .1
+        })
+        .collect()
+}
+
 /// Checks every key over HTTP until each has answered `quota_exceeded`; admitted per key.
 fn http_until_spent(c: Client, keys: Vec<String>) -> Vec<u64> {
     let mut allowed = vec![0u64; keys.len()];
@@ -117,13 +128,7 @@ fn two_nodes_in_exact_mode_admit_exactly_the_quota_over_both_transports() {
     let (a, _da) = node(&cluster.url(), &[]);
     let (b, _db) = node(&cluster.url(), &[]);
     metered_tier(&a.client(), 1_000_000, QUOTA);
-    let keys: Vec<String> = (0..3)
-        .map(|i| {
-            a.client()
-                .create_key(json!({"consumer": format!("c{i}"), "tier": "metered"}))
-                .1
-        })
-        .collect();
+    let keys = metered_keys(&a, 3);
     // Node B has never seen the tier or the keys: it reads them from the cluster.
     let total = spend_from_both(&a, &b, &keys);
     assert_eq!(total, vec![QUOTA; 3], "exact mode admits exactly the quota");
@@ -153,13 +158,7 @@ fn lease_mode_admits_no_more_than_the_quota_and_returns_what_it_did_not_spend() 
     let (a, _da) = node(&cluster.url(), &lease);
     let (b, _db) = node(&cluster.url(), &lease);
     metered_tier(&a.client(), 1_000_000, QUOTA);
-    let keys: Vec<String> = (0..3)
-        .map(|i| {
-            a.client()
-                .create_key(json!({"consumer": format!("c{i}"), "tier": "metered"}))
-                .1
-        })
-        .collect();
+    let keys = metered_keys(&a, 3);
     let mut total = spend_from_both(&a, &b, &keys);
     // The documented bound: never more than the quota (+ N x lease on burst windows).
     for t in &total {

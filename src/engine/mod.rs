@@ -483,12 +483,9 @@ impl Engine {
         let now_s = secs(now);
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
-        let raw = match raw_key {
-            None | Some("") => return unauthorized(AuthFailure::Missing, None, None),
-            Some(r) => r,
-        };
-        let Ok(id) = keyfmt::parse(raw) else {
-            return unauthorized(AuthFailure::Malformed, None, None);
+        let (raw, id) = match presented(raw_key) {
+            Ok(p) => p,
+            Err(why) => return unauthorized(why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
         let slot = id.slot();
@@ -967,23 +964,17 @@ impl Engine {
                     "a revoked key cannot be rotated".into(),
                 ));
             }
-            let prefix_len = layout::get_str(&r.display_prefix)
-                .map(|p| p.len().saturating_sub(8))
-                .unwrap_or(0);
-            let prefix = layout::get_str(&r.display_prefix)
-                .and_then(|p| p.get(..prefix_len))
-                .unwrap_or(keyfmt::DEFAULT_PREFIX)
-                .to_string();
-            raw = keyfmt::generate(&prefix, KeyId(r.id))
-                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+            let new = NewSecret::for_rotation(
+                layout::get_str(&r.display_prefix).unwrap_or(""),
+                KeyId(r.id),
+                grace_secs,
+                now,
+            )?;
             r.hash_previous = r.hash_current;
-            r.hash_current = keyfmt::hash(&raw);
-            r.previous_valid_until_ns = if grace_secs == 0 {
-                0
-            } else {
-                now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC))
-            };
-            r.display_prefix = layout::put_str(&keyfmt::display_prefix(&raw));
+            r.hash_current = new.hash;
+            r.previous_valid_until_ns = new.previous_valid_until_ns;
+            r.display_prefix = layout::put_str(&new.display_prefix);
+            raw = new.raw;
             Ok(())
         })?;
         Ok(CreatedKey {
@@ -1015,15 +1006,7 @@ impl Engine {
             .limits
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                let e = evaluate(c.tat[i], now, 1, l);
-                LimitUsage {
-                    requests: l.requests(),
-                    period_seconds: l.period_secs(),
-                    remaining: if e.allowed { e.remaining + 1 } else { 0 },
-                    reset: ceil_secs(c.tat[i].clamp(now, now + l.interval_ns() * l.requests())),
-                }
-            })
+            .map(|(i, l)| limit_usage(c.tat[i], now, l))
             .collect();
         let month = MonthWindow::containing(now);
         Ok(Usage {
@@ -1053,39 +1036,13 @@ impl Engine {
     pub fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, EngineError> {
         let spec = spec.normalized();
         spec.validate().map_err(CatalogError::from)?;
-        self.change_catalog(|doc, _| {
-            let ix = doc
-                .tiers
-                .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
-                .unwrap_or(doc.tiers.len());
-            if ix >= usize::from(u16::MAX) {
-                return Err(CatalogError::Full("tiers").into());
-            }
-            doc.set_tier(ix, spec.clone());
-            Ok(())
-        })?;
+        self.change_catalog(|doc, _| put_tier_in(doc, &spec))?;
         Ok(spec)
     }
 
     /// Deletes a tier no key uses.
     pub fn delete_tier(&self, name: &str) -> Result<(), EngineError> {
-        self.change_catalog(|doc, use_| {
-            let ix = doc
-                .tiers
-                .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.name == name))
-                .ok_or_else(|| EngineError::UnknownTier(name.to_string()))?;
-            let keys = use_.get(ix).copied().unwrap_or(0);
-            if keys > 0 {
-                return Err(EngineError::TierInUse {
-                    tier: name.to_string(),
-                    keys,
-                });
-            }
-            doc.tiers[ix] = None;
-            Ok(())
-        })
+        self.change_catalog(|doc, use_| delete_tier_in(doc, use_, name))
     }
 
     /// Replaces the whole set of tiers (a tiers file): tiers not in `specs` are deleted, which is
@@ -1158,6 +1115,97 @@ pub(crate) fn validate_name(name: Option<&str>) -> Result<(), EngineError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// A rotated key's new secret and what its record keeps of it.
+pub(crate) struct NewSecret {
+    pub raw: String,
+    pub hash: [u8; 32],
+    pub display_prefix: String,
+    /// Until when the previous secret still works (0 = not at all).
+    pub previous_valid_until_ns: u64,
+}
+
+impl NewSecret {
+    /// A new secret for key `id` with the prefix its current one has (read from its display
+    /// prefix), the old one honoured `grace_secs` from `now`.
+    pub fn for_rotation(
+        display_prefix: &str,
+        id: KeyId,
+        grace_secs: u64,
+        now: u64,
+    ) -> Result<Self, EngineError> {
+        let raw = keyfmt::generate(keyfmt::prefix_of_display(display_prefix), id)
+            .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+        Ok(NewSecret {
+            hash: keyfmt::hash(&raw),
+            display_prefix: keyfmt::display_prefix(&raw),
+            previous_valid_until_ns: if grace_secs == 0 {
+                0
+            } else {
+                now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC))
+            },
+            raw,
+        })
+    }
+}
+
+/// The presented key and the id it names, or why it names none (missing, malformed).
+#[inline]
+pub(crate) fn presented(raw_key: Option<&str>) -> Result<(&str, KeyId), AuthFailure> {
+    match raw_key {
+        None | Some("") => Err(AuthFailure::Missing),
+        Some(raw) => keyfmt::parse(raw)
+            .map(|id| (raw, id))
+            .map_err(|_| AuthFailure::Malformed),
+    }
+}
+
+/// The live figures of one bucket (TAT `tat`) of limit `l` at `now`, nothing consumed.
+pub(crate) fn limit_usage(tat: u64, now: u64, l: &bucket::Limit) -> LimitUsage {
+    let e = evaluate(tat, now, 1, l);
+    LimitUsage {
+        requests: l.requests(),
+        period_seconds: l.period_secs(),
+        remaining: if e.allowed { e.remaining + 1 } else { 0 },
+        reset: ceil_secs(tat.clamp(now, now + l.interval_ns() * l.requests())),
+    }
+}
+
+/// Creates or replaces the tier `spec` in `doc` (an existing tier keeps its index).
+pub(crate) fn put_tier_in(doc: &mut CatalogDoc, spec: &TierSpec) -> Result<(), EngineError> {
+    let ix = doc
+        .tiers
+        .iter()
+        .position(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+        .unwrap_or(doc.tiers.len());
+    if ix >= usize::from(u16::MAX) {
+        return Err(CatalogError::Full("tiers").into());
+    }
+    doc.set_tier(ix, spec.clone());
+    Ok(())
+}
+
+/// Deletes tier `name` from `doc`, refused while `use_` (keys per tier index) says keys use it.
+pub(crate) fn delete_tier_in(
+    doc: &mut CatalogDoc,
+    use_: &[u64],
+    name: &str,
+) -> Result<(), EngineError> {
+    let ix = doc
+        .tiers
+        .iter()
+        .position(|t| t.as_ref().is_some_and(|t| t.name == name))
+        .ok_or_else(|| EngineError::UnknownTier(name.to_string()))?;
+    let keys = use_.get(ix).copied().unwrap_or(0);
+    if keys > 0 {
+        return Err(EngineError::TierInUse {
+            tier: name.to_string(),
+            keys,
+        });
+    }
+    doc.tiers[ix] = None;
+    Ok(())
 }
 
 /// Replaces the tiers of `doc` by `specs`, keeping the index of every tier that stays.

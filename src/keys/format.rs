@@ -131,6 +131,16 @@ pub fn hash(raw: &str) -> [u8; 32] {
     Sha256::digest(raw.as_bytes()).into()
 }
 
+/// The prefix a key was made with, from its display prefix (which adds 8 body characters); the
+/// default prefix if the display prefix is too short to hold one.
+pub fn prefix_of_display(display: &str) -> &str {
+    display
+        .len()
+        .checked_sub(8)
+        .and_then(|n| display.get(..n))
+        .unwrap_or(DEFAULT_PREFIX)
+}
+
 /// The display prefix: the key's prefix and the first 8 body characters (id bits, no secret).
 pub fn display_prefix(raw: &str) -> String {
     let cut = raw.len().saturating_sub(BODY_LEN) + 8;

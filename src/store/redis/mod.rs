@@ -37,14 +37,14 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
 use subtle::ConstantTimeEq;
 
-use crate::engine::bucket::{evaluate, Limit};
+use crate::engine::bucket::Limit;
 use crate::engine::catalog::{Catalog, CatalogError, CompiledTier};
 use crate::engine::clock::{Clock, NANOS_PER_SEC};
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::month::MonthWindow;
 use crate::engine::{self, spend, EngineError, Identity, MAX_COST};
 use crate::keys::format as keyfmt;
-use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, LimitUsage, NewKey, Usage};
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
 use crate::keys::KeyId;
 use crate::store::catalog_file::CatalogDoc;
 use crate::tiers::{self, TierSpec, MAX_LIMITS};
@@ -716,12 +716,9 @@ impl RedisStore {
         let now_s = now / NANOS_PER_SEC;
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
-        let raw = match raw_key {
-            None | Some("") => return unauthorized(AuthFailure::Missing, None, None),
-            Some(r) => r,
-        };
-        let Ok(id) = keyfmt::parse(raw) else {
-            return unauthorized(AuthFailure::Malformed, None, None);
+        let (raw, id) = match engine::presented(raw_key) {
+            Ok(p) => p,
+            Err(why) => return unauthorized(why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
         let fast = self.fast_digest(raw);
@@ -1233,24 +1230,14 @@ impl RedisStore {
                         "a revoked key cannot be rotated".into(),
                     ));
                 }
-                let prefix_len = r.display_prefix.len().saturating_sub(8);
-                let prefix = r
-                    .display_prefix
-                    .get(..prefix_len)
-                    .unwrap_or(keyfmt::DEFAULT_PREFIX)
-                    .to_string();
-                let new_raw = keyfmt::generate(&prefix, r.id)
-                    .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
+                let new =
+                    engine::NewSecret::for_rotation(&r.display_prefix, r.id, grace_secs, now)?;
                 r.hash_prev = r.hash;
-                r.hash = keyfmt::hash(&new_raw);
-                r.prev_until_ns = if grace_secs == 0 {
-                    0
-                } else {
-                    now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC))
-                };
-                r.display_prefix = keyfmt::display_prefix(&new_raw);
+                r.hash = new.hash;
+                r.prev_until_ns = new.previous_valid_until_ns;
+                r.display_prefix = new.display_prefix;
                 if let Ok(mut g) = raw.lock() {
-                    *g = new_raw;
+                    *g = new.raw;
                 }
                 Ok(())
             })
@@ -1301,15 +1288,7 @@ impl RedisStore {
                         Some(now + owed * l.interval_ns())
                     })
                     .unwrap_or(0);
-                let e = evaluate(tat, now, 1, &l);
-                LimitUsage {
-                    requests: l.requests(),
-                    period_seconds: l.period_secs(),
-                    remaining: if e.allowed { e.remaining + 1 } else { 0 },
-                    reset: tat
-                        .clamp(now, now + l.interval_ns() * l.requests())
-                        .div_ceil(NANOS_PER_SEC),
-                }
+                engine::limit_usage(tat, now, &l)
             })
             .collect();
         let month = MonthWindow::containing(now);
@@ -1367,41 +1346,15 @@ impl RedisStore {
     pub async fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, EngineError> {
         let spec = spec.normalized();
         spec.validate().map_err(CatalogError::from)?;
-        self.change_catalog(|doc, _| {
-            let ix = doc
-                .tiers
-                .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
-                .unwrap_or(doc.tiers.len());
-            if ix >= usize::from(u16::MAX) {
-                return Err(CatalogError::Full("tiers").into());
-            }
-            doc.set_tier(ix, spec.clone());
-            Ok(())
-        })
-        .await?;
+        self.change_catalog(|doc, _| engine::put_tier_in(doc, &spec))
+            .await?;
         Ok(spec)
     }
 
     /// Deletes a tier no key uses.
     pub async fn delete_tier(&self, name: &str) -> Result<(), EngineError> {
-        self.change_catalog(|doc, use_| {
-            let ix = doc
-                .tiers
-                .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.name == name))
-                .ok_or_else(|| EngineError::UnknownTier(name.to_string()))?;
-            let keys = use_.get(ix).copied().unwrap_or(0);
-            if keys > 0 {
-                return Err(EngineError::TierInUse {
-                    tier: name.to_string(),
-                    keys,
-                });
-            }
-            doc.tiers[ix] = None;
-            Ok(())
-        })
-        .await
+        self.change_catalog(|doc, use_| engine::delete_tier_in(doc, use_, name))
+            .await
     }
 
     /// Replaces the whole set of tiers.
