@@ -705,3 +705,54 @@ fn many_threads_on_one_key_never_exceed_the_burst_limit() {
     });
     assert_eq!(admitted, 100);
 }
+
+/// The Redis store's Lua script and the engine's Rust implement one rule: driven by one clock
+/// through the same random workload (costs, pauses, a tier change midway), the two stores give
+/// the same decision, figure for figure, every time.
+#[test]
+fn both_stores_give_identical_decisions_on_a_random_workload() {
+    use rand::{Rng, SeedableRng};
+    let clock = mid_march();
+    let stores = [
+        Store::open(Kind::Mmap, &clock),
+        Store::open(Kind::Redis, &clock),
+    ];
+    let mut keys = Vec::new();
+    for s in &stores {
+        s.put_tier(tier("mixed", &[(10, 1), (50, 60), (400, 3600)], Some(900)))
+            .unwrap();
+        keys.push(key_s(s, "mixed").1);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut admitted = 0;
+    for step in 0..1500 {
+        if step == 700 {
+            for s in &stores {
+                s.put_tier(tier("mixed", &[(7, 1), (40, 60), (400, 3600)], Some(900)))
+                    .unwrap();
+            }
+        }
+        // Pauses from none to ~2 s, in whole microseconds (the Redis store's resolution).
+        clock.advance_ns(rng.gen_range(0..2_000_000u64) * 1_000 * rng.gen_range(0..2u64));
+        let cost = if rng.gen_bool(0.8) {
+            1
+        } else {
+            rng.gen_range(2..6)
+        };
+        let d: Vec<Decision> = stores
+            .iter()
+            .zip(&keys)
+            .map(|(s, k)| s.check(Some(k), None, cost))
+            .collect();
+        assert_eq!(d[0].verdict, d[1].verdict, "step {step}");
+        assert_eq!(d[0].retry_after, d[1].retry_after, "step {step}");
+        assert_eq!(d[0].limits(), d[1].limits(), "step {step}");
+        assert_eq!(d[0].primary(), d[1].primary(), "step {step}");
+        admitted += u32::from(d[0].verdict.is_allowed());
+    }
+    assert!(
+        admitted > 300,
+        "the workload exercises admissions: {admitted}"
+    );
+    assert!(admitted < 1500, "and denials");
+}

@@ -1254,7 +1254,8 @@ pub(crate) fn replace_tiers(
 
 /// Re-expresses buckets written under other limits (the tier's limits changed, or the key moved to
 /// another tier) in the current ones: the tokens a bucket owed stay owed, counted in the new
-/// limit's interval, for each limit whose period is unchanged; limits with a new period start full.
+/// limit's interval, for each limit whose period is unchanged (a limit unchanged altogether keeps
+/// its bucket exactly); limits with a new period start full.
 /// If the old limits are no longer remembered the buckets keep their "full again at" instants.
 #[cold]
 fn convert_buckets(
@@ -1277,8 +1278,13 @@ fn convert_buckets(
         };
         let t = c.tat[i];
         if t > now {
-            let owed = (t - now).div_ceil(old[i].interval_ns());
-            tat[j] = now.saturating_add(owed.saturating_mul(new.interval_ns()));
+            tat[j] = if old[i].interval_ns() == new.interval_ns() {
+                // The same limit: the bucket stays exactly as it was.
+                t
+            } else {
+                let owed = (t - now).div_ceil(old[i].interval_ns());
+                now.saturating_add(owed.saturating_mul(new.interval_ns()))
+            };
         }
     }
     c.tat = tat;

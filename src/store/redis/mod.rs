@@ -1284,6 +1284,9 @@ impl RedisStore {
                         if t <= now {
                             return Some(0);
                         }
+                        if old_iv * 1_000 == l.interval_ns() {
+                            return Some(t);
+                        }
                         let owed = (t - now).div_ceil(old_iv.max(1) * 1_000);
                         Some(now + owed * l.interval_ns())
                     })
