@@ -22,7 +22,8 @@
 /// limit nears exhaustion, down to just the request's cost.
 pub const CHECK: &str = r#"
 local k = KEYS[1]
-local v = redis.call('HGET', k, 'v')
+local old = redis.call('HMGET', k, 'v', 'p1','i1','t1','p2','i2','t2','p3','i3','t3','p4','i4','t4','m','u')
+local v = old[1]
 if not v then return {0} end
 if v ~= ARGV[1] then return {1, tonumber(v)} end
 local now = tonumber(ARGV[2])
@@ -31,7 +32,6 @@ local want = tonumber(ARGV[4])
 local month = ARGV[5]
 local quota = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
-local old = redis.call('HMGET', k, 'p1','i1','t1','p2','i2','t2','p3','i3','t3','p4','i4','t4','m','u')
 local tats, ivs, pers = {}, {}, {}
 local avail = want
 if cost > avail then avail = cost end
@@ -44,9 +44,9 @@ for j = 1, n do
   ivs[j] = iv
   local t = 0
   for i = 0, 3 do
-    if old[3 * i + 1] == p then
-      local oi = tonumber(old[3 * i + 2])
-      local ot = tonumber(old[3 * i + 3])
+    if old[3 * i + 2] == p then
+      local oi = tonumber(old[3 * i + 3])
+      local ot = tonumber(old[3 * i + 4])
       if oi and ot and ot > now then
         if oi == iv then
           t = ot
@@ -65,7 +65,7 @@ for j = 1, n do
   if a < avail then avail = a end
 end
 local used = 0
-if old[13] == month then used = tonumber(old[14]) or 0 end
+if old[14] == month then used = tonumber(old[15]) or 0 end
 if quota >= 0 then
   local a = quota - used
   if a < avail then avail = a end
@@ -79,20 +79,24 @@ if avail >= cost then
 end
 if g > 0 then
   local f = {}
-  for j = 1, 4 do
-    if j <= n then
-      local base = tats[j]
-      if base < now then base = now end
+  for j = 1, n do
+    local base = tats[j]
+    if base < now then base = now end
+    local iv = string.format('%.0f', ivs[j])
+    -- Period and interval are written only when they change (a new key, a tier change).
+    if old[3 * (j - 1) + 2] ~= pers[j] or old[3 * (j - 1) + 3] ~= iv then
       f[#f + 1] = 'p' .. j
       f[#f + 1] = pers[j]
       f[#f + 1] = 'i' .. j
-      f[#f + 1] = string.format('%.0f', ivs[j])
-      f[#f + 1] = 't' .. j
-      f[#f + 1] = string.format('%.0f', base + g * ivs[j])
+      f[#f + 1] = iv
     end
+    f[#f + 1] = 't' .. j
+    f[#f + 1] = string.format('%.0f', base + g * ivs[j])
   end
   for j = n + 1, 4 do
-    redis.call('HDEL', k, 'p' .. j, 'i' .. j, 't' .. j)
+    if old[3 * (j - 1) + 2] then
+      redis.call('HDEL', k, 'p' .. j, 'i' .. j, 't' .. j)
+    end
   end
   f[#f + 1] = 'm'
   f[#f + 1] = month
