@@ -756,3 +756,46 @@ fn both_stores_give_identical_decisions_on_a_random_workload() {
     );
     assert!(admitted < 1500, "and denials");
 }
+
+/// In lease mode a node answers most checks from tokens it holds; the figures it renders still
+/// count down one per request, exactly as in exact mode, and the limit still holds.
+#[test]
+fn lease_mode_figures_count_down_like_exact_mode() {
+    let clock = mid_march();
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut opts = RedisOptions::new(server.url());
+    opts.mode = quotad::store::redis::Mode::Lease {
+        size: 20,
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let store = rt
+        .block_on(RedisStore::connect(opts, Arc::new(clock.clone())))
+        .unwrap();
+    let raw = rt
+        .block_on(store.create_keys(vec![NewKey {
+            consumer: "acme".into(),
+            tier: "default".into(), // 100 per minute
+            ..Default::default()
+        }]))
+        .unwrap()
+        .remove(0)
+        .raw;
+    for i in 0..100 {
+        let d = rt.block_on(store.check(Some(&raw), None, 1));
+        assert_eq!(d.verdict, Verdict::Allowed, "request {i}");
+        assert_eq!(d.primary().unwrap().remaining, 99 - i, "request {i}");
+    }
+    assert_eq!(
+        rt.block_on(store.check(Some(&raw), None, 1)).verdict,
+        Verdict::RateLimited(0)
+    );
+    assert!(
+        store.stats().local_spends() >= 50,
+        "most checks were answered from leases: {}",
+        store.stats().local_spends()
+    );
+}

@@ -161,14 +161,6 @@ impl Decision {
         self.primary = i as u8;
     }
 
-    /// Adds `n` to every limit's remaining figure (a lease held by this node counts as available).
-    pub(crate) fn add_remaining(&mut self, n: u64) {
-        let len = usize::from(self.len);
-        for l in &mut self.limits[..len] {
-            l.remaining = l.remaining.saturating_add(n);
-        }
-    }
-
     /// Subtracts `n` from every limit's remaining figure.
     pub(crate) fn sub_remaining(&mut self, n: u64) {
         let len = usize::from(self.len);

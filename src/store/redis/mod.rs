@@ -848,10 +848,11 @@ impl RedisStore {
                         }
                         return d;
                     }
-                    // A lease: figures as if the whole lease were still in Redis, minus this cost.
+                    // A lease: the figures count the tokens this node holds as available (to this
+                    // node), i.e. as if only this request's cost had left Redis; each local spend
+                    // then subtracts its cost from them.
                     spend::decide(&tat_ns, used, now, cost, &terms, &mut d);
                     let left = granted - cost;
-                    d.add_remaining(left);
                     self.stats.leases_taken.fetch_add(1, Ordering::Relaxed);
                     if let Mode::Lease { ttl, .. } = self.opts.mode {
                         if let Some(mut e) = self.cache.get_mut(&id.0) {
