@@ -193,6 +193,8 @@ fn hot_from_record(r: &RecordHalf) -> HotEntry {
         tier: r.tier,
         flags: r.flags,
         scope_set: r.scope_set,
+        counters: CounterHalf::default(),
+        newest: 0,
     }
 }
 
@@ -413,7 +415,8 @@ impl Engine {
                 SlotState::Valid(c) => {
                     let _g = shards.lock(slot);
                     // SAFETY: shard lock held; every slot below key_count was ensured.
-                    let id = unsafe { shards.entry(slot) }.id;
+                    let entry = unsafe { shards.entry(slot) };
+                    let id = entry.id;
                     if c.key_tag != (id >> 32) as u32 {
                         return Err(fault(format!(
                             "counter slot {slot} belongs to key tag {:#x}, record says {:#x}",
@@ -422,7 +425,11 @@ impl Engine {
                         ))
                         .into());
                     }
+                    entry.counters = c;
+                    entry.newest = layout::newest(cs) as u8;
                     if cs[layout::newest(cs)] != c {
+                        // `repair` leaves the valid state in half 1.
+                        entry.newest = 1;
                         repairs.push(Repair::Counter(slot, c));
                     }
                 }
@@ -492,15 +499,13 @@ impl Engine {
         if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
-        let (Some(entry_ptr), Some(counter_ptr)) =
-            (self.shards.entry_ptr(slot), self.counters.slot_ptr(slot))
-        else {
+        let Some(entry_ptr) = self.shards.entry_ptr(slot) else {
             return unauthorized(AuthFailure::Unknown, None, None);
         };
-        // Both are likely cache (and TLB) misses: start them now and hash the key meanwhile.
+        // The entry's two lines are likely cache misses: start them now and hash the key meanwhile.
+        // The counter slot in the file is only written, below: no load waits for it.
         prefetch(entry_ptr as *const u8);
-        prefetch(counter_ptr);
-        prefetch(counter_ptr.wrapping_add(64));
+        prefetch((entry_ptr as *const u8).wrapping_add(64));
         let fast = self.fast_digest(raw);
         let catalog = self.catalog.load();
         let (_, idx) = Shards::locate(slot);
@@ -545,11 +550,7 @@ impl Engine {
             shard.month = MonthWindow::containing(now);
         }
         let month = shard.month;
-        // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
-        let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
-            return unauthorized(AuthFailure::Unknown, Some(id), None);
-        };
-        let mut cur = cs[layout::newest(cs)];
+        let mut cur = entry.counters;
         if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
             convert_buckets(&mut cur, &catalog, tier_ix, tier, now);
         }
@@ -580,7 +581,18 @@ impl Engine {
         next.month = month.id;
         next.month_used = used + cost;
         next.last_used_s = now_s.min(u64::from(u32::MAX)) as u32;
-        layout::write_next(cs, next);
+        layout::seal(&mut next, entry.counters.seq);
+        let into = 1 - usize::from(entry.newest & 1);
+        // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
+        let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
+            return unauthorized(AuthFailure::Unknown, Some(id), None);
+        };
+        // The durable write: a 64-byte store into the older half of the mapped slot.
+        cs[into] = next;
+        // SAFETY: shard lock held.
+        let hot = unsafe { self.shards.entry(slot) };
+        hot.counters = next;
+        hot.newest = into as u8;
         d
     }
 
@@ -883,7 +895,10 @@ impl Engine {
             // SAFETY: shard lock held.
             let entry = unsafe { self.shards.entry(slot) };
             let fast = entry.fast;
+            let (counters, newest) = (entry.counters, entry.newest);
             *entry = hot_from_record(&rec);
+            entry.counters = counters;
+            entry.newest = newest;
             if keep_fast {
                 entry.fast = fast;
             }

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use parking_lot::Mutex;
 
 use super::month::MonthWindow;
+use crate::store::layout::CounterHalf;
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 256;
@@ -24,9 +25,15 @@ const SEGMENT: usize = 1 << 16;
 /// Table segments (2^16 × 2^16 = every possible slot).
 const SEGMENTS: usize = 1 << 16;
 
-/// The in-memory part of a key that a check reads: 48 bytes, plain integers (all-zero is valid).
+/// The in-memory part of a key that a check reads: two cache lines, plain integers (all-zero is
+/// valid). Besides the record fields a check needs, it holds a copy of the key's *current* counter
+/// half: a check reads its counters here, in anonymous huge-page memory next to the rest of the
+/// entry, and only *writes* the memory-mapped file (a store does not stall the check on the file
+/// page's cache and TLB misses the way a load does). The file stays the durable truth: it is
+/// written on every admitted check, before the lock is released, and the copy is rebuilt from it at
+/// start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct HotEntry {
     /// Keyed SipHash-1-3/128 of the raw key once verified against the stored SHA-256 (0 = not yet).
     /// The hashing key is random per process, so this never outlives the process.
@@ -43,7 +50,13 @@ pub struct HotEntry {
     pub flags: u16,
     /// Scope-set index.
     pub scope_set: u32,
+    /// The key's current counter half, as in the file (`seq` 0: never written).
+    pub counters: CounterHalf,
+    /// Which half of the file's counter slot holds `counters` (the other is written next).
+    pub newest: u8,
 }
+
+const _: () = assert!(std::mem::size_of::<HotEntry>() == 128);
 
 /// A previous secret honoured during a rotation grace period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -239,15 +239,21 @@ pub fn newest<H: Half>(slot: &[H; 2]) -> usize {
     }
 }
 
+/// Stamps `body` as the successor of a half whose sequence is `prev_seq`: `seq + 1` (never 0) and
+/// its CRC.
+#[inline]
+pub fn seal<H: Half>(body: &mut H, prev_seq: u32) {
+    body.set_seq(prev_seq.wrapping_add(1).max(1));
+    body.set_crc(0);
+    let crc = body.compute_crc();
+    body.set_crc(crc);
+}
+
 /// Writes `body` as the new current state of `slot`: into the older half, with `seq + 1` and CRC.
 #[inline]
 pub fn write_next<H: Half>(slot: &mut [H; 2], mut body: H) {
     let cur = newest(slot);
-    let seq = slot[cur].seq().wrapping_add(1).max(1);
-    body.set_seq(seq);
-    body.set_crc(0);
-    let crc = body.compute_crc();
-    body.set_crc(crc);
+    seal(&mut body, slot[cur].seq());
     slot[1 - cur] = body;
 }
 
