@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -89,9 +90,23 @@ pub async fn run(
     .await
     {
         let st = state.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // The check on this node's engine is synchronous: answer it with a ready future
+            // rather than through `handle`'s state machine (which the admin routes make large,
+            // and which hyper would move on every request).
+            if let Some(engine) = st.backend.local() {
+                let path = req.uri().path();
+                if path == "/v1/check" || path.starts_with("/v1/check/") {
+                    let rid = request_id(&req);
+                    return Either::Left(std::future::ready(Ok::<_, Infallible>(check(
+                        &st, engine, &req, &rid,
+                    ))));
+                }
+            }
             let st = st.clone();
-            async move { Ok::<_, Infallible>(handle(&st, req).await) }
+            Either::Right(Box::pin(async move {
+                Ok::<_, Infallible>(handle(&st, req).await)
+            }))
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
