@@ -814,17 +814,22 @@ impl Engine {
     /// The consumer and tier name of key `id`, copied into a fixed buffer (no allocation: the
     /// HTTP check renders them on every admitted request).
     pub fn identity(&self, id: KeyId) -> Option<Identity> {
-        let r = self.read_record(id).ok()?;
-        let mut out = Identity::default();
-        let c = layout::get_str(&r.consumer)?;
-        out.consumer[..c.len()].copy_from_slice(c.as_bytes());
-        out.consumer_len = c.len() as u8;
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count() {
+            return None;
+        }
         let cat = self.catalog.load();
-        let t = cat.tier(r.tier)?.spec.name.as_bytes();
-        let n = t.len().min(out.tier.len());
-        out.tier[..n].copy_from_slice(&t[..n]);
-        out.tier_len = n as u8;
-        Some(out)
+        let _g = self.shards.lock(slot);
+        // SAFETY: shard lock held. Read in place: only the lines holding id, tier and consumer.
+        let rs = unsafe { self.record_slot(slot) }?;
+        let r = &rs[layout::newest(rs)];
+        if r.id != id.0 {
+            return None;
+        }
+        Some(Identity::new(
+            layout::get_str(&r.consumer)?,
+            &cat.tier(r.tier)?.spec.name,
+        ))
     }
 
     /// The record of key `id`.
