@@ -252,7 +252,7 @@ fn pipelined_requests_in_one_write_are_answered_in_one_pass_with_matching_ids() 
 fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_served() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
-    let (_, key) = d
+    let (key_id, key) = d
         .client()
         .create_key(json!({"consumer": "c", "tier": "enterprise"}));
     let rt = rt();
@@ -339,6 +339,27 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
         rt.block_on(healthy.check(check(&key))).unwrap().code(),
         "allowed"
     );
+    // A batch with one bad check is refused whole: its good checks are not counted either.
+    let used = |d: &Daemon| {
+        d.client()
+            .admin(reqwest::Method::GET, &format!("/keys/{key_id}"), None)
+            .body["usage"]["monthlyUsed"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = used(&d);
+    assert!(before > 0);
+    let r = rt.block_on(healthy.check_batch(&[
+        check(&key),
+        Check {
+            key: &key,
+            scope: Some("bad scope"),
+            cost: 1,
+        },
+        check(&key),
+    ]));
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(used(&d), before, "nothing of the refused batch was counted");
 }
 
 #[test]

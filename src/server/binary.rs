@@ -198,20 +198,18 @@ fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
             }
         },
         Frame::Batch { id, count, body } => {
-            let start = out.len();
+            // A batch with a bad check is refused whole: none of its checks is decided.
+            if let Some(m) = BatchIter::new(body, count).find_map(|r| parse_req(&r).err()) {
+                state.metrics.record_bad_request(Transport::Binary);
+                frame::put_error(out, id, ErrorCode::BadFrame, m);
+                return;
+            }
             frame::put_header(out, op::BATCH_RESULT, id, 4 + count * frame::RESULT_LEN);
             out.extend_from_slice(&(count as u16).to_le_bytes());
             out.extend_from_slice(&[0, 0]);
             for req in BatchIter::new(body, count) {
-                match decide(state, engine, &req) {
-                    Ok(r) => r.put(out),
-                    Err(m) => {
-                        // Checks before this one were decided (and counted); say which failed.
-                        out.truncate(start);
-                        state.metrics.record_bad_request(Transport::Binary);
-                        frame::put_error(out, id, ErrorCode::BadFrame, m);
-                        return;
-                    }
+                if let Ok(r) = decide(state, engine, &req) {
+                    r.put(out);
                 }
             }
         }
@@ -248,7 +246,7 @@ fn shared_job(state: &AppState, f: &Frame<'_>) -> Job {
     match reqs {
         Ok(reqs) => Job::Checks { id, batch, reqs },
         Err(m) => {
-            // On the shared store a batch with a bad check is refused whole: none is decided.
+            // A batch with a bad check is refused whole: none of its checks is decided.
             state.metrics.record_bad_request(Transport::Binary);
             frame::put_error(&mut out, id, ErrorCode::BadFrame, m);
             Job::Ready(out)
