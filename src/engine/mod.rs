@@ -17,6 +17,7 @@ pub mod month;
 pub mod shards;
 pub mod spend;
 
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,6 +145,8 @@ struct AdminState {
 pub struct Engine {
     clock: Arc<dyn Clock>,
     catalog: ArcSwap<Catalog>,
+    /// Bumped after every catalog change; shards refresh their cached catalog when it moves.
+    catalog_gen: AtomicU64,
     shards: Shards,
     counters: Arena,
     records: Arena,
@@ -279,6 +282,7 @@ impl Engine {
         Ok(Engine {
             clock,
             catalog: ArcSwap::from_pointee(catalog),
+            catalog_gen: AtomicU64::new(1),
             shards,
             counters,
             records,
@@ -438,6 +442,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Puts `catalog` in force: the next check of every shard sees it.
+    fn publish_catalog(&self, catalog: Catalog) {
+        self.catalog.store(Arc::new(catalog));
+        self.catalog_gen.fetch_add(1, Ordering::Release);
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -507,17 +517,29 @@ impl Engine {
         prefetch(entry_ptr as *const u8);
         prefetch((entry_ptr as *const u8).wrapping_add(64));
         let fast = self.fast_digest(raw);
-        let catalog = self.catalog.load();
         let (_, idx) = Shards::locate(slot);
         let mut guard = self.shards.lock(slot);
-        let shard: &mut ShardData = &mut guard;
+        let gen = self.catalog_gen.load(Ordering::Acquire);
+        if guard.catalog_gen != gen || guard.catalog.is_none() {
+            guard.catalog = Some(self.catalog.load_full());
+            guard.catalog_gen = gen;
+        }
+        let ShardData {
+            grace,
+            month: shard_month,
+            catalog,
+            ..
+        } = &mut *guard;
+        let Some(catalog) = catalog.as_deref() else {
+            return unauthorized(AuthFailure::Unknown, None, None);
+        };
         // SAFETY: we hold the shard lock; slots below key_count have entries.
         let entry = unsafe { *self.shards.entry(slot) };
         if entry.id != id.0 {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
         if entry.fast != fast || entry.fast == 0 {
-            match self.authenticate_slow(shard, idx, slot, raw, fast, now) {
+            match self.authenticate_slow(grace, idx, slot, raw, fast, now) {
                 Ok(()) => {}
                 Err(why) => return unauthorized(why, Some(id), None),
             }
@@ -546,13 +568,13 @@ impl Engine {
             }
         }
 
-        if !shard.month.contains(now) {
-            shard.month = MonthWindow::containing(now);
+        if !shard_month.contains(now) {
+            *shard_month = MonthWindow::containing(now);
         }
-        let month = shard.month;
+        let month = *shard_month;
         let mut cur = entry.counters;
         if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
-            convert_buckets(&mut cur, &catalog, tier_ix, tier, now);
+            convert_buckets(&mut cur, catalog, tier_ix, tier, now);
         }
         let quota = if entry.quota_override != NO_OVERRIDE {
             Some(entry.quota_override)
@@ -602,14 +624,14 @@ impl Engine {
     #[cold]
     fn authenticate_slow(
         &self,
-        shard: &mut ShardData,
+        grace: &mut HashMap<u32, Grace>,
         idx: usize,
         slot: u32,
         raw: &str,
         fast: u128,
         now: u64,
     ) -> Result<(), AuthFailure> {
-        if let Some(g) = shard.grace.get(&(idx as u32)).copied() {
+        if let Some(g) = grace.get(&(idx as u32)).copied() {
             if g.fast == fast && g.fast != 0 {
                 return if now < g.until_ns {
                     Ok(())
@@ -630,7 +652,7 @@ impl Engine {
             return Ok(());
         }
         if rec.previous_valid_until_ns != 0 && bool::from(h.ct_eq(&rec.hash_previous)) {
-            if let Some(g) = shard.grace.get_mut(&(idx as u32)) {
+            if let Some(g) = grace.get_mut(&(idx as u32)) {
                 g.fast = fast;
             }
             return if now < rec.previous_valid_until_ns {
@@ -694,7 +716,7 @@ impl Engine {
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
             catalog_file::store(&self.data_dir, compiled.doc())?;
-            self.catalog.store(Arc::new(compiled));
+            self.publish_catalog(compiled);
         }
         let now = self.clock.now_ns();
         let first = admin.key_count;
@@ -887,7 +909,7 @@ impl Engine {
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
             catalog_file::store(&self.data_dir, compiled.doc())?;
-            self.catalog.store(Arc::new(compiled));
+            self.publish_catalog(compiled);
         }
         let slot = id.slot();
         {
@@ -1082,7 +1104,7 @@ impl Engine {
         let compiled = Catalog::compile(doc)?;
         catalog_file::store(&self.data_dir, compiled.doc())?;
         admin.tier_use.resize(compiled.doc().tiers.len(), 0);
-        self.catalog.store(Arc::new(compiled));
+        self.publish_catalog(compiled);
         Ok(())
     }
 }
