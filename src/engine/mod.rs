@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use siphasher::sip128::{Hasher128, SipHasher13};
+use siphasher::sip::SipHasher13;
 use subtle::ConstantTimeEq;
 
 use crate::keys::format as keyfmt;
@@ -464,10 +464,10 @@ impl Engine {
     }
 
     #[inline]
-    fn fast_digest(&self, raw: &str) -> u128 {
+    fn fast_digest(&self, raw: &str) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.sip.0, self.sip.1);
         h.write(raw.as_bytes());
-        h.finish128().as_u128()
+        h.finish()
     }
 
     /// # Safety
@@ -628,7 +628,7 @@ impl Engine {
         idx: usize,
         slot: u32,
         raw: &str,
-        fast: u128,
+        fast: u64,
         now: u64,
     ) -> Result<(), AuthFailure> {
         if let Some(g) = grace.get(&(idx as u32)).copied() {

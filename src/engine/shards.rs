@@ -36,9 +36,10 @@ const SEGMENTS: usize = 1 << 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C, align(64))]
 pub struct HotEntry {
-    /// Keyed SipHash-1-3/128 of the raw key once verified against the stored SHA-256 (0 = not yet).
-    /// The hashing key is random per process, so this never outlives the process.
-    pub fast: u128,
+    /// Keyed SipHash-1-3 (64-bit) of the raw key once verified against the stored SHA-256 (0 = not
+    /// yet). The hashing key is random per process, so this never outlives the process; a forged
+    /// key matches it with probability 2^-64 per attempt, as the attacker cannot compute it.
+    pub fast: u64,
     /// The key id (tag + slot).
     pub id: u64,
     /// Expiry in ns since the epoch (`u64::MAX` = never).
@@ -63,7 +64,7 @@ const _: () = assert!(std::mem::size_of::<HotEntry>() == 128);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grace {
     /// Fast digest of the previous raw key once seen (0 = not yet).
-    pub fast: u128,
+    pub fast: u64,
     /// Honoured until then, ns since the epoch.
     pub until_ns: u64,
 }
