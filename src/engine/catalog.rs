@@ -157,6 +157,11 @@ impl Catalog {
         self.tier_by_name.get(name).copied()
     }
 
+    /// The description of every tier in force.
+    pub fn specs(&self) -> Vec<TierSpec> {
+        self.tiers().map(|(_, t)| t.spec.clone()).collect()
+    }
+
     /// Every live tier with its index.
     pub fn tiers(&self) -> impl Iterator<Item = (u16, &CompiledTier)> {
         self.tiers

@@ -1067,11 +1067,7 @@ impl Engine {
 
     /// Every tier in force.
     pub fn tiers(&self) -> Vec<TierSpec> {
-        self.catalog
-            .load()
-            .tiers()
-            .map(|(_, t)| t.spec.clone())
-            .collect()
+        self.catalog.load().specs()
     }
 
     /// Creates or replaces a tier; durable, and in force from the next check. Counters are kept.

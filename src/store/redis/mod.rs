@@ -1313,12 +1313,7 @@ impl RedisStore {
 
     /// Every tier in force on this node.
     pub fn tiers(&self) -> Vec<TierSpec> {
-        self.catalog
-            .load()
-            .1
-            .tiers()
-            .map(|(_, t)| t.spec.clone())
-            .collect()
+        self.catalog.load().1.specs()
     }
 
     /// The compiled catalog in force on this node.
