@@ -250,6 +250,8 @@ pub struct RedisStore {
     clock: Arc<dyn Clock>,
     catalog: ArcSwap<(u64, Catalog)>,
     cache: DashMap<u64, Cached>,
+    /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
+    leased: parking_lot::Mutex<std::collections::HashSet<u64>>,
     sip: (u64, u64),
     stats: StoreStats,
     check: Script,
@@ -353,6 +355,7 @@ impl RedisStore {
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::new(),
+            leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             sip: (random_u64(), random_u64()),
             stats: StoreStats::default(),
             check: Script::new(scripts::CHECK),
@@ -552,14 +555,26 @@ impl RedisStore {
         }
         let now = self.clock.now_ns();
         let mut back = Vec::new();
-        for mut e in self.cache.iter_mut() {
-            let id = *e.key();
-            if let Some(l) = e.lease {
-                if all || now >= l.until_ns {
+        // Only the keys holding a lease are visited, not the whole cache.
+        let held: Vec<u64> = self.leased.lock().iter().copied().collect();
+        for id in held {
+            let Some(mut e) = self.cache.get_mut(&id) else {
+                self.leased.lock().remove(&id);
+                continue;
+            };
+            match e.lease {
+                Some(l) if all || now >= l.until_ns => {
                     e.lease = None;
+                    drop(e);
+                    self.leased.lock().remove(&id);
                     if l.left > 0 {
                         back.push((id, l));
                     }
+                }
+                Some(_) => {}
+                None => {
+                    drop(e);
+                    self.leased.lock().remove(&id);
                 }
             }
         }
@@ -867,6 +882,7 @@ impl RedisStore {
                                 spent: 0,
                             });
                             drop(e);
+                            self.leased.lock().insert(id.0);
                             if let Some(old) = old.filter(|o| o.left > 0) {
                                 self.give_back(id, &old).await;
                             }
