@@ -311,23 +311,34 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = state.binary.idle_timeout;
     let local = state.backend.local().cloned();
     let mut jobs: Vec<Job> = Vec::new();
+    // One idle timer and one stop waiter for the connection's life, not one of each per read:
+    // registering a timer and a waiter on every request costs more than deciding it. The timer is
+    // pushed back only once it fires, to the last read plus the idle timeout.
+    let stopping = stop.wait_for(|s| *s);
+    tokio::pin!(stopping);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut last_read = tokio::time::Instant::now();
     loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
         let n = tokio::select! {
-            r = tokio::time::timeout(idle, conn.read_buf(&mut buf)) => match r {
-                Ok(r) => r?,
-                Err(_) => return Ok(()), // idle
-            },
-            _ = stop.changed() => return Ok(()),
+            biased;
+            r = conn.read_buf(&mut buf) => r?,
+            _ = &mut stopping => return Ok(()),
+            _ = &mut idle_timer => {
+                if last_read.elapsed() >= idle {
+                    return Ok(()); // idle
+                }
+                idle_timer.as_mut().reset(last_read + idle);
+                continue;
+            }
         };
         if n == 0 {
             return Ok(());
         }
+        last_read = tokio::time::Instant::now();
         let mut used = 0;
         let mut fatal = None;
         loop {
