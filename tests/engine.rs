@@ -130,6 +130,8 @@ fn key_s(s: &Store, tier: &str) -> (KeyId, String) {
 const S: u64 = 1_000_000_000;
 
 fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
+    // Redis tests in this binary start children; see `common::redis::no_spawns`.
+    let _g = common::redis::no_spawns();
     Engine::open(EngineOptions::new(dir), Arc::new(clock.clone())).expect("open engine")
 }
 

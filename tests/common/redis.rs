@@ -8,7 +8,19 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Held while this test process starts a child (`spawn` returns once the child has exec'd). A
+/// forked child holds copies of the parent's descriptors until it execs, the data directory's
+/// lock among them: a test that opens a data directory in-process takes this first, so it never
+/// meets a lock held by a half-started redis-server or redis-cli.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+/// Blocks children from being started until the guard is dropped.
+pub fn no_spawns() -> MutexGuard<'static, ()> {
+    SPAWN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A port free now, whose cluster-bus port (+10000) is free too.
 pub fn free_port() -> u16 {
@@ -22,12 +34,22 @@ pub fn free_port() -> u16 {
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (Debian package redis-tools) must be installed: see .ci/test");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+}
+
+/// Runs a redis-cli command to completion, holding [`no_spawns`] only while it starts.
+fn run(mut cmd: Command) -> std::process::Output {
+    let child = {
+        let _g = no_spawns();
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("redis-cli (Debian package redis-tools) must be installed: see .ci/test")
+    };
+    child.wait_with_output().expect("wait for redis-cli")
 }
 
 /// One `redis-server` process.
@@ -59,6 +81,7 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Option<Child> {
+        let g = no_spawns();
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -69,6 +92,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed: see .ci/test");
+        drop(g);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if redis_cli(port, &["PING"]).trim() == "PONG" {
@@ -155,10 +179,9 @@ impl RedisCluster {
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
-        let out = Command::new("redis-cli")
-            .args(&args)
-            .output()
-            .expect("redis-cli (Debian package redis-tools) must be installed: see .ci/test");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(&args);
+        let out = run(cmd);
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}",
