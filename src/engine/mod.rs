@@ -18,14 +18,12 @@ pub mod shards;
 pub mod spend;
 
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use siphasher::sip::SipHasher13;
 use subtle::ConstantTimeEq;
 
 use crate::keys::format as keyfmt;
@@ -152,7 +150,7 @@ pub struct Engine {
     records: Arena,
     admin: Mutex<AdminState>,
     key_count: AtomicU64,
-    sip: (u64, u64),
+    digest: keyfmt::FastDigest,
     data_dir: PathBuf,
     sync_records: bool,
     last_flush_ns: AtomicU64,
@@ -168,7 +166,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn random_u64() -> Result<u64, EngineError> {
+pub(crate) fn random_u64() -> Result<u64, EngineError> {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b)
         .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
@@ -233,14 +231,7 @@ impl Engine {
                     )
                     .into());
                 }
-                let doc = CatalogDoc {
-                    data_dir_id: random_u64()?,
-                    tiers: tiers::builtin_tiers().into_iter().map(Some).collect(),
-                    scopes: Vec::new(),
-                    scope_sets: vec![Vec::new()],
-                    tier_versions: Vec::new(),
-                };
-                (doc, true)
+                (CatalogDoc::new(random_u64()?, tiers::builtin_tiers()), true)
             }
         };
         let now = clock.now_ns();
@@ -291,7 +282,8 @@ impl Engine {
                 tier_use,
             }),
             key_count: AtomicU64::new(u64::from(key_count)),
-            sip: (random_u64()?, random_u64()?),
+            digest: keyfmt::FastDigest::random()
+                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?,
             data_dir: dir,
             sync_records: opts.sync_records,
             last_flush_ns: AtomicU64::new(now),
@@ -463,13 +455,6 @@ impl Engine {
         self.key_count.load(Ordering::Relaxed)
     }
 
-    #[inline]
-    fn fast_digest(&self, raw: &str) -> u64 {
-        let mut h = SipHasher13::new_with_keys(self.sip.0, self.sip.1);
-        h.write(raw.as_bytes());
-        h.finish()
-    }
-
     /// # Safety
     /// The caller holds the lock of the shard owning `slot`, and `slot` has a record.
     // The shard lock, not `&mut self`, is what makes this access exclusive.
@@ -516,7 +501,7 @@ impl Engine {
         // The counter slot in the file is only written, below: no load waits for it.
         prefetch(entry_ptr as *const u8);
         prefetch((entry_ptr as *const u8).wrapping_add(64));
-        let fast = self.fast_digest(raw);
+        let fast = self.digest.of(raw);
         let (_, idx) = Shards::locate(slot);
         let mut guard = self.shards.lock(slot);
         let gen = self.catalog_gen.load(Ordering::Acquire);

@@ -126,6 +126,50 @@ pub fn generate(prefix: &str, id: KeyId) -> Result<String, getrandom::Error> {
     Ok(s)
 }
 
+/// A keyed SipHash-1-3 (64-bit) of raw keys, keyed at random per process: the digest a store
+/// caches for a key once its secret has been verified against the stored SHA-256, so later checks
+/// compare 8 bytes instead of hashing with SHA-256. It never outlives the process and is never
+/// written anywhere; without the key an attacker matches a cached digest with probability 2^-64
+/// per attempt.
+#[derive(Clone, Copy)]
+pub struct FastDigest {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for FastDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastDigest").finish_non_exhaustive()
+    }
+}
+
+impl FastDigest {
+    /// A digest with a fresh key from the OS RNG.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut b = [0u8; 16];
+        getrandom::getrandom(&mut b)?;
+        let (k0, k1) = b.split_at(8);
+        let word = |h: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(h);
+            u64::from_le_bytes(w)
+        };
+        Ok(FastDigest {
+            k0: word(k0),
+            k1: word(k1),
+        })
+    }
+
+    /// The digest of `raw` (0 is possible but vanishingly rare; stores use 0 for "none yet").
+    #[inline]
+    pub fn of(&self, raw: &str) -> u64 {
+        use std::hash::Hasher as _;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(raw.as_bytes());
+        h.finish()
+    }
+}
+
 /// `SHA-256(raw key)`: what is stored.
 pub fn hash(raw: &str) -> [u8; 32] {
     Sha256::digest(raw.as_bytes()).into()

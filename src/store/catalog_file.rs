@@ -66,6 +66,17 @@ pub struct PastLimits {
 pub const MAX_LIMIT_HISTORY: usize = 32;
 
 impl CatalogDoc {
+    /// A new catalog holding `tiers` and no scopes (scope set 0, the unrestricted one, only).
+    pub fn new(data_dir_id: u64, tiers: Vec<TierSpec>) -> Self {
+        CatalogDoc {
+            data_dir_id,
+            tiers: tiers.into_iter().map(Some).collect(),
+            scopes: Vec::new(),
+            scope_sets: vec![Vec::new()],
+            tier_versions: Vec::new(),
+        }
+    }
+
     /// Puts `spec` at tier index `ix` (which may be one past the end), bumping the limits version
     /// when the limits change.
     pub fn set_tier(&mut self, ix: usize, spec: TierSpec) {

@@ -33,8 +33,6 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisFuture, Script, Value};
-use siphasher::sip128::{Hasher128, SipHasher13};
-use std::hash::Hasher;
 use subtle::ConstantTimeEq;
 
 use crate::engine::bucket::Limit;
@@ -188,9 +186,9 @@ struct Cached {
     rec: Arc<Rec>,
     fetched_ns: u64,
     /// Fast digest of the raw key last verified against `rec.hash` (0 = none).
-    fast: u128,
+    fast: u64,
     /// Same, against `rec.hash_prev`.
-    fast_prev: u128,
+    fast_prev: u64,
     lease: Option<Lease>,
 }
 
@@ -252,7 +250,7 @@ pub struct RedisStore {
     cache: DashMap<u64, Cached>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
     leased: parking_lot::Mutex<std::collections::HashSet<u64>>,
-    sip: (u64, u64),
+    digest: keyfmt::FastDigest,
     stats: StoreStats,
     check: Script,
     give_back: Script,
@@ -286,13 +284,6 @@ fn int(v: &Value) -> Option<i64> {
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
     }
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // The OS source failing is not recoverable; a zero key only weakens the fast-digest cache.
-    let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b)
 }
 
 impl RedisStore {
@@ -343,20 +334,15 @@ impl RedisStore {
                 "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT".into(),
             ));
         };
-        let empty = Catalog::compile(CatalogDoc {
-            data_dir_id: 0,
-            tiers: Vec::new(),
-            scopes: Vec::new(),
-            scope_sets: vec![Vec::new()],
-            tier_versions: Vec::new(),
-        })?;
+        let empty = Catalog::compile(CatalogDoc::new(0, Vec::new()))?;
         let store = RedisStore {
             conn,
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::new(),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
-            sip: (random_u64(), random_u64()),
+            digest: keyfmt::FastDigest::random()
+                .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?,
             stats: StoreStats::default(),
             check: Script::new(scripts::CHECK),
             give_back: Script::new(scripts::RETURN),
@@ -412,13 +398,10 @@ impl RedisStore {
         for _ in 0..10 {
             let (rev, doc) = self.read_catalog().await?;
             let fresh = doc.is_none();
-            let mut doc = doc.unwrap_or_else(|| CatalogDoc {
-                data_dir_id: random_u64(),
-                tiers: tiers::builtin_tiers().into_iter().map(Some).collect(),
-                scopes: Vec::new(),
-                scope_sets: vec![Vec::new()],
-                tier_versions: Vec::new(),
-            });
+            let mut doc = match doc {
+                Some(d) => d,
+                None => CatalogDoc::new(engine::random_u64()?, tiers::builtin_tiers()),
+            };
             let before = doc.clone();
             if let Some(t) = self.opts.tiers.clone() {
                 let use_ = self.tier_use(&doc).await?;
@@ -626,12 +609,6 @@ impl RedisStore {
         &self.clock
     }
 
-    fn fast_digest(&self, raw: &str) -> u128 {
-        let mut h = SipHasher13::new_with_keys(self.sip.0, self.sip.1);
-        h.write(raw.as_bytes());
-        h.finish128().as_u128()
-    }
-
     async fn fetch(&self, id: KeyId) -> Result<Option<Arc<Rec>>, RedisError> {
         let mut c = self.conn.clone();
         let key = self.k_key(id.slot());
@@ -672,7 +649,7 @@ impl RedisStore {
     }
 
     /// Verifies `raw` against the record; caches the fast digest of a verified secret.
-    fn authenticate(&self, id: KeyId, rec: &Rec, raw: &str, fast: u128, now: u64) -> bool {
+    fn authenticate(&self, id: KeyId, rec: &Rec, raw: &str, fast: u64, now: u64) -> bool {
         if let Some(e) = self.cache.get(&id.0) {
             if e.rec.version == rec.version {
                 if e.fast == fast && fast != 0 {
@@ -736,7 +713,7 @@ impl RedisStore {
             Err(why) => return unauthorized(why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
-        let fast = self.fast_digest(raw);
+        let fast = self.digest.of(raw);
         let mut refreshed = false;
         for _ in 0..4 {
             let cached = self.cache.get(&id.0).map(|e| (e.rec.clone(), e.fetched_ns));
@@ -1036,7 +1013,7 @@ impl RedisStore {
         let mut cmds = Vec::with_capacity(news.len());
         for (i, k) in news.iter().enumerate() {
             let slot = (first + i as u64) as u32;
-            let id = KeyId::new(slot, random_u64() as u32);
+            let id = KeyId::new(slot, engine::random_u64()? as u32);
             let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
             let raw = keyfmt::generate(prefix, id)
                 .map_err(|e| EngineError::Invalid(format!("OS random source failed: {e}")))?;
