@@ -117,6 +117,21 @@ pub struct BucketEval {
     pub retry_after_ns: u64,
 }
 
+/// A bucket's TAT written under emission interval `old_interval_ns`, re-expressed under
+/// `new_interval_ns` (the limit changed, the period did not): the tokens it owed stay owed, rounded
+/// up to whole tokens; an unchanged interval keeps the TAT exactly; a full bucket stays full (0).
+#[inline]
+pub fn reexpress(tat: u64, now: u64, old_interval_ns: u64, new_interval_ns: u64) -> u64 {
+    if tat <= now {
+        0
+    } else if old_interval_ns == new_interval_ns {
+        tat
+    } else {
+        let owed = (tat - now).div_ceil(old_interval_ns.max(1));
+        now.saturating_add(owed.saturating_mul(new_interval_ns))
+    }
+}
+
 /// Evaluates one GCRA bucket. Pure: nothing is stored; the caller stores `new_tat` only if every
 /// limit and the quota admit the request (all or nothing).
 #[inline]
@@ -198,6 +213,23 @@ mod tests {
         let e = evaluate(tat, 0, 1, &small);
         assert!(!e.allowed);
         assert_eq!(e.retry_after_ns, 6 * S);
+    }
+
+    #[test]
+    fn a_reexpressed_bucket_keeps_what_it_owes() {
+        let now = 1_000 * S;
+        assert_eq!(
+            reexpress(now - 1, now, S, 2 * S),
+            0,
+            "a full bucket stays full"
+        );
+        assert_eq!(
+            reexpress(now + S / 2, now, S, S),
+            now + S / 2,
+            "same limit: exact"
+        );
+        // Half a token owed at 1 s per token is one whole token at 3 s per token.
+        assert_eq!(reexpress(now + S / 2, now, S, 3 * S), now + 3 * S);
     }
 
     #[test]

@@ -1299,16 +1299,7 @@ fn convert_buckets(
         else {
             continue;
         };
-        let t = c.tat[i];
-        if t > now {
-            tat[j] = if old[i].interval_ns() == new.interval_ns() {
-                // The same limit: the bucket stays exactly as it was.
-                t
-            } else {
-                let owed = (t - now).div_ceil(old[i].interval_ns());
-                now.saturating_add(owed.saturating_mul(new.interval_ns()))
-            };
-        }
+        tat[j] = bucket::reexpress(c.tat[i], now, old[i].interval_ns(), new.interval_ns());
     }
     c.tat = tat;
     c.tier = tier_ix;

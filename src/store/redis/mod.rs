@@ -35,7 +35,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisFuture, Script, Value};
 use subtle::ConstantTimeEq;
 
-use crate::engine::bucket::Limit;
+use crate::engine::bucket::{reexpress, Limit};
 use crate::engine::catalog::{Catalog, CatalogError, CompiledTier};
 use crate::engine::clock::{Clock, NANOS_PER_SEC};
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
@@ -1273,16 +1273,9 @@ impl RedisStore {
                 let tat = (1..=MAX_LIMITS)
                     .find(|i| num(format!("p{i}")) == Some(l.period_secs()))
                     .and_then(|i| {
-                        let old_iv = num(format!("i{i}"))?;
+                        let old_iv = num(format!("i{i}"))?.saturating_mul(1_000);
                         let t = num(format!("t{i}"))?.saturating_mul(1_000);
-                        if t <= now {
-                            return Some(0);
-                        }
-                        if old_iv * 1_000 == l.interval_ns() {
-                            return Some(t);
-                        }
-                        let owed = (t - now).div_ceil(old_iv.max(1) * 1_000);
-                        Some(now + owed * l.interval_ns())
+                        Some(reexpress(t, now, old_iv, l.interval_ns()))
                     })
                     .unwrap_or(0);
                 engine::limit_usage(tat, now, &l)
