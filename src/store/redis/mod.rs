@@ -567,19 +567,24 @@ impl RedisStore {
     }
 
     async fn give_back(&self, id: KeyId, l: &Lease) {
-        let cat = self.catalog.load();
-        let Some(tier) = cat.1.tier(l.tier) else {
-            return;
-        };
-        let limits = match tier.limits_at(l.version) {
-            Some(v) => v.to_vec(),
-            None => return,
+        // The buckets the lease was taken from: (period s, interval µs) of each limit then.
+        let buckets: Vec<(u64, u64)> = {
+            let cat = self.catalog.load();
+            match cat.1.tier(l.tier).and_then(|t| t.limits_at(l.version)) {
+                Some(limits) => limits
+                    .iter()
+                    .map(|lim| {
+                        let m = lim.to_micros();
+                        (m.period_secs(), m.interval_ns() / 1_000)
+                    })
+                    .collect(),
+                None => return,
+            }
         };
         let mut inv = self.give_back.key(self.k_key(id.slot()));
-        inv.arg(l.left).arg(l.month).arg(limits.len());
-        for lim in &limits {
-            let m = lim.to_micros();
-            inv.arg(m.period_secs()).arg(m.interval_ns() / 1_000);
+        inv.arg(l.left).arg(l.month).arg(buckets.len());
+        for (period, interval_us) in buckets {
+            inv.arg(period).arg(interval_us);
         }
         let mut c = self.conn.clone();
         match self.call(inv.invoke_async::<i64>(&mut c)).await {
@@ -646,6 +651,28 @@ impl RedisStore {
         }
         e.fetched_ns = now;
         Ok(Some(rec))
+    }
+
+    /// Reads key `id`'s record for a check; `Err` is the check's answer when there is none to read
+    /// (401 unknown) or Redis cannot say (the failure policy; `known`: the node has verified
+    /// this key before).
+    async fn fetch_or_answer(
+        &self,
+        id: KeyId,
+        tier: Option<u16>,
+        now_s: u64,
+        known: bool,
+    ) -> Result<Arc<Rec>, Decision> {
+        match self.fetch(id).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Decision::bare(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                None,
+                None,
+                now_s,
+            )),
+            Err(e) => Err(self.on_error(&e, id, tier, now_s, known)),
+        }
     }
 
     /// Verifies `raw` against the record; caches the fast digest of a verified secret.
@@ -719,13 +746,12 @@ impl RedisStore {
             let cached = self.cache.get(&id.0).map(|e| (e.rec.clone(), e.fetched_ns));
             let (rec, fetched) = match cached {
                 Some(c) => c,
-                None => match self.fetch(id).await {
-                    Ok(Some(r)) => {
+                None => match self.fetch_or_answer(id, None, now_s, false).await {
+                    Ok(r) => {
                         refreshed = true;
                         (r, now_ns)
                     }
-                    Ok(None) => return unauthorized(AuthFailure::Unknown, None, None),
-                    Err(e) => return self.on_error(&e, id, None, now_s, false),
+                    Err(d) => return d,
                 },
             };
             // A denial decided from a copy older than RECORD_RECHECK re-reads it first.
@@ -772,14 +798,11 @@ impl RedisStore {
             };
             if let Some(v) = denial {
                 if stale && !matches!(v, Verdict::Unauthorized(AuthFailure::Revoked)) {
-                    match self.fetch(id).await {
-                        Ok(Some(_)) => {
-                            refreshed = true;
-                            continue;
-                        }
-                        Ok(None) => return unauthorized(AuthFailure::Unknown, None, None),
-                        Err(e) => return self.on_error(&e, id, tier_ix, now_s, false),
+                    if let Err(d) = self.fetch_or_answer(id, tier_ix, now_s, false).await {
+                        return d;
                     }
+                    refreshed = true;
+                    continue;
                 }
                 let tier = match v {
                     Verdict::Unauthorized(AuthFailure::Unknown) => None,
@@ -799,8 +822,10 @@ impl RedisStore {
                     return d;
                 }
             }
+            // The tier's limits at the script's resolution: sent to it and used to decide.
+            let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
             match self
-                .run_check(id, &rec, tier, cost, now_us, quota, month.id)
+                .run_check(id, &rec, &limits, cost, now_us, quota, month.id)
                 .await
             {
                 Err(e) => return self.on_error(&e, id, Some(tier_ix), now_s, true),
@@ -810,17 +835,13 @@ impl RedisStore {
                 }
                 Ok(Outcome::Stale) => {
                     self.stats.stale_records.fetch_add(1, Ordering::Relaxed);
-                    match self.fetch(id).await {
-                        Ok(Some(_)) => {
-                            refreshed = true;
-                            continue;
-                        }
-                        Ok(None) => return unauthorized(AuthFailure::Unknown, None, None),
-                        Err(e) => return self.on_error(&e, id, Some(tier_ix), now_s, true),
+                    if let Err(d) = self.fetch_or_answer(id, Some(tier_ix), now_s, true).await {
+                        return d;
                     }
+                    refreshed = true;
+                    continue;
                 }
                 Ok(Outcome::State { granted, used, tat }) => {
-                    let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
                     let mut tat_ns = [0u64; MAX_LIMITS];
                     for (d, s) in tat_ns.iter_mut().zip(tat) {
                         *d = s.saturating_mul(1_000);
@@ -916,7 +937,7 @@ impl RedisStore {
         &self,
         id: KeyId,
         rec: &Rec,
-        tier: &CompiledTier,
+        limits: &[Limit],
         cost: u64,
         now_us: u64,
         quota: Option<u64>,
@@ -933,12 +954,11 @@ impl RedisStore {
             .arg(want)
             .arg(month)
             .arg(quota.map_or(-1i64, |q| q.min(i64::MAX as u64) as i64))
-            .arg(tier.limits.len());
-        for l in &tier.limits {
-            let m = l.to_micros();
-            inv.arg(m.period_secs())
-                .arg(m.interval_ns() / 1_000)
-                .arg(m.requests());
+            .arg(limits.len());
+        for l in limits {
+            inv.arg(l.period_secs())
+                .arg(l.interval_ns() / 1_000)
+                .arg(l.requests());
         }
         let mut c = self.conn.clone();
         let v: Vec<Value> = self.call(inv.invoke_async(&mut c)).await?;
@@ -950,7 +970,7 @@ impl RedisStore {
                 let granted = v.get(1).and_then(int).ok_or_else(bad)?;
                 let used = v.get(2).and_then(int).ok_or_else(bad)?;
                 let mut tat = [0u64; MAX_LIMITS];
-                for (i, t) in tat.iter_mut().enumerate().take(tier.limits.len()) {
+                for (i, t) in tat.iter_mut().enumerate().take(limits.len()) {
                     *t = v.get(3 + i).and_then(int).ok_or_else(bad)?.max(0) as u64;
                 }
                 Ok(Outcome::State {
