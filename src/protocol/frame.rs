@@ -349,6 +349,13 @@ pub fn put_header(out: &mut Vec<u8>, op: u8, id: u64, payload_len: usize) {
     out.extend_from_slice(&id.to_le_bytes());
 }
 
+/// Appends the header of a BATCH_RESULT frame for `count` results (the results follow).
+pub fn put_batch_result_header(out: &mut Vec<u8>, id: u64, count: usize) {
+    put_header(out, op::BATCH_RESULT, id, 4 + count * RESULT_LEN);
+    out.extend_from_slice(&(count as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
 /// Appends an ERROR frame.
 pub fn put_error(out: &mut Vec<u8>, id: u64, code: ErrorCode, msg: &str) {
     let msg = &msg.as_bytes()[..msg.len().min(1024)];

@@ -125,11 +125,12 @@ pub fn to_wire(d: &Decision) -> WireResult {
     }
 }
 
+/// One check's key, scope and cost, as read from its frame.
+type Parsed<'a> = (Option<&'a str>, Option<&'a str>, u64);
+
 /// The key, scope and cost of one check; `Err` is a request-level error (bad scope) that keeps
 /// the connection.
-fn parse_req<'a>(
-    req: &CheckReq<'a>,
-) -> Result<(Option<&'a str>, Option<&'a str>, u64), &'static str> {
+fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
     let scope = match std::str::from_utf8(req.scope) {
         Ok("") => None,
         Ok(s) if crate::tiers::valid_scope(s) => Some(s),
@@ -144,12 +145,7 @@ fn parse_req<'a>(
 }
 
 /// Decides one check on this node's engine.
-fn decide(
-    state: &AppState,
-    engine: &Engine,
-    req: &CheckReq<'_>,
-) -> Result<WireResult, &'static str> {
-    let (key, scope, cost) = parse_req(req)?;
+fn decide(state: &AppState, engine: &Engine, (key, scope, cost): Parsed<'_>) -> WireResult {
     let start = quanta::Instant::now();
     let d = engine.check(key, scope, cost);
     state.metrics.record_check(
@@ -157,7 +153,7 @@ fn decide(
         d.verdict,
         start.elapsed().as_nanos() as u64,
     );
-    Ok(to_wire(&d))
+    to_wire(&d)
 }
 
 /// Appends the answer to a HELLO or PING; returns false for other frames.
@@ -187,7 +183,7 @@ fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
     }
     match *f {
         Frame::Hello { .. } | Frame::Ping { .. } => {}
-        Frame::Check { id, req } => match decide(state, engine, &req) {
+        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(state, engine, p)) {
             Ok(r) => {
                 frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 r.put(out);
@@ -199,18 +195,19 @@ fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
         },
         Frame::Batch { id, count, body } => {
             // A batch with a bad check is refused whole: none of its checks is decided.
-            if let Some(m) = BatchIter::new(body, count).find_map(|r| parse_req(&r).err()) {
-                state.metrics.record_bad_request(Transport::Binary);
-                frame::put_error(out, id, ErrorCode::BadFrame, m);
-                return;
-            }
-            frame::put_header(out, op::BATCH_RESULT, id, 4 + count * frame::RESULT_LEN);
-            out.extend_from_slice(&(count as u16).to_le_bytes());
-            out.extend_from_slice(&[0, 0]);
-            for req in BatchIter::new(body, count) {
-                if let Ok(r) = decide(state, engine, &req) {
-                    r.put(out);
+            let parsed: Result<Vec<Parsed<'_>>, _> =
+                BatchIter::new(body, count).map(|r| parse_req(&r)).collect();
+            let parsed = match parsed {
+                Ok(p) => p,
+                Err(m) => {
+                    state.metrics.record_bad_request(Transport::Binary);
+                    frame::put_error(out, id, ErrorCode::BadFrame, m);
+                    return;
                 }
+            };
+            frame::put_batch_result_header(out, id, parsed.len());
+            for p in parsed {
+                decide(state, engine, p).put(out);
             }
         }
     }
@@ -279,14 +276,7 @@ async fn run_jobs(state: &AppState, jobs: &mut Vec<Job>, out: &mut Vec<u8>) {
             Job::Ready(b) => out.extend_from_slice(&b),
             Job::Checks { id, batch, reqs } => {
                 if batch {
-                    frame::put_header(
-                        out,
-                        op::BATCH_RESULT,
-                        id,
-                        4 + reqs.len() * frame::RESULT_LEN,
-                    );
-                    out.extend_from_slice(&(reqs.len() as u16).to_le_bytes());
-                    out.extend_from_slice(&[0, 0]);
+                    frame::put_batch_result_header(out, id, reqs.len());
                 } else {
                     frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 }
