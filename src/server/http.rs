@@ -95,8 +95,7 @@ pub async fn run(
             // rather than through `handle`'s state machine (which the admin routes make large,
             // and which hyper would move on every request).
             if let Some(engine) = st.backend.local() {
-                let path = req.uri().path();
-                if path == "/v1/check" || path.starts_with("/v1/check/") {
+                if is_check(req.uri().path()) {
                     let rid = request_id(&req);
                     return Either::Left(std::future::ready(Ok::<_, Infallible>(check(
                         &st, engine, &req, &rid,
@@ -213,11 +212,9 @@ pub fn error(status: u16, code: &str, message: &str, rid: &str) -> Resp {
 async fn handle(state: &AppState, req: Request<Incoming>) -> Resp {
     let rid = request_id(&req);
     let path = req.uri().path();
-    if path == "/v1/check" || path.starts_with("/v1/check/") {
-        return match state.backend.local() {
-            Some(engine) => check(state, engine, &req, &rid),
-            None => check_shared(state, &req, &rid).await,
-        };
+    if is_check(path) {
+        // (A node on its own engine answers checks before they get here: see `run`.)
+        return check_shared(state, &req, &rid).await;
     }
     if let Some(rest) = path.strip_prefix("/admin/v1/") {
         let rest = rest.to_string();
@@ -378,14 +375,10 @@ pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) 
     };
     let start = quanta::Instant::now();
     let d = engine.check(key, scope, cost);
-    let elapsed = start.elapsed().as_nanos() as u64;
-    state
-        .metrics
-        .record_check(Transport::Http, d.verdict, elapsed);
-    render_check(&d, scope, rid, state)
+    answered(state, &d, start, scope, rid)
 }
 
-/// Answers one `/v1/check` request on the shared (Redis) store.
+/// Answers one `/v1/check` request through the backend (the shared Redis store).
 async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp {
     let (key, scope, cost) = match parse_check(state, req) {
         Ok(p) => p,
@@ -393,11 +386,27 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
     };
     let start = quanta::Instant::now();
     let d = state.backend.check(key, scope, cost).await;
+    answered(state, &d, start, scope, rid)
+}
+
+/// Whether `path` is the check endpoint (`/v1/check` or below it).
+fn is_check(path: &str) -> bool {
+    path == "/v1/check" || path.starts_with("/v1/check/")
+}
+
+/// Counts a decided check (taken since `start`) and renders it.
+fn answered(
+    state: &AppState,
+    d: &Decision,
+    start: quanta::Instant,
+    scope: Option<&str>,
+    rid: &str,
+) -> Resp {
     let elapsed = start.elapsed().as_nanos() as u64;
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
-    render_check(&d, scope, rid, state)
+    render_check(d, scope, rid, state)
 }
 
 /// Renders a decision. Every dynamic header value and the body are written into one buffer and
