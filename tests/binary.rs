@@ -19,9 +19,13 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn check(key: &str) -> Check<'_> {
+    scoped(key, None)
+}
+
+fn scoped<'a>(key: &'a str, scope: Option<&'a str>) -> Check<'a> {
     Check {
         key,
-        scope: None,
+        scope,
         cost: 1,
     }
 }
@@ -74,41 +78,13 @@ fn every_decision_carries_the_same_figures_as_http() {
     let (_, open) = h.create_key(json!({"consumer": "c", "tier": "t"}));
     rt().block_on(async {
         let c = Client::connect_tcp(d.binary).await.unwrap();
-        let r = c
-            .check(Check {
-                key: &key,
-                scope: Some("a:write"),
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(scoped(&key, Some("a:write"))).await.unwrap();
         assert_eq!(r.code(), "forbidden");
-        let r = c
-            .check(Check {
-                key: &open,
-                scope: Some("b:read"),
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(scoped(&open, Some("b:read"))).await.unwrap();
         assert_eq!(r.code(), "plan_required");
-        let r = c
-            .check(Check {
-                key: &revoked,
-                scope: None,
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(check(&revoked)).await.unwrap();
         assert_eq!((r.code(), r.reason), ("unauthorized", 4));
-        let r = c
-            .check(Check {
-                key: "",
-                scope: None,
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(check("")).await.unwrap();
         assert_eq!((r.code(), r.reason), ("unauthorized", 1));
         let r = c
             .check(Check {
@@ -119,14 +95,7 @@ fn every_decision_carries_the_same_figures_as_http() {
             .await
             .unwrap();
         assert_eq!((r.code(), r.limit, r.remaining), ("allowed", 2, 0));
-        let r = c
-            .check(Check {
-                key: &key,
-                scope: Some("a:read"),
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(scoped(&key, Some("a:read"))).await.unwrap();
         assert_eq!(r.code(), "rate_limited");
         assert_eq!(r.retry_after, 1, "half a second, rounded up");
         assert_eq!(r.remaining, 0);
@@ -147,14 +116,7 @@ fn every_decision_carries_the_same_figures_as_http() {
     assert!(spent, "the monthly quota (3) is shared by both transports");
     rt().block_on(async {
         let c = Client::connect_tcp(d.binary).await.unwrap();
-        let r = c
-            .check(Check {
-                key: &key,
-                scope: Some("a:read"),
-                cost: 1,
-            })
-            .await
-            .unwrap();
+        let r = c.check(scoped(&key, Some("a:read"))).await.unwrap();
         // Burst tokens may or may not be back; the quota is spent either way.
         assert!(
             r.code() == "quota_exceeded" || r.code() == "rate_limited",
@@ -320,11 +282,7 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
         assert!(read_all(&mut s).is_empty());
     }
     // A bad scope is a request-level error: the connection stays usable.
-    let r = rt.block_on(healthy.check(Check {
-        key: &key,
-        scope: Some("bad scope"),
-        cost: 1,
-    }));
+    let r = rt.block_on(healthy.check(scoped(&key, Some("bad scope"))));
     assert!(
         matches!(
             r,
@@ -351,11 +309,7 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
     assert!(before > 0);
     let r = rt.block_on(healthy.check_batch(&[
         check(&key),
-        Check {
-            key: &key,
-            scope: Some("bad scope"),
-            cost: 1,
-        },
+        scoped(&key, Some("bad scope")),
         check(&key),
     ]));
     assert!(r.is_err(), "{r:?}");
