@@ -6,6 +6,7 @@
 //! on the blocking pool); the Redis store's are network round trips, awaited.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
@@ -43,6 +44,34 @@ impl Backend {
         match self {
             Backend::Local(e) => Some(e),
             Backend::Redis(_) => None,
+        }
+    }
+
+    /// How often [`Backend::upkeep`] runs: the msync interval on this node's files, the catalog
+    /// poll interval on Redis.
+    pub fn upkeep_interval(&self, msync_interval: Duration) -> Duration {
+        match self {
+            Backend::Local(_) => msync_interval,
+            Backend::Redis(r) => r.options().poll,
+        }
+    }
+
+    /// Periodic upkeep. On this node's files: msync the counters (bounds what a power loss can
+    /// cost). On Redis: apply a catalog changed by another node, give back expired leases. With
+    /// `last` (at shutdown, once no check runs any more): the final msync, or every lease given
+    /// back.
+    pub async fn upkeep(&self, last: bool) -> Result<(), EngineError> {
+        match self {
+            Backend::Local(e) => blocking(e, |e| e.flush()).await,
+            Backend::Redis(r) => {
+                if !last {
+                    if let Err(e) = r.poll_catalog().await {
+                        tracing::debug!(error = %e, "catalog poll failed");
+                    }
+                }
+                r.return_leases(last).await;
+                Ok(())
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::server::binary::{self, BinaryConfig};
 use crate::server::http::HttpConfig;
 use crate::server::token::{AdminToken, TokenSource};
-use crate::server::{http, msync_loop, AppState};
+use crate::server::{http, upkeep_loop, AppState};
 use crate::store::redis::{FailPolicy, Mode, RedisOptions, RedisStore};
 use crate::QuantaClock;
 
@@ -264,14 +264,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 drain,
             ))
         });
-        let background = match &backend {
-            Backend::Local(engine) => tokio::spawn(msync_loop(
-                engine.clone(),
-                msync_interval,
-                stopped(stop_rx.clone()),
-            )),
-            Backend::Redis(r) => tokio::spawn(r.clone().run_background(stopped(stop_rx.clone()))),
-        };
+        let upkeep = tokio::spawn(upkeep_loop(
+            backend.clone(),
+            backend.upkeep_interval(msync_interval),
+            stopped(stop_rx.clone()),
+        ));
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -303,13 +300,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(p) = &args.unix {
             let _ = std::fs::remove_file(p);
         }
-        let _ = background.await;
-        if let Backend::Local(engine) = &backend {
-            let e = engine.clone();
-            tokio::task::spawn_blocking(move || e.flush()).await??;
-            tracing::info!("counters flushed to disk; bye");
-        } else {
-            tracing::info!("leases given back to redis; bye");
+        let _ = upkeep.await;
+        // Every check has been answered: the final msync, or every lease given back.
+        backend.upkeep(true).await?;
+        match backend {
+            Backend::Local(_) => tracing::info!("counters flushed to disk; bye"),
+            Backend::Redis(_) => tracing::info!("leases given back to redis; bye"),
         }
         anyhow::Ok(())
     })

@@ -1,5 +1,6 @@
 //! The daemon's transports around one shared [`Backend`]: the HTTP server ([`http`], with the
-//! admin API in [`admin`]), and the tasks every transport needs (the periodic `msync`).
+//! admin API in [`admin`]), and the store's periodic upkeep ([`upkeep_loop`]: msync, or catalog
+//! poll and lease expiry).
 //!
 //! Servers take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
@@ -19,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::Backend;
-use crate::engine::Engine;
 use crate::metrics::{Metrics, Transport};
 
 /// What every request handler shares.
@@ -101,9 +101,10 @@ pub(crate) async fn accept_admitted<L: Accept>(
     }
 }
 
-/// Msyncs the engine's files every `interval` until `shutdown` completes, then once more.
-pub async fn msync_loop(
-    engine: Arc<Engine>,
+/// Runs [`Backend::upkeep`] every `interval` until `shutdown` completes. The final upkeep is the
+/// caller's, once the servers have stopped.
+pub async fn upkeep_loop(
+    backend: Backend,
     interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -115,11 +116,8 @@ pub async fn msync_loop(
             _ = tick.tick() => {}
             _ = &mut shutdown => break,
         }
-        let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "periodic msync failed"),
-            Err(err) => tracing::error!(error = %err, "periodic msync task failed"),
+        if let Err(err) = backend.upkeep(false).await {
+            tracing::error!(error = %err, "periodic upkeep (msync) failed");
         }
     }
 }

@@ -288,7 +288,7 @@ fn int(v: &Value) -> Option<i64> {
 
 impl RedisStore {
     /// Connects, loads (or initializes) the catalog, and starts nothing: call
-    /// [`RedisStore::run_background`] from the runtime to poll the catalog and expire leases.
+    /// [`crate::backend::Backend::upkeep`] periodically to poll the catalog and expire leases.
     pub async fn connect(opts: RedisOptions, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
         let bad = |m: String| EngineError::Invalid(format!("--store {}: {m}", opts.url));
         let down = |m: String| EngineError::Unavailable(format!("{}: {m}", opts.url));
@@ -510,25 +510,6 @@ impl RedisStore {
             }
         }
         Ok(false)
-    }
-
-    /// Polls the catalog and gives back expired leases until `shutdown`, then gives back every
-    /// lease.
-    pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(self.opts.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = &mut shutdown => break,
-            }
-            if let Err(e) = self.poll_catalog().await {
-                tracing::debug!(error = %e, "catalog poll failed");
-            }
-            self.return_leases(false).await;
-        }
-        self.return_leases(true).await;
     }
 
     /// Gives back the unspent tokens of expired leases (all leases when `all`).
