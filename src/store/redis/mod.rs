@@ -615,9 +615,15 @@ impl RedisStore {
         if rec.id != id {
             return Ok(None);
         }
+        Ok(Some(self.remember(rec)))
+    }
+
+    /// Puts a record just read or written into this node's cache (keeping the verified-secret
+    /// digests while the secret is unchanged).
+    fn remember(&self, rec: Rec) -> Arc<Rec> {
         let rec = Arc::new(rec);
         let now = self.clock.now_ns();
-        let mut e = self.cache.entry(id.0).or_insert_with(|| Cached {
+        let mut e = self.cache.entry(rec.id.0).or_insert_with(|| Cached {
             rec: rec.clone(),
             fetched_ns: now,
             fast: 0,
@@ -631,7 +637,7 @@ impl RedisStore {
             e.rec = rec.clone();
         }
         e.fetched_ns = now;
-        Ok(Some(rec))
+        rec
     }
 
     /// Reads key `id`'s record for a check; `Err` is the check's answer when there is none to read
@@ -983,11 +989,13 @@ impl RedisStore {
 
     /// Creates keys; each record is in Redis before this returns.
     pub async fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, EngineError> {
-        let cat = self.catalog.load();
-        for k in &news {
-            engine::validate_new(k)?;
-            if cat.1.tier_index(&k.tier).is_none() {
-                return Err(EngineError::Invalid(format!("unknown tier {:?}", k.tier)));
+        {
+            let cat = self.catalog.load();
+            for k in &news {
+                engine::validate_new(k)?;
+                if cat.1.tier_index(&k.tier).is_none() {
+                    return Err(EngineError::Invalid(format!("unknown tier {:?}", k.tier)));
+                }
             }
         }
         if news.is_empty() {
@@ -1154,9 +1162,9 @@ impl RedisStore {
                         self.bump_tier_use(&old.tier, -1).await?;
                         self.bump_tier_use(&rec.tier, 1).await?;
                     }
-                    // This node's copy is refreshed at once; other nodes see the new version on
-                    // their next check.
-                    self.fetch(id).await?;
+                    // This node's copy is the record just written; other nodes see the new
+                    // version on their next check.
+                    self.remember(rec.clone());
                     return Ok(rec);
                 }
             }
