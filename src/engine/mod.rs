@@ -421,9 +421,10 @@ impl Engine {
                         ))
                         .into());
                     }
+                    let newest = layout::newest(cs);
                     entry.counters = c;
-                    entry.newest = layout::newest(cs) as u8;
-                    if cs[layout::newest(cs)] != c {
+                    entry.newest = newest as u8;
+                    if cs[newest] != c {
                         // `repair` leaves the valid state in half 1.
                         entry.newest = 1;
                         repairs.push(Repair::Counter(slot, c));

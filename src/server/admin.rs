@@ -204,6 +204,17 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
+/// `value` as a JSON response (500 if it cannot be serialized, which would be a bug).
+fn json_of<T: Serialize>(status: u16, value: &T, rid: &str) -> Resp {
+    match serde_json::to_string(value) {
+        Ok(body) => json(status, body, rid),
+        Err(e) => {
+            tracing::error!(error = %e, request_id = rid, "cannot serialize an admin answer");
+            error(500, "internal", "cannot serialize the answer", rid)
+        }
+    }
+}
+
 fn engine_error(e: &EngineError, rid: &str) -> Resp {
     let (status, code) = match e.code() {
         "not_found" => (404, "not_found"),
@@ -310,11 +321,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 match engine.revoke_key(id).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, "key revoked");
-                        json(
-                            200,
-                            serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(),
-                            rid,
-                        )
+                        json_of(200, &KeyJson::from_info(&k), rid)
                     }
                     Err(e) => engine_error(&e, rid),
                 }
@@ -333,7 +340,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                         tracing::info!(key_id = %id, grace_seconds = grace, "key rotated");
                         let mut j = KeyJson::from_info(&k.info);
                         j.key = Some(k.raw);
-                        json(200, serde_json::to_string(&j).unwrap_or_default(), rid)
+                        json_of(200, &j, rid)
                     }
                     Err(e) => engine_error(&e, rid),
                 }
@@ -368,7 +375,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
             let name = name.to_string();
             match method {
                 Method::GET => match engine.tiers().into_iter().find(|t| t.name == name) {
-                    Some(t) => json(200, serde_json::to_string(&t).unwrap_or_default(), rid),
+                    Some(t) => json_of(200, &t, rid),
                     None => error(404, "not_found", &format!("unknown tier {name:?}"), rid),
                 },
                 Method::PUT => {
@@ -385,7 +392,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                     match engine.put_tier(spec).await {
                         Ok(t) => {
                             tracing::info!(tier = %name, "tier set");
-                            json(200, serde_json::to_string(&t).unwrap_or_default(), rid)
+                            json_of(200, &t, rid)
                         }
                         Err(e) => engine_error(&e, rid),
                     }
@@ -432,7 +439,7 @@ async fn create_key(engine: &Backend, body: &[u8], rid: &str) -> Resp {
             tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, "key created");
             let mut j = KeyJson::from_info(&k.info);
             j.key = Some(k.raw);
-            json(201, serde_json::to_string(&j).unwrap_or_default(), rid)
+            json_of(201, &j, rid)
         }
         Err(e) => engine_error(&e, rid),
     }
@@ -505,7 +512,7 @@ async fn show_key(engine: &Backend, id: KeyId, rid: &str) -> Resp {
     };
     let mut j = KeyJson::from_info(&info);
     j.usage = Some(UsageJson::from_usage(&usage));
-    json(200, serde_json::to_string(&j).unwrap_or_default(), rid)
+    json_of(200, &j, rid)
 }
 
 async fn patch_key(engine: &Backend, id: KeyId, body: &[u8], rid: &str) -> Resp {
@@ -531,11 +538,7 @@ async fn patch_key(engine: &Backend, id: KeyId, body: &[u8], rid: &str) -> Resp 
     match engine.update_key(id, upd).await {
         Ok(k) => {
             tracing::info!(key_id = %id, "key updated");
-            json(
-                200,
-                serde_json::to_string(&KeyJson::from_info(&k)).unwrap_or_default(),
-                rid,
-            )
+            json_of(200, &KeyJson::from_info(&k), rid)
         }
         Err(e) => engine_error(&e, rid),
     }
