@@ -116,15 +116,18 @@ on_both_stores!(
     tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused,
 );
 
+/// A key for consumer `acme` on `tier`, through either store.
 fn key_s(s: &Store, tier: &str) -> (KeyId, String) {
-    let k = s
-        .create_key(NewKey {
-            consumer: "acme".into(),
-            tier: tier.into(),
-            ..Default::default()
-        })
-        .unwrap();
+    let k = s.create_key(acme(tier)).unwrap();
     (k.info.id, k.raw)
+}
+
+fn acme(tier: &str) -> NewKey {
+    NewKey {
+        consumer: "acme".into(),
+        tier: tier.into(),
+        ..Default::default()
+    }
 }
 
 const S: u64 = 1_000_000_000;
@@ -135,14 +138,8 @@ fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
     Engine::open(EngineOptions::new(dir), Arc::new(clock.clone())).expect("open engine")
 }
 
-fn key(engine: &Engine, tier: &str) -> (quotad::keys::KeyId, String) {
-    let k = engine
-        .create_key(NewKey {
-            consumer: "acme".into(),
-            tier: tier.into(),
-            ..Default::default()
-        })
-        .unwrap();
+fn key(engine: &Engine, tier: &str) -> (KeyId, String) {
+    let k = engine.create_key(acme(tier)).unwrap();
     (k.info.id, k.raw)
 }
 
@@ -778,11 +775,7 @@ fn lease_mode_figures_count_down_like_exact_mode() {
         .block_on(RedisStore::connect(opts, Arc::new(clock.clone())))
         .unwrap();
     let raw = rt
-        .block_on(store.create_keys(vec![NewKey {
-            consumer: "acme".into(),
-            tier: "default".into(), // 100 per minute
-            ..Default::default()
-        }]))
+        .block_on(store.create_keys(vec![acme("default")])) // 100 per minute
         .unwrap()
         .remove(0)
         .raw;
