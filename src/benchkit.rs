@@ -46,6 +46,7 @@ pub fn bench_state(dir: &std::path::Path, n: usize) -> (Arc<AppState>, Vec<Strin
         http: Default::default(),
         binary: Default::default(),
         msync_interval: Duration::from_secs(1),
+        busy_poll: crate::server::busy_poll::BusyPoll::new(0),
     });
     (state, keys)
 }

@@ -19,9 +19,9 @@ use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::admin_client::{resolve_token, AdminClient};
+use super::stamped::{realtime_ns, StampedStream};
 use crate::protocol::frame::{self, op, DecodeError, WireResult};
 
 /// Which transport to load.
@@ -130,8 +130,13 @@ pub struct Report {
     pub requests: u64,
     /// Wall time.
     pub elapsed: Duration,
-    /// Latency in nanoseconds.
+    /// Latency in nanoseconds: from writing a request to its answer being in the socket's
+    /// receive queue (kernel timestamp) when every connection had timestamps, else `client_latency`.
     pub latency: Histogram<u64>,
+    /// Latency in nanoseconds as the load generator read the answers (includes its own delays).
+    pub client_latency: Histogram<u64>,
+    /// Whether `latency` is measured at the socket.
+    pub at_socket: bool,
     /// Answers by decision (binary) or status (HTTP).
     pub decisions: BTreeMap<String, u64>,
 }
@@ -145,16 +150,31 @@ impl Report {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// Where `latency` is measured: "socket" or "client".
+    fn source(&self) -> &'static str {
+        if self.at_socket {
+            "socket"
+        } else {
+            "client"
+        }
+    }
+
     fn to_json(&self) -> serde_json::Value {
+        let q = |h: &Histogram<u64>| {
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            serde_json::json!({
+                "p50": us(0.5), "p90": us(0.9), "p99": us(0.99),
+                "p999": us(0.999), "max": h.max() as f64 / 1000.0,
+            })
+        };
         serde_json::json!({
             "offeredRate": self.offered,
             "requests": self.requests,
             "seconds": self.elapsed.as_secs_f64(),
             "throughput": self.throughput(),
-            "latencyMicros": {
-                "p50": self.us(0.5), "p90": self.us(0.9), "p99": self.us(0.99),
-                "p999": self.us(0.999), "max": self.latency.max() as f64 / 1000.0,
-            },
+            "latencyMicros": q(&self.latency),
+            "latencySource": self.source(),
+            "clientLatencyMicros": q(&self.client_latency),
             "decisions": self.decisions,
         })
     }
@@ -376,26 +396,27 @@ async fn connection(
     load: Arc<Load>,
     shared: Arc<Shared>,
     conn_index: usize,
-    mut tokens: Option<tokio::sync::mpsc::UnboundedReceiver<u32>>,
+    credits: Option<Arc<Vec<Credit>>>,
     deadline: Instant,
-) -> anyhow::Result<(Histogram<u64>, BTreeMap<String, u64>, u64)> {
+) -> anyhow::Result<Tally> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut client_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut count = 0u64;
-    let mut stream = tokio::net::TcpStream::connect(match load.target {
+    let stream = tokio::net::TcpStream::connect(match load.target {
         Target::Binary => load.addr.to_string(),
         Target::Http => load.http_authority.clone(),
     })
     .await
     .context("cannot connect")?;
-    stream.set_nodelay(true)?;
+    let stream = StampedStream::new(stream)?;
+    let stamped = stream.stamped();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     if load.target == Target::Binary {
         let mut h = Vec::new();
         frame::put_hello(&mut h, 0, frame::VERSION);
         stream.write_all(&h).await?;
         loop {
-            if stream.read_buf(&mut rbuf).await? == 0 {
+            if stream.read(&mut rbuf).await?.0 == 0 {
                 bail!("connection closed during HELLO");
             }
             if let Ok((op, _, _, len)) = frame::decode_any(&rbuf) {
@@ -410,23 +431,34 @@ async fn connection(
     let mut rng =
         Rng(0x9E37_79B9_7F4A_7C15 ^ (conn_index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let scope = load.scope.clone().unwrap_or_default();
-    // Open loop: each token from the pacer thread is one request to send.
-    let paced = tokens.is_some();
+    // Open loop: the pacer adds to this connection's credit; each unit is one request to send.
+    let paced = credits.as_ref().map(|c| &c[conn_index]);
     let mut credit = 0u64;
-    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(load.depth);
+    // Per request in flight: when it was written (ns). With the kernel's receive timestamps the
+    // clock is theirs (CLOCK_REALTIME), else the monotonic clock: one clock read per write and
+    // one per read, whatever the pipeline depth.
+    let origin = Instant::now();
+    let clock = move || {
+        if stamped {
+            realtime_ns()
+        } else {
+            origin.elapsed().as_nanos() as u64
+        }
+    };
+    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(load.depth);
+    let mut decisions: Vec<(&'static str, u64)> = Vec::new();
     let mut wbuf = Vec::with_capacity(64 * 1024);
     let mut id = 1u64;
     loop {
         let now = Instant::now();
         let stopping = now >= deadline || shared.done.load(Ordering::Relaxed);
-        if let Some(rx) = tokens.as_mut() {
-            while let Ok(n) = rx.try_recv() {
-                credit += u64::from(n);
-            }
+        if let Some(c) = paced {
+            credit += c.due.swap(0, Ordering::Relaxed);
         }
+        let mut fresh = 0;
         if !stopping {
-            while in_flight.len() < load.depth {
-                if paced {
+            while in_flight.len() + fresh < load.depth {
+                if paced.is_some() {
                     if credit == 0 {
                         break;
                     }
@@ -450,11 +482,13 @@ async fn connection(
                     &load.http_authority,
                 );
                 id += 1;
-                // Latency runs from the write.
-                in_flight.push_back(Instant::now());
+                fresh += 1;
             }
         }
         if !wbuf.is_empty() {
+            // Latency runs from the write.
+            let written = clock();
+            in_flight.extend(std::iter::repeat_n(written, fresh));
             stream.write_all(&wbuf).await?;
             wbuf.clear();
         }
@@ -462,48 +496,83 @@ async fn connection(
             if stopping {
                 break;
             }
-            if let Some(rx) = tokens.as_mut() {
+            if let Some(c) = paced {
                 let until = tokio::time::Instant::from_std(deadline);
                 tokio::select! {
-                    n = rx.recv() => credit += u64::from(n.unwrap_or(0)),
+                    _ = c.ready.notified() => {}
                     _ = tokio::time::sleep_until(until) => {}
                 }
             }
             continue;
         }
-        let read = match tokens.as_mut() {
-            Some(rx) if !stopping && in_flight.len() < load.depth => {
+        let read = match paced {
+            Some(c) if !stopping && in_flight.len() < load.depth => {
                 tokio::select! {
-                    r = stream.read_buf(&mut rbuf) => Some(r?),
-                    n = rx.recv() => {
-                        credit += u64::from(n.unwrap_or(0));
-                        None
-                    }
+                    r = stream.read(&mut rbuf) => Some(r?),
+                    _ = c.ready.notified() => None,
                 }
             }
-            _ => Some(stream.read_buf(&mut rbuf).await?),
+            _ => Some(stream.read(&mut rbuf).await?),
         };
-        if read == Some(0) {
-            bail!("the server closed the connection");
-        }
-        let now = Instant::now();
+        let received = match read {
+            Some((0, _)) => bail!("the server closed the connection"),
+            Some((_, t)) => t,
+            None => None,
+        };
+        let now = clock();
         let mut used = 0;
         let mut batch = 0u64;
         while let Some((label, len)) = parse_answer(load.target, &rbuf[used..])? {
             used += len;
             batch += 1;
-            let Some(sched) = in_flight.pop_front() else {
+            let Some(written) = in_flight.pop_front() else {
                 bail!("an answer for no request");
             };
-            let ns = now.saturating_duration_since(sched).as_nanos() as u64;
+            let read_ns = now.saturating_sub(written);
+            client_hist.record(read_ns.clamp(1, 60_000_000_000))?;
+            // At the socket: when the kernel queued the last segment of this read. Answers that
+            // arrived in earlier segments of the same read are given that later time (an
+            // overestimate, never an underestimate).
+            let ns = match received {
+                Some(t) if stamped => t.saturating_sub(written).min(read_ns),
+                _ => read_ns,
+            };
             hist.record(ns.clamp(1, 60_000_000_000))?;
-            *decisions.entry(label.to_string()).or_default() += 1;
+            match decisions.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => decisions.push((label, 1)),
+            }
             count += 1;
         }
         rbuf.advance(used);
         shared.answered.fetch_add(batch, Ordering::Relaxed);
     }
-    Ok((hist, decisions, count))
+    Ok(Tally {
+        socket: stamped.then_some(hist),
+        client: client_hist,
+        decisions: decisions
+            .into_iter()
+            .map(|(l, n)| (l.to_string(), n))
+            .collect(),
+        count,
+    })
+}
+
+/// Requests one connection may send under `--rate`, handed out by the pacer.
+#[derive(Default)]
+struct Credit {
+    due: AtomicU64,
+    ready: tokio::sync::Notify,
+}
+
+/// One connection's results.
+struct Tally {
+    /// Latency at the socket (kernel receive time), when the socket gave timestamps.
+    socket: Option<Histogram<u64>>,
+    /// Latency as the load generator read the answers.
+    client: Histogram<u64>,
+    decisions: BTreeMap<String, u64>,
+    count: u64,
 }
 
 async fn run_load(
@@ -520,38 +589,43 @@ async fn run_load(
     });
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds.max(0.1));
-    let mut senders = Vec::new();
+    let credits: Arc<Vec<Credit>> = Arc::new(
+        (0..load.connections.max(1))
+            .map(|_| Credit::default())
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for i in 0..load.connections.max(1) {
-        let rx = (rate > 0.0).then(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            senders.push(tx);
-            rx
-        });
         tasks.push(tokio::spawn(connection(
             load.clone(),
             shared.clone(),
             i,
-            rx,
+            (rate > 0.0).then(|| credits.clone()),
             deadline,
         )));
     }
-    // The pacer: a plain thread that wakes every 100 us and hands out the requests that are due,
-    // round-robin over the connections. tokio's timer ticks in milliseconds, which would send
-    // the offered load in bursts and measure the bursts' queueing as server latency.
+    // The pacer: a task that hands out the requests as they fall due, round-robin over the
+    // connections, polling the clock between two turns of the runtime (it yields after each
+    // look, so the connections run in between and the runtime polls the sockets). tokio's timer
+    // ticks in milliseconds, and a sleeping thread wakes tens of microseconds late; either would
+    // send the load in bursts and measure the bursts' queueing as server latency. The price: with
+    // --rate the load generator keeps one of its threads busy.
     let pacer = (rate > 0.0).then(|| {
         let shared = shared.clone();
-        std::thread::spawn(move || {
+        let credits = credits.clone();
+        tokio::spawn(async move {
             let mut released = 0u64;
             let mut next = 0usize;
             while Instant::now() < deadline && !shared.done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_micros(100));
                 let due = (start.elapsed().as_secs_f64() * rate) as u64;
                 for _ in released..due {
-                    let _ = senders[next % senders.len()].send(1);
+                    let c = &credits[next % credits.len()];
+                    c.due.fetch_add(1, Ordering::Relaxed);
+                    c.ready.notify_one();
                     next += 1;
                 }
                 released = released.max(due);
+                tokio::task::yield_now().await;
             }
         })
     });
@@ -578,20 +652,28 @@ async fn run_load(
             }
         })
     });
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut socket = Some(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?);
+    let mut client = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut decisions = BTreeMap::new();
     let mut requests = 0;
     for t in tasks {
-        let (h, d, c) = t.await.context("load task panicked")??;
-        hist.add(h)?;
-        for (k, v) in d {
+        let tally = t.await.context("load task panicked")??;
+        client.add(&tally.client)?;
+        socket = match (socket, tally.socket) {
+            (Some(mut all), Some(h)) => {
+                all.add(h)?;
+                Some(all)
+            }
+            _ => None,
+        };
+        for (k, v) in tally.decisions {
             *decisions.entry(k).or_default() += v;
         }
-        requests += c;
+        requests += tally.count;
     }
     let elapsed = start.elapsed();
     if let Some(p) = pacer {
-        let _ = p.join();
+        let _ = p.await;
     }
     if let Some(t) = ticker {
         t.abort();
@@ -603,7 +685,9 @@ async fn run_load(
         offered: rate,
         requests,
         elapsed,
-        latency: hist,
+        at_socket: socket.is_some(),
+        latency: socket.unwrap_or_else(|| client.clone()),
+        client_latency: client,
         decisions,
     })
 }
@@ -619,14 +703,21 @@ fn print_report(r: &Report, a: &BenchArgs) {
         r.elapsed.as_secs_f64(),
         r.throughput()
     );
-    println!(
-        "latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        r.us(0.5),
-        r.us(0.9),
-        r.us(0.99),
-        r.us(0.999),
-        r.latency.max() as f64 / 1000.0
-    );
+    let line = |what: &str, h: &Histogram<u64>| {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "latency us, {what}: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            h.max() as f64 / 1000.0
+        );
+    };
+    if r.at_socket {
+        line("answer in the socket (kernel receive time)", &r.latency);
+    }
+    line("as this load generator read it", &r.client_latency);
     let d: Vec<String> = r
         .decisions
         .iter()
@@ -761,6 +852,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         bail!("--connections and --depth must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
         .enable_all()
         .build()?;
     rt.block_on(async {

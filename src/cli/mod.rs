@@ -4,6 +4,7 @@ pub mod admin_client;
 pub mod bench;
 pub mod ops;
 pub mod serve;
+pub mod stamped;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use super::AppState;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::Engine;
-use crate::metrics::Transport;
+use crate::metrics::{Stopwatch, Tally, Transport};
 use crate::protocol::frame::{
     self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame, WireResult,
 };
@@ -144,15 +144,11 @@ fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
     Ok((key, scope, u64::from(req.cost.max(1))))
 }
 
-/// Decides one check on this node's engine.
-fn decide(state: &AppState, engine: &Engine, (key, scope, cost): Parsed<'_>) -> WireResult {
-    let start = quanta::Instant::now();
+/// Decides one check on this node's engine, counting it in `tally`.
+fn decide(tally: &mut Tally, engine: &Engine, (key, scope, cost): Parsed<'_>) -> WireResult {
+    let start = Stopwatch::start();
     let d = engine.check(key, scope, cost);
-    state.metrics.record_check(
-        Transport::Binary,
-        d.verdict,
-        start.elapsed().as_nanos() as u64,
-    );
+    tally.record(d.verdict, start.elapsed_ns());
     to_wire(&d)
 }
 
@@ -176,14 +172,15 @@ fn answer_control(f: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Appends the answer to one decoded frame, decided on this node's engine.
-fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
+/// Appends the answer to one decoded frame, decided on this node's engine; its checks are
+/// counted in `tally`.
+fn answer(state: &AppState, tally: &mut Tally, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
     if answer_control(f, out) {
         return;
     }
     match *f {
         Frame::Hello { .. } | Frame::Ping { .. } => {}
-        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(state, engine, p)) {
+        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(tally, engine, p)) {
             Ok(r) => {
                 frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 r.put(out);
@@ -207,7 +204,7 @@ fn answer(state: &AppState, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
             };
             frame::put_batch_result_header(out, id, parsed.len());
             for p in parsed {
-                decide(state, engine, p).put(out);
+                decide(tally, engine, p).put(out);
             }
         }
     }
@@ -260,13 +257,11 @@ async fn run_jobs(state: &AppState, jobs: &mut Vec<Job>, out: &mut Vec<u8>) {
         Job::Checks { reqs, .. } => &reqs[..],
     });
     let decided = futures_util::future::join_all(checks.map(|(k, s, c)| async move {
-        let start = quanta::Instant::now();
+        let start = Stopwatch::start();
         let d = backend.check(k.as_deref(), s.as_deref(), *c).await;
-        state.metrics.record_check(
-            Transport::Binary,
-            d.verdict,
-            start.elapsed().as_nanos() as u64,
-        );
+        state
+            .metrics
+            .record_check(Transport::Binary, d.verdict, start.elapsed_ns());
         to_wire(&d)
     }))
     .await;
@@ -301,6 +296,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = state.binary.idle_timeout;
     let local = state.backend.local().cloned();
     let mut jobs: Vec<Job> = Vec::new();
+    let mut tally = Tally::default();
     // One idle timer and one stop waiter for the connection's life, not one of each per read:
     // registering a timer and a waiter on every request costs more than deciding it. The timer is
     // pushed back only once it fires, to the last read plus the idle timeout.
@@ -329,6 +325,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         last_read = tokio::time::Instant::now();
+        state.busy_poll.touch();
         let mut used = 0;
         let mut fatal = None;
         loop {
@@ -347,7 +344,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             hello = true;
                             match &local {
-                                Some(e) => answer(state, e, &f, &mut out),
+                                Some(e) => answer(state, &mut tally, e, &f, &mut out),
                                 None => jobs.push(shared_job(state, &f)),
                             }
                         }
@@ -356,7 +353,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             break;
                         }
                         _ => match &local {
-                            Some(e) => answer(state, e, &f, &mut out),
+                            Some(e) => answer(state, &mut tally, e, &f, &mut out),
                             None => jobs.push(shared_job(state, &f)),
                         },
                     }
@@ -379,6 +376,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.advance(used);
+        // Counted before the answers go out, so a client that has its answers sees them counted.
+        state.metrics.add_tally(Transport::Binary, &mut tally);
         if !jobs.is_empty() {
             run_jobs(state, &mut jobs, &mut out).await;
         }

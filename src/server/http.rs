@@ -26,7 +26,7 @@ use super::AppState;
 use crate::backend::Backend;
 use crate::engine::decision::{Decision, Verdict};
 use crate::engine::Engine;
-use crate::metrics::Transport;
+use crate::metrics::{Stopwatch, Transport};
 use crate::store::redis::{FailPolicy, Mode};
 
 /// The largest request body accepted (admin API).
@@ -91,6 +91,7 @@ pub async fn run(
     {
         let st = state.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            st.busy_poll.touch();
             // The check on this node's engine is synchronous: answer it with a ready future
             // rather than through `handle`'s state machine (which the admin routes make large,
             // and which hyper would move on every request).
@@ -373,7 +374,7 @@ pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) 
         Ok(p) => p,
         Err(m) => return bad_check(state, &m, rid),
     };
-    let start = quanta::Instant::now();
+    let start = Stopwatch::start();
     let d = engine.check(key, scope, cost);
     answered(state, &d, start, scope, rid)
 }
@@ -384,7 +385,7 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
         Ok(p) => p,
         Err(m) => return bad_check(state, &m, rid),
     };
-    let start = quanta::Instant::now();
+    let start = Stopwatch::start();
     let d = state.backend.check(key, scope, cost).await;
     answered(state, &d, start, scope, rid)
 }
@@ -398,11 +399,11 @@ fn is_check(path: &str) -> bool {
 fn answered(
     state: &AppState,
     d: &Decision,
-    start: quanta::Instant,
+    start: Stopwatch,
     scope: Option<&str>,
     rid: &str,
 ) -> Resp {
-    let elapsed = start.elapsed().as_nanos() as u64;
+    let elapsed = start.elapsed_ns();
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);

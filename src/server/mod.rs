@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod binary;
+pub mod busy_poll;
 pub mod http;
 pub mod openapi;
 pub mod render;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub binary: binary::BinaryConfig,
     /// How often counters are msynced.
     pub msync_interval: Duration,
+    /// Busy polling after requests (off unless `--busy-poll-us`).
+    pub busy_poll: busy_poll::BusyPoll,
 }
 
 /// A listener a server can accept from (TCP or Unix).
