@@ -113,21 +113,43 @@ pub struct Tally {
     latency_buckets: [u64; BUCKETS_NS.len()],
     count: u64,
     latency_sum_ns: u64,
+    /// Decisions counted but not yet timed.
+    untimed: u64,
 }
 
 impl Tally {
     /// Counts one decision and its engine latency.
     #[inline]
     pub fn record(&mut self, v: Verdict, latency_ns: u64) {
+        self.count_decision(v);
+        self.time_batch(latency_ns);
+    }
+
+    /// Counts one decision; its time comes with the others of its batch, by [`Tally::time_batch`].
+    #[inline]
+    pub fn count_decision(&mut self, v: Verdict) {
         self.checks[decision_index(v)] += 1;
         if let Verdict::Unauthorized(r) = v {
             self.unauthorized[reason_index(r)] += 1;
         }
-        if let Some(b) = BUCKETS_NS.iter().position(|&ub| latency_ns <= ub) {
-            self.latency_buckets[b] += 1;
+        self.untimed += 1;
+    }
+
+    /// The decisions counted since the last call took `total_ns` together: each goes into the
+    /// latency histogram at their mean. (Timing a read's checks together costs two clock reads
+    /// per read instead of two per check.)
+    #[inline]
+    pub fn time_batch(&mut self, total_ns: u64) {
+        if self.untimed == 0 {
+            return;
         }
-        self.count += 1;
-        self.latency_sum_ns = self.latency_sum_ns.wrapping_add(latency_ns);
+        let each = total_ns / self.untimed;
+        if let Some(b) = BUCKETS_NS.iter().position(|&ub| each <= ub) {
+            self.latency_buckets[b] += self.untimed;
+        }
+        self.count += self.untimed;
+        self.latency_sum_ns = self.latency_sum_ns.wrapping_add(total_ns);
+        self.untimed = 0;
     }
 }
 
@@ -169,6 +191,7 @@ impl Metrics {
     /// Adds the checks counted in `tally` (one connection's read, say) and empties it: one
     /// relaxed add per counter that moved instead of several per check.
     pub fn add_tally(&self, t: Transport, tally: &mut Tally) {
+        debug_assert_eq!(tally.untimed, 0, "time the batch before adding it");
         if tally.count == 0 {
             return;
         }
@@ -259,7 +282,7 @@ impl Metrics {
             s,
             "quotad_check_duration_seconds",
             "histogram",
-            "Time the engine took to decide a check.",
+            "Time the engine took to decide a check (binary protocol: the checks of one read are timed together, each counted at their mean).",
         );
         let mut cum = 0;
         for (i, ub) in BUCKETS_NS.iter().enumerate() {
@@ -461,6 +484,18 @@ mod tests {
         }
         tallied.add_tally(Transport::Binary, &mut t);
         assert_eq!(t.count, 0, "add_tally empties the tally");
+        // A batch timed together: three checks that took 900 ns in all count at 300 ns each.
+        let batched = Metrics::new();
+        for v in [Verdict::Allowed, Verdict::Allowed, Verdict::Forbidden] {
+            t.count_decision(v);
+        }
+        t.time_batch(900);
+        batched.add_tally(Transport::Binary, &mut t);
+        let one_by_one3 = Metrics::new();
+        for v in [Verdict::Allowed, Verdict::Allowed, Verdict::Forbidden] {
+            one_by_one3.record_check(Transport::Binary, v, 300);
+        }
+        assert_eq!(check_lines(&batched), check_lines(&one_by_one3));
         let lines = check_lines(&tallied);
         assert_eq!(lines, check_lines(&one_by_one));
         assert!(

@@ -144,11 +144,11 @@ fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
     Ok((key, scope, u64::from(req.cost.max(1))))
 }
 
-/// Decides one check on this node's engine, counting it in `tally`.
+/// Decides one check on this node's engine, counting it in `tally` (the caller times the read's
+/// checks together).
 fn decide(tally: &mut Tally, engine: &Engine, (key, scope, cost): Parsed<'_>) -> WireResult {
-    let start = Stopwatch::start();
     let d = engine.check(key, scope, cost);
-    tally.record(d.verdict, start.elapsed_ns());
+    tally.count_decision(d.verdict);
     to_wire(&d)
 }
 
@@ -326,6 +326,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         }
         last_read = tokio::time::Instant::now();
         state.busy_poll.touch();
+        let timer = Stopwatch::start();
         let mut used = 0;
         let mut fatal = None;
         loop {
@@ -377,6 +378,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         }
         buf.advance(used);
         // Counted before the answers go out, so a client that has its answers sees them counted.
+        tally.time_batch(timer.elapsed_ns());
         state.metrics.add_tally(Transport::Binary, &mut tally);
         if !jobs.is_empty() {
             run_jobs(state, &mut jobs, &mut out).await;
