@@ -61,6 +61,11 @@ const BUCKETS_NS: [u64; 12] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
 ];
 
+/// The histogram bucket of a latency (`None`: above the last bound, counted in `+Inf` only).
+fn bucket_of(latency_ns: u64) -> Option<usize> {
+    BUCKETS_NS.iter().position(|&ub| latency_ns <= ub)
+}
+
 fn decision_index(v: Verdict) -> usize {
     match v {
         Verdict::Allowed => 0,
@@ -144,7 +149,7 @@ impl Tally {
             return;
         }
         let each = total_ns / self.untimed;
-        if let Some(b) = BUCKETS_NS.iter().position(|&ub| each <= ub) {
+        if let Some(b) = bucket_of(each) {
             self.latency_buckets[b] += self.untimed;
         }
         self.count += self.untimed;
@@ -177,11 +182,7 @@ impl Metrics {
         if let Verdict::Unauthorized(r) = v {
             s.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
         }
-        let b = BUCKETS_NS
-            .iter()
-            .position(|&ub| latency_ns <= ub)
-            .unwrap_or(BUCKETS_NS.len());
-        if b < BUCKETS_NS.len() {
+        if let Some(b) = bucket_of(latency_ns) {
             s.latency_buckets[b].fetch_add(1, Ordering::Relaxed);
         }
         s.latency_count.fetch_add(1, Ordering::Relaxed);

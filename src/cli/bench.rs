@@ -147,7 +147,7 @@ impl Report {
     }
 
     fn us(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1000.0
+        micros_at(&self.latency, q)
     }
 
     /// Where `latency` is measured: "socket" or "client".
@@ -161,7 +161,7 @@ impl Report {
 
     fn to_json(&self) -> serde_json::Value {
         let q = |h: &Histogram<u64>| {
-            let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let us = |q: f64| micros_at(h, q);
             serde_json::json!({
                 "p50": us(0.5), "p90": us(0.9), "p99": us(0.99),
                 "p999": us(0.999), "max": h.max() as f64 / 1000.0,
@@ -178,6 +178,19 @@ impl Report {
             "decisions": self.decisions,
         })
     }
+}
+
+/// The longest latency a histogram holds (60 s); longer ones are recorded as this.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+/// A latency histogram in nanoseconds, 1 ns to [`MAX_LATENCY_NS`], 3 significant digits.
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)?)
+}
+
+/// Quantile `q` of a nanosecond histogram, in microseconds.
+fn micros_at(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// xorshift64*: cheap and good enough to pick keys.
@@ -399,8 +412,8 @@ async fn connection(
     credits: Option<Arc<Vec<Credit>>>,
     deadline: Instant,
 ) -> anyhow::Result<Tally> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut client_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hist = latency_histogram()?;
+    let mut client_hist = latency_histogram()?;
     let mut count = 0u64;
     let stream = tokio::net::TcpStream::connect(match load.target {
         Target::Binary => load.addr.to_string(),
@@ -529,7 +542,7 @@ async fn connection(
                 bail!("an answer for no request");
             };
             let read_ns = now.saturating_sub(written);
-            client_hist.record(read_ns.clamp(1, 60_000_000_000))?;
+            client_hist.record(read_ns.clamp(1, MAX_LATENCY_NS))?;
             // At the socket: when the kernel queued the last segment of this read. Answers that
             // arrived in earlier segments of the same read are given that later time (an
             // overestimate, never an underestimate).
@@ -537,7 +550,7 @@ async fn connection(
                 Some(t) if stamped => t.saturating_sub(written).min(read_ns),
                 _ => read_ns,
             };
-            hist.record(ns.clamp(1, 60_000_000_000))?;
+            hist.record(ns.clamp(1, MAX_LATENCY_NS))?;
             match decisions.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, n)) => *n += 1,
                 None => decisions.push((label, 1)),
@@ -589,18 +602,21 @@ async fn run_load(
     });
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds.max(0.1));
-    let credits: Arc<Vec<Credit>> = Arc::new(
-        (0..load.connections.max(1))
-            .map(|_| Credit::default())
-            .collect(),
-    );
+    // Open loop (`--rate`): one credit counter per connection, filled by the pacer below.
+    let credits: Option<Arc<Vec<Credit>>> = (rate > 0.0).then(|| {
+        Arc::new(
+            (0..load.connections.max(1))
+                .map(|_| Credit::default())
+                .collect(),
+        )
+    });
     let mut tasks = Vec::new();
     for i in 0..load.connections.max(1) {
         tasks.push(tokio::spawn(connection(
             load.clone(),
             shared.clone(),
             i,
-            (rate > 0.0).then(|| credits.clone()),
+            credits.clone(),
             deadline,
         )));
     }
@@ -610,9 +626,8 @@ async fn run_load(
     // ticks in milliseconds, and a sleeping thread wakes tens of microseconds late; either would
     // send the load in bursts and measure the bursts' queueing as server latency. The price: with
     // --rate the load generator keeps one of its threads busy.
-    let pacer = (rate > 0.0).then(|| {
+    let pacer = credits.map(|credits| {
         let shared = shared.clone();
-        let credits = credits.clone();
         tokio::spawn(async move {
             let mut released = 0u64;
             let mut next = 0usize;
@@ -652,8 +667,8 @@ async fn run_load(
             }
         })
     });
-    let mut socket = Some(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?);
-    let mut client = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut socket = Some(latency_histogram()?);
+    let mut client = latency_histogram()?;
     let mut decisions = BTreeMap::new();
     let mut requests = 0;
     for t in tasks {
@@ -704,7 +719,7 @@ fn print_report(r: &Report, a: &BenchArgs) {
         r.throughput()
     );
     let line = |what: &str, h: &Histogram<u64>| {
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let us = |q: f64| micros_at(h, q);
         println!(
             "latency us, {what}: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             us(0.5),

@@ -23,8 +23,9 @@ pub struct BusyPoll {
     /// Poll for this long after the last request (nanoseconds); 0 = off.
     window_ns: u64,
     origin: std::time::Instant,
-    /// Time of the last request (nanoseconds since `origin`; 0 before the first), refreshed at most every
-    /// `window_ns / 8` so that workers on different cores rarely write the same cache line.
+    /// Time of the last request (nanoseconds since `origin`; 0 before the first), refreshed at
+    /// most every `window_ns / 8` so that workers on different cores rarely write the same cache
+    /// line.
     last: AtomicU64,
     /// Polling tasks asleep (waiting for the next request).
     asleep: AtomicUsize,

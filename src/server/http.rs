@@ -145,6 +145,8 @@ static X_QUOTA_KEY_ID: HeaderName = HeaderName::from_static("x-quota-key-id");
 static X_QUOTA_CONSUMER: HeaderName = HeaderName::from_static("x-quota-consumer");
 static X_QUOTA_ERROR: HeaderName = HeaderName::from_static("x-quota-error");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_QUOTA_SCOPE: HeaderName = HeaderName::from_static("x-quota-scope");
+static X_QUOTA_COST: HeaderName = HeaderName::from_static("x-quota-cost");
 
 /// The headers of an allowed check's answer after `content-type`, in the order
 /// [`ALLOWED_HEADERS`] holds them.
@@ -170,8 +172,6 @@ static ALLOWED_HEADERS: std::sync::LazyLock<hyper::HeaderMap> = std::sync::LazyL
     }
     h
 });
-static X_QUOTA_SCOPE: HeaderName = HeaderName::from_static("x-quota-scope");
-static X_QUOTA_COST: HeaderName = HeaderName::from_static("x-quota-cost");
 
 /// The caller's `x-request-id` if acceptable (1-128 visible ASCII characters), else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
