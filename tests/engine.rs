@@ -641,6 +641,38 @@ fn keys_tiers_and_usage_survive_reopening() {
         .is_allowed());
 }
 
+/// A transport reads the clock once for several checks (`check_at`), and two threads can reach a
+/// key in the opposite order to their clock readings: a reading from just before a month began
+/// that arrives after a check of the new month must not file the usage under the old month.
+#[test]
+fn a_time_read_before_a_new_month_cannot_move_a_key_back_into_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let new_month = datetime!(2027-01-01 00:00:00 UTC).unix_timestamp() as u64 * 1_000_000_000;
+    let clock = FakeClock::at_ns(new_month);
+    let e = open(dir.path(), &clock);
+    e.put_tier(tier("tiny", &[(1000, 1)], Some(100))).unwrap();
+    let (id, raw) = key(&e, "tiny");
+    assert!(e
+        .check_at(Some(&raw), None, 1, new_month)
+        .verdict
+        .is_allowed());
+    // Read 1 µs before midnight, decided after the check above.
+    let late = e.check_at(Some(&raw), None, 1, new_month - 1_000);
+    assert!(late.verdict.is_allowed());
+    assert_eq!(
+        late.limits().last().unwrap().remaining,
+        98,
+        "decided in January, beside the first check"
+    );
+    assert_eq!(
+        e.usage(id).unwrap().monthly_used,
+        2,
+        "both counted in January"
+    );
+    assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+    assert_eq!(e.usage(id).unwrap().monthly_used, 3);
+}
+
 #[test]
 fn a_second_process_cannot_open_a_data_directory_in_use() {
     let dir = tempfile::tempdir().unwrap();

@@ -482,7 +482,24 @@ impl Engine {
     /// Order: unauthorized, forbidden, plan_required, burst limits, monthly quota. A denied
     /// request consumes nothing; an admitted one takes `cost` from every limit and the quota.
     pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
-        let now = self.clock.now_ns();
+        self.check_at(raw_key, scope, cost, self.clock.now_ns())
+    }
+
+    /// [`check`](Self::check) at `now` (ns since the epoch), which the caller read from this
+    /// engine's [`clock`](Self::clock): a transport deciding several checks that arrived together
+    /// reads the clock once for all of them.
+    ///
+    /// Time never goes back for a key: each shard keeps the latest `now` it decided at and decides
+    /// an older one at that time instead. (A `now` read by another thread just before a month
+    /// began could otherwise arrive after a check of the new month and file the key's usage
+    /// under the old one.)
+    pub fn check_at(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        now: u64,
+    ) -> Decision {
         let now_s = secs(now);
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
@@ -514,8 +531,12 @@ impl Engine {
             grace,
             month: shard_month,
             catalog,
+            latest_ns,
             ..
         } = &mut *guard;
+        let now = now.max(*latest_ns);
+        *latest_ns = now;
+        let now_s = secs(now);
         let Some(catalog) = catalog.as_deref() else {
             return unauthorized(AuthFailure::Unknown, None, None);
         };

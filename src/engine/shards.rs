@@ -82,6 +82,8 @@ pub struct ShardData {
     pub catalog: Option<Arc<Catalog>>,
     /// The engine's catalog generation `catalog` was taken at (0 = none yet).
     pub catalog_gen: u64,
+    /// The latest time a check of this shard was decided at (ns since the epoch).
+    pub latest_ns: u64,
 }
 
 #[repr(align(128))]
@@ -140,6 +142,7 @@ impl Shards {
                     month: MonthWindow::containing(now_ns),
                     catalog: None,
                     catalog_gen: 0,
+                    latest_ns: 0,
                 }))
             })
             .collect();

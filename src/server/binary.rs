@@ -144,10 +144,15 @@ fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
     Ok((key, scope, u64::from(req.cost.max(1))))
 }
 
-/// Decides one check on this node's engine, counting it in `tally` (the caller times the read's
-/// checks together).
-fn decide(tally: &mut Tally, engine: &Engine, (key, scope, cost): Parsed<'_>) -> WireResult {
-    let d = engine.check(key, scope, cost);
+/// Decides one check on this node's engine at `now` (read once for all the checks of a read),
+/// counting it in `tally` (the caller times the read's checks together).
+fn decide(
+    tally: &mut Tally,
+    engine: &Engine,
+    now: u64,
+    (key, scope, cost): Parsed<'_>,
+) -> WireResult {
+    let d = engine.check_at(key, scope, cost, now);
     tally.count_decision(d.verdict);
     to_wire(&d)
 }
@@ -172,15 +177,21 @@ fn answer_control(f: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Appends the answer to one decoded frame, decided on this node's engine; its checks are
-/// counted in `tally`.
-fn answer(state: &AppState, tally: &mut Tally, engine: &Engine, f: &Frame<'_>, out: &mut Vec<u8>) {
+/// Appends the answer to one decoded frame, decided on this node's engine at `now`; its checks
+/// are counted in `tally`.
+fn answer(
+    state: &AppState,
+    tally: &mut Tally,
+    (engine, now): (&Engine, u64),
+    f: &Frame<'_>,
+    out: &mut Vec<u8>,
+) {
     if answer_control(f, out) {
         return;
     }
     match *f {
         Frame::Hello { .. } | Frame::Ping { .. } => {}
-        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(tally, engine, p)) {
+        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(tally, engine, now, p)) {
             Ok(r) => {
                 frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 r.put(out);
@@ -204,7 +215,7 @@ fn answer(state: &AppState, tally: &mut Tally, engine: &Engine, f: &Frame<'_>, o
             };
             frame::put_batch_result_header(out, id, parsed.len());
             for p in parsed {
-                decide(tally, engine, p).put(out);
+                decide(tally, engine, now, p).put(out);
             }
         }
     }
@@ -327,6 +338,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         last_read = tokio::time::Instant::now();
         state.busy_poll.touch();
         let timer = Stopwatch::start();
+        // The frames of one read arrived together: one clock reading decides them all.
+        let here = local.as_ref().map(|e| (&**e, e.clock().now_ns()));
         let mut used = 0;
         let mut fatal = None;
         loop {
@@ -344,7 +357,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                                 break;
                             }
                             hello = true;
-                            match &local {
+                            match here {
                                 Some(e) => answer(state, &mut tally, e, &f, &mut out),
                                 None => jobs.push(shared_job(state, &f)),
                             }
@@ -353,7 +366,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             fatal = Some((f.id(), ErrorCode::HelloRequired, "send HELLO first"));
                             break;
                         }
-                        _ => match &local {
+                        _ => match here {
                             Some(e) => answer(state, &mut tally, e, &f, &mut out),
                             None => jobs.push(shared_job(state, &f)),
                         },
