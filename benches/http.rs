@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench http` (needs `wrk`: `apt-get install wrk`).
 //! Knobs: `QUOTAD_HTTP_BENCH_SECS` (default 10), `QUOTAD_HTTP_BENCH_CONNS` (default 50),
-//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 3; rounds alternate bare/quotad and the best of each is kept).
+//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 3; each round runs both, bare hyper first in even rounds
+//! and quotad first in odd ones; the median of the rounds' ratios is the figure).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -129,8 +130,15 @@ fn main() {
     let (mut cpu_bare, mut cpu_quotad) = (f64::MAX, f64::MAX);
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let (b, bc) = wrk(b_addr, &script, secs, conns);
-        let (q, qc) = wrk(q_addr, &script, secs, conns);
+        // Alternate which contender goes first, so neither always meets the machine's load in
+        // the same phase of a round.
+        let ((b, bc), (q, qc)) = if round % 2 == 0 {
+            let b = wrk(b_addr, &script, secs, conns);
+            (b, wrk(q_addr, &script, secs, conns))
+        } else {
+            let q = wrk(q_addr, &script, secs, conns);
+            (wrk(b_addr, &script, secs, conns), q)
+        };
         println!(
             "round {round}: bare hyper {b:.0} req/s ({bc:.2} us CPU/req), quotad check {q:.0} req/s ({qc:.2} us CPU/req), ratio {:.3}",
             q / b
