@@ -421,7 +421,9 @@ async fn connection(
     })
     .await
     .context("cannot connect")?;
-    let stream = StampedStream::new(stream)?;
+    // Kernel receive timestamps only when the load is paced to measure latency: at saturation
+    // they would cost both sides CPU (see `StampedStream::new`).
+    let stream = StampedStream::new(stream, credits.is_some())?;
     let stamped = stream.stamped();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     if load.target == Target::Binary {
@@ -542,7 +544,9 @@ async fn connection(
                 bail!("an answer for no request");
             };
             let read_ns = now.saturating_sub(written);
-            client_hist.record(read_ns.clamp(1, MAX_LATENCY_NS))?;
+            if stamped {
+                client_hist.record(read_ns.clamp(1, MAX_LATENCY_NS))?;
+            }
             // At the socket: when the kernel queued the last segment of this read. Answers that
             // arrived in earlier segments of the same read are given that later time (an
             // overestimate, never an underestimate).
@@ -560,9 +564,15 @@ async fn connection(
         rbuf.advance(used);
         shared.answered.fetch_add(batch, Ordering::Relaxed);
     }
+    // Unstamped, both figures are the time the answer was read: one histogram holds them.
+    let (socket, client) = if stamped {
+        (Some(hist), client_hist)
+    } else {
+        (None, hist)
+    };
     Ok(Tally {
-        socket: stamped.then_some(hist),
-        client: client_hist,
+        socket,
+        client,
         decisions: decisions
             .into_iter()
             .map(|(l, n)| (l.to_string(), n))

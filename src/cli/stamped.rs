@@ -43,29 +43,33 @@ fn timespec_ns(ts: &libc::timespec) -> u64 {
 }
 
 impl StampedStream {
-    /// Wraps a connected tokio stream (set non-blocking, no Nagle) and asks for timestamps.
-    pub fn new(stream: tokio::net::TcpStream) -> io::Result<Self> {
+    /// Wraps a connected tokio stream (set non-blocking, no Nagle) and, if `timestamps`, asks for
+    /// receive timestamps.
+    ///
+    /// They are not free: while any socket on the machine wants them, the kernel reads the clock
+    /// for every packet it receives, the server's included (about 2 % of each side's CPU in an
+    /// unpipelined saturation run here). So the bench asks for them only when it paces its
+    /// load to measure latency.
+    pub fn new(stream: tokio::net::TcpStream, timestamps: bool) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
         let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                std.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let stamped = timestamps
+            // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
+            && unsafe {
+                libc::setsockopt(
+                    std.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            } == 0;
         // SAFETY: the `TcpStream` owns its descriptor, which stays open and the same until the
         // `AsyncFd` (its only owner) is dropped.
         let fd = unsafe { AsyncFd::register(std) }.map_err(io::Error::from)?;
-        Ok(StampedStream {
-            fd,
-            stamped: rc == 0,
-        })
+        Ok(StampedStream { fd, stamped })
     }
 
     /// Whether reads return the kernel's receive time.
