@@ -24,7 +24,8 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct QuantaClock {
     anchor_unix_ns: u64,
-    anchor: quanta::Instant,
+    /// The counter's raw reading at `anchor_unix_ns`.
+    anchor_raw: u64,
     clock: quanta::Clock,
 }
 
@@ -32,14 +33,14 @@ impl QuantaClock {
     /// Anchors a new clock on the current wall-clock time.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let anchor = clock.now();
+        let anchor_raw = clock.raw();
         let anchor_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         QuantaClock {
             anchor_unix_ns,
-            anchor,
+            anchor_raw,
             clock,
         }
     }
@@ -54,9 +55,10 @@ impl Default for QuantaClock {
 impl Clock for QuantaClock {
     #[inline]
     fn now_ns(&self) -> u64 {
-        let elapsed = self.clock.now().saturating_duration_since(self.anchor);
-        self.anchor_unix_ns
-            .saturating_add(elapsed.as_nanos() as u64)
+        // Raw counter delta scaled by a multiply and a shift: no `Duration` on the way (its
+        // seconds/nanoseconds split divides by 10^9). 0 if the counter read is not later.
+        let elapsed = self.clock.delta_as_nanos(self.anchor_raw, self.clock.raw());
+        self.anchor_unix_ns.saturating_add(elapsed)
     }
 }
 
