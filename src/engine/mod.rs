@@ -482,7 +482,22 @@ impl Engine {
     /// Order: unauthorized, forbidden, plan_required, burst limits, monthly quota. A denied
     /// request consumes nothing; an admitted one takes `cost` from every limit and the quota.
     pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
-        self.check_at(raw_key, scope, cost, self.clock.now_ns())
+        self.prefetch_entry(raw_key);
+        self.decide(raw_key, scope, cost, self.clock.now_ns())
+    }
+
+    /// Starts loading the entry of the key `raw_key` names, before anything else of the check
+    /// needs it: on a large key table it is a cache miss, the one a check waits for. Everything
+    /// up to the shard lock (reading the clock, validating the key, hashing it) runs meanwhile.
+    #[inline]
+    fn prefetch_entry(&self, raw_key: Option<&str>) {
+        if let Some(p) = raw_key
+            .and_then(keyfmt::slot_hint)
+            .and_then(|slot| self.shards.entry_ptr(slot))
+        {
+            prefetch(p as *const u8);
+            prefetch((p as *const u8).wrapping_add(64));
+        }
     }
 
     /// [`check`](Self::check) at `now` (ns since the epoch), which the caller read from this
@@ -500,6 +515,13 @@ impl Engine {
         cost: u64,
         now: u64,
     ) -> Decision {
+        self.prefetch_entry(raw_key);
+        self.decide(raw_key, scope, cost, now)
+    }
+
+    /// The check itself; the callers have started loading the key's entry.
+    #[inline(always)]
+    fn decide(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64, now: u64) -> Decision {
         let now_s = secs(now);
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
@@ -512,13 +534,12 @@ impl Engine {
         if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
-        let Some(entry_ptr) = self.shards.entry_ptr(slot) else {
+        if self.shards.entry_ptr(slot).is_none() {
             return unauthorized(AuthFailure::Unknown, None, None);
-        };
-        // The entry's two lines are likely cache misses: start them now and hash the key meanwhile.
-        // The counter slot in the file is only written, below: no load waits for it.
-        prefetch(entry_ptr as *const u8);
-        prefetch((entry_ptr as *const u8).wrapping_add(64));
+        }
+        // The entry's two lines are on their way (`prefetch_entry`, from the same characters of
+        // the key that `presented` decoded the slot from): hash the key meanwhile. The counter
+        // slot in the file is only written, below: no load waits for it.
         let fast = self.digest.of(raw);
         let (_, idx) = Shards::locate(slot);
         let mut guard = self.shards.lock(slot);

@@ -115,6 +115,21 @@ pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
     Ok(KeyId(u64::from_le_bytes(bytes)))
 }
 
+/// The slot a raw key names, read from the first six characters of its body without validating
+/// anything else: a hint for starting the key's memory loads early. [`parse`] decides whether the
+/// key is well formed; a hint from a malformed key names some slot or none.
+#[inline]
+pub fn slot_hint(raw: &str) -> Option<u32> {
+    let b = raw.as_bytes();
+    let body = b.get(b.len().checked_sub(BODY_LEN)?..)?;
+    let mut acc: u64 = 0;
+    for &c in &body[..6] {
+        acc = acc << 6 | u64::from(DECODE[usize::from(c)] & 0x3f);
+    }
+    // 36 bits: the id's first four bytes (the slot, little-endian) and four bits of the fifth.
+    Some(u32::from_le_bytes(((acc >> 4) as u32).to_be_bytes()))
+}
+
 /// Makes a new raw key for `id` with `prefix`, secret bytes from the OS RNG.
 pub fn generate(prefix: &str, id: KeyId) -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 8 + SECRET_LEN];
@@ -204,6 +219,24 @@ mod tests {
         assert_eq!(parse(&k), Ok(id));
         assert_eq!(id.slot(), 1234);
         assert_ne!(generate("qd_", id).unwrap(), k, "secrets differ");
+    }
+
+    #[test]
+    fn the_slot_hint_of_a_well_formed_key_is_its_slot() {
+        for (slot, tag) in [
+            (0, 0),
+            (1, 1),
+            (1234, 0xdead_beef),
+            (u32::MAX, 7),
+            (0x0102_0304, 9),
+        ] {
+            for prefix in ["qd_", "", "a-very-long-pfx_"] {
+                let k = generate(prefix, KeyId::new(slot, tag)).unwrap();
+                assert_eq!(slot_hint(&k), Some(slot), "{k}");
+            }
+        }
+        assert_eq!(slot_hint("short"), None);
+        assert_eq!(slot_hint(""), None);
     }
 
     #[test]
