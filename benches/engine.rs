@@ -7,6 +7,9 @@
 //! memory-mapped counter file. governor's check = one GCRA cell in a `DashMap` keyed by the same
 //! raw key strings.
 //!
+//! Also: the full check with the entry of the check 8 places ahead loading meanwhile, as the
+//! binary server decides the frames of one read (`quotad_full_check_8_ahead`).
+//!
 //! Run: `cargo bench --bench engine` (set `QUOTAD_BENCH_KEYS` to use fewer keys).
 
 use std::num::NonZeroU32;
@@ -133,6 +136,20 @@ fn quotad_loop(s: &Setup, t: usize, per: u64) {
     }
 }
 
+/// The binary server's way with the frames of one read: the entry of the check 8 places ahead
+/// starts loading before this one is decided (`Engine::prefetch_entry`).
+fn quotad_ahead_loop(s: &Setup, t: usize, per: u64) {
+    let mask = s.order.len() - 1;
+    for i in (t * 7919..).take(per as usize) {
+        let next = &s.raws[s.order[(i + 8) & mask] as usize];
+        s.engine.prefetch_entry(next.as_bytes());
+        let raw = &s.raws[s.order[i & mask] as usize];
+        let d = s.engine.check(Some(raw), Some("api:read"), 1);
+        debug_assert!(d.verdict.is_allowed());
+        std::hint::black_box(&d);
+    }
+}
+
 fn governor_loop(s: &Setup, t: usize, per: u64) {
     let mask = s.order.len() - 1;
     for i in (t * 7919..).take(per as usize) {
@@ -152,6 +169,14 @@ fn checks(c: &mut Criterion, s: &Setup, n: usize) {
         g.bench_function(BenchmarkId::new("governor_keyed_check", threads), |b| {
             b.iter_custom(|iters| run_threads(threads, iters, |t, per| governor_loop(s, t, per)))
         });
+        g.bench_function(
+            BenchmarkId::new("quotad_full_check_8_ahead", threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    run_threads(threads, iters, |t, per| quotad_ahead_loop(s, t, per))
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -210,6 +210,37 @@ fn pipelined_requests_in_one_write_are_answered_in_one_pass_with_matching_ids() 
     }
 }
 
+/// The server holds a few decoded checks back while their keys' entries load; a fatal frame
+/// behind them must still come after their answers, and ends the connection.
+#[test]
+fn checks_before_a_fatal_frame_in_the_same_read_are_answered_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (id, key) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "pro"}));
+    let mut s = raw_conn(&d);
+    hello(&mut s);
+    let mut f = Vec::new();
+    for i in 0..20u64 {
+        frame::put_check_frame(&mut f, 500 + i, 1, key.as_bytes(), b"");
+    }
+    // A frame with an unknown op: fatal.
+    frame::put_header(&mut f, 0x7f, 999, 0);
+    s.write_all(&f).unwrap();
+    let answers = read_all(&mut s);
+    assert_eq!(answers.len(), 21, "20 results, then the error frame");
+    for (i, (op, id, p)) in answers[..20].iter().enumerate() {
+        assert_eq!((*op, *id), (op::RESULT, 500 + i as u64));
+        assert_eq!(WireResult::get(p).unwrap().code(), "allowed");
+    }
+    assert_eq!(answers[20].0, op::ERROR);
+    let u = d
+        .client()
+        .admin(reqwest::Method::GET, &format!("/keys/{id}"), None);
+    assert_eq!(u.body["usage"]["monthlyUsed"], 20, "{}", u.text);
+}
+
 #[test]
 fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_served() {
     let dir = tempfile::tempdir().unwrap();

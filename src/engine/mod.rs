@@ -482,19 +482,20 @@ impl Engine {
     /// Order: unauthorized, forbidden, plan_required, burst limits, monthly quota. A denied
     /// request consumes nothing; an admitted one takes `cost` from every limit and the quota.
     pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
-        self.prefetch_entry(raw_key);
+        self.prefetch_entry(raw_key.unwrap_or("").as_bytes());
         self.decide(raw_key, scope, cost, self.clock.now_ns())
     }
 
-    /// Starts loading the entry of the key `raw_key` names, before anything else of the check
-    /// needs it: on a large key table it is a cache miss, the one a check waits for. Everything
-    /// up to the shard lock (reading the clock, validating the key, hashing it) runs meanwhile.
+    /// Starts loading the in-memory entry of the key `raw_key` names, without waiting for it.
+    ///
+    /// On a large key table that entry is a cache miss, the one a check waits for. Every check
+    /// starts it first thing (reading the clock, validating and hashing the key then run
+    /// meanwhile); a transport holding several checks at once (the frames of one read) calls this
+    /// for the next few before deciding the current one, so their misses overlap instead of
+    /// following each other. A malformed or unknown key is ignored here and refused by the check.
     #[inline]
-    fn prefetch_entry(&self, raw_key: Option<&str>) {
-        if let Some(p) = raw_key
-            .and_then(keyfmt::slot_hint)
-            .and_then(|slot| self.shards.entry_ptr(slot))
-        {
+    pub fn prefetch_entry(&self, raw_key: &[u8]) {
+        if let Some(p) = keyfmt::slot_hint(raw_key).and_then(|slot| self.shards.entry_ptr(slot)) {
             prefetch(p as *const u8);
             prefetch((p as *const u8).wrapping_add(64));
         }
@@ -515,7 +516,7 @@ impl Engine {
         cost: u64,
         now: u64,
     ) -> Decision {
-        self.prefetch_entry(raw_key);
+        self.prefetch_entry(raw_key.unwrap_or("").as_bytes());
         self.decide(raw_key, scope, cost, now)
     }
 

@@ -119,8 +119,8 @@ pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
 /// anything else: a hint for starting the key's memory loads early. [`parse`] decides whether the
 /// key is well formed; a hint from a malformed key names some slot or none.
 #[inline]
-pub fn slot_hint(raw: &str) -> Option<u32> {
-    let b = raw.as_bytes();
+pub fn slot_hint(raw: &[u8]) -> Option<u32> {
+    let b = raw;
     let body = b.get(b.len().checked_sub(BODY_LEN)?..)?;
     let mut acc: u64 = 0;
     for &c in &body[..6] {
@@ -232,11 +232,11 @@ mod tests {
         ] {
             for prefix in ["qd_", "", "a-very-long-pfx_"] {
                 let k = generate(prefix, KeyId::new(slot, tag)).unwrap();
-                assert_eq!(slot_hint(&k), Some(slot), "{k}");
+                assert_eq!(slot_hint(k.as_bytes()), Some(slot), "{k}");
             }
         }
-        assert_eq!(slot_hint("short"), None);
-        assert_eq!(slot_hint(""), None);
+        assert_eq!(slot_hint(b"short"), None);
+        assert_eq!(slot_hint(b""), None);
     }
 
     #[test]

@@ -214,10 +214,77 @@ fn answer(
                 }
             };
             frame::put_batch_result_header(out, id, parsed.len());
-            for p in parsed {
+            // Keep the next checks' entries loading while one is decided: on a large key table
+            // each is a cache miss, and these overlap instead of following each other.
+            for p in parsed.iter().take(AHEAD) {
+                engine.prefetch_entry(p.0.unwrap_or("").as_bytes());
+            }
+            for (i, &p) in parsed.iter().enumerate() {
+                if let Some(next) = parsed.get(i + AHEAD) {
+                    engine.prefetch_entry(next.0.unwrap_or("").as_bytes());
+                }
                 decide(tally, engine, now, p).put(out);
             }
         }
+    }
+}
+
+/// How many checks ahead of the one being decided have their key's entry loading.
+const AHEAD: usize = 8;
+
+/// The frames of one read that are decoded but not yet answered: a CHECK frame waits here while
+/// the entries of the next few load (`Engine::prefetch_entry`), so that on a large key table their
+/// cache misses overlap. Answers still go out in frame order.
+struct Ahead<'a> {
+    ring: [Option<Frame<'a>>; AHEAD],
+    head: usize,
+    len: usize,
+}
+
+impl<'a> Ahead<'a> {
+    fn new() -> Self {
+        Ahead {
+            ring: [None; AHEAD],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Queues `f`; when full, returns the oldest frame, to be answered now.
+    fn push(&mut self, f: Frame<'a>) -> Option<Frame<'a>> {
+        let out = if self.len == AHEAD { self.pop() } else { None };
+        self.ring[(self.head + self.len) % AHEAD] = Some(f);
+        self.len += 1;
+        out
+    }
+
+    /// The oldest queued frame.
+    fn pop(&mut self) -> Option<Frame<'a>> {
+        if self.len == 0 {
+            return None;
+        }
+        let f = self.ring[self.head].take();
+        self.head = (self.head + 1) % AHEAD;
+        self.len -= 1;
+        f
+    }
+}
+
+/// Queues frame `f` of a read decided on this node's engine (starting its key's entry loading),
+/// and answers the frame it pushes out of the queue.
+fn queue<'a>(
+    state: &AppState,
+    ahead: &mut Ahead<'a>,
+    tally: &mut Tally,
+    here: (&Engine, u64),
+    f: Frame<'a>,
+    out: &mut Vec<u8>,
+) {
+    if let Frame::Check { req, .. } = f {
+        here.0.prefetch_entry(req.key);
+    }
+    if let Some(g) = ahead.push(f) {
+        answer(state, tally, here, &g, out);
     }
 }
 
@@ -340,6 +407,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         let timer = Stopwatch::start();
         // The frames of one read arrived together: one clock reading decides them all.
         let here = local.as_ref().map(|e| (&**e, e.clock().now_ns()));
+        let mut ahead = Ahead::new();
         let mut used = 0;
         let mut fatal = None;
         loop {
@@ -358,7 +426,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             hello = true;
                             match here {
-                                Some(e) => answer(state, &mut tally, e, &f, &mut out),
+                                Some(e) => queue(state, &mut ahead, &mut tally, e, f, &mut out),
                                 None => jobs.push(shared_job(state, &f)),
                             }
                         }
@@ -367,7 +435,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             break;
                         }
                         _ => match here {
-                            Some(e) => answer(state, &mut tally, e, &f, &mut out),
+                            Some(e) => queue(state, &mut ahead, &mut tally, e, f, &mut out),
                             None => jobs.push(shared_job(state, &f)),
                         },
                     }
@@ -387,6 +455,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     fatal = Some((id, code, msg));
                     break;
                 }
+            }
+        }
+        if let Some(e) = here {
+            while let Some(f) = ahead.pop() {
+                answer(state, &mut tally, e, &f, &mut out);
             }
         }
         buf.advance(used);
