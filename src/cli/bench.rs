@@ -413,7 +413,6 @@ async fn connection(
     deadline: Instant,
 ) -> anyhow::Result<Tally> {
     let mut hist = latency_histogram()?;
-    let mut client_hist = latency_histogram()?;
     let mut count = 0u64;
     let stream = tokio::net::TcpStream::connect(match load.target {
         Target::Binary => load.addr.to_string(),
@@ -425,6 +424,9 @@ async fn connection(
     // they would cost both sides CPU (see `StampedStream::new`).
     let stream = StampedStream::new(stream, credits.is_some())?;
     let stamped = stream.stamped();
+    // With timestamps, `hist` is latency at the socket and this one latency as read; without,
+    // `hist` is latency as read and this one is not needed.
+    let mut client_hist = stamped.then(latency_histogram).transpose()?;
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     if load.target == Target::Binary {
         let mut h = Vec::new();
@@ -544,8 +546,8 @@ async fn connection(
                 bail!("an answer for no request");
             };
             let read_ns = now.saturating_sub(written);
-            if stamped {
-                client_hist.record(read_ns.clamp(1, MAX_LATENCY_NS))?;
+            if let Some(c) = client_hist.as_mut() {
+                c.record(read_ns.clamp(1, MAX_LATENCY_NS))?;
             }
             // At the socket: when the kernel queued the last segment of this read. Answers that
             // arrived in earlier segments of the same read are given that later time (an
@@ -564,11 +566,9 @@ async fn connection(
         rbuf.advance(used);
         shared.answered.fetch_add(batch, Ordering::Relaxed);
     }
-    // Unstamped, both figures are the time the answer was read: one histogram holds them.
-    let (socket, client) = if stamped {
-        (Some(hist), client_hist)
-    } else {
-        (None, hist)
+    let (socket, client) = match client_hist {
+        Some(c) => (Some(hist), c),
+        None => (None, hist),
     };
     Ok(Tally {
         socket,

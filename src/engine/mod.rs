@@ -483,7 +483,7 @@ impl Engine {
     /// request consumes nothing; an admitted one takes `cost` from every limit and the quota.
     pub fn check(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
         self.prefetch_entry(raw_key.unwrap_or("").as_bytes());
-        self.decide(raw_key, scope, cost, self.clock.now_ns())
+        self.check_at(raw_key, scope, cost, self.clock.now_ns())
     }
 
     /// Starts loading the in-memory entry of the key `raw_key` names, without waiting for it.
@@ -503,12 +503,15 @@ impl Engine {
 
     /// [`check`](Self::check) at `now` (ns since the epoch), which the caller read from this
     /// engine's [`clock`](Self::clock): a transport deciding several checks that arrived together
-    /// reads the clock once for all of them.
+    /// reads the clock once for all of them. The caller also starts loading the key's entry
+    /// ([`prefetch_entry`](Self::prefetch_entry)), best a few checks ahead, as `check` does for
+    /// itself just before.
     ///
     /// Time never goes back for a key: each shard keeps the latest `now` it decided at and decides
     /// an older one at that time instead. (A `now` read by another thread just before a month
     /// began could otherwise arrive after a check of the new month and file the key's usage
     /// under the old one.)
+    #[inline(always)]
     pub fn check_at(
         &self,
         raw_key: Option<&str>,
@@ -516,13 +519,6 @@ impl Engine {
         cost: u64,
         now: u64,
     ) -> Decision {
-        self.prefetch_entry(raw_key.unwrap_or("").as_bytes());
-        self.decide(raw_key, scope, cost, now)
-    }
-
-    /// The check itself; the callers have started loading the key's entry.
-    #[inline(always)]
-    fn decide(&self, raw_key: Option<&str>, scope: Option<&str>, cost: u64, now: u64) -> Decision {
         let now_s = secs(now);
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
@@ -538,8 +534,8 @@ impl Engine {
         if self.shards.entry_ptr(slot).is_none() {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
-        // The entry's two lines are on their way (`prefetch_entry`, from the same characters of
-        // the key that `presented` decoded the slot from): hash the key meanwhile. The counter
+        // The entry's two lines are on their way (the caller's `prefetch_entry`, from the same
+        // characters of the key that `presented` decoded the slot from): hash the key meanwhile. The counter
         // slot in the file is only written, below: no load waits for it.
         let fast = self.digest.of(raw);
         let (_, idx) = Shards::locate(slot);

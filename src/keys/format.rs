@@ -120,8 +120,7 @@ pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
 /// key is well formed; a hint from a malformed key names some slot or none.
 #[inline]
 pub fn slot_hint(raw: &[u8]) -> Option<u32> {
-    let b = raw;
-    let body = b.get(b.len().checked_sub(BODY_LEN)?..)?;
+    let body = raw.get(raw.len().checked_sub(BODY_LEN)?..)?;
     let mut acc: u64 = 0;
     for &c in &body[..6] {
         acc = acc << 6 | u64::from(DECODE[usize::from(c)] & 0x3f);
