@@ -107,6 +107,9 @@ if [ "$(nproc)" -ge 2 ]; then
     for i in $(seq "$LAT_RUNS"); do
         qb 1 --rate "$HALF_P" >"$WORK/lat_pinned_$i.json"
     done
+    # For comparison, once: sends that fell behind while the load generator itself was off its
+    # CPU are sent late, in a burst, instead of skipped (`--max-lag-us 0`).
+    qb 1 --rate "$HALF_P" --max-lag-us 0 >"$WORK/lat_pinned_catchup.json"
     # The machine's own floor, measured now on the same two cores: how much of the time a
     # thread that never sleeps is kept off its CPU (see examples/stall_meter.rs).
     stop_quotad
@@ -138,7 +141,9 @@ print(f"quotad pinned with busy polling, unpipelined: {pinned:.0f} req/s")
 def show(name, rate, path):
     v = json.load(open(path))
     s, c = v["latencyMicros"], v["clientLatencyMicros"]
-    print(f"{name} at {rate:.0f} req/s (achieved {v['throughput']:.0f}):")
+    skipped = v.get("skipped", 0)
+    print(f"{name} at {rate:.0f} req/s (achieved {v['throughput']:.0f}; {skipped} sends skipped, "
+          f"{100 * skipped / max(1, skipped + v['requests']):.2f} %, for falling > 100 us behind):")
     print(f"    answer in the socket ({v['latencySource']}): p50 {s['p50']:.0f}  p90 {s['p90']:.0f}  "
           f"p99 {s['p99']:.0f}  p99.9 {s['p999']:.0f} us   (goal: p99 < 200)")
     print(f"    as the load generator read it: p50 {c['p50']:.0f}  p90 {c['p90']:.0f}  "
@@ -147,6 +152,9 @@ def show(name, rate, path):
 show("unpipelined, unpinned", half, sys.argv[4])
 p99s = [show(f"unpipelined, pinned, --busy-poll-us 200, run {i}", half_p, f"{work}/lat_pinned_{i}.json")
         for i in range(1, runs + 1)]
+if os.path.exists(f"{work}/lat_pinned_catchup.json"):
+    show("for comparison: pinned, busy polling, late sends not skipped (--max-lag-us 0)", half_p,
+         f"{work}/lat_pinned_catchup.json")
 if p99s:
     print(f"pinned + busy polling: median p99 over {runs} runs {statistics.median(p99s):.0f} us "
           f"(runs: {', '.join(f'{p:.0f}' for p in p99s)})   (goal < 200)")

@@ -107,11 +107,14 @@ fn an_offered_rate_is_sent_at_that_rate_on_any_number_of_threads() {
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let n = v["requests"].as_u64().unwrap();
-        // 2,000/s for 2 s: the pacer releases 4,000; a few may still be in flight at the end.
+        let skipped = v["skipped"].as_u64().unwrap();
+        // 2,000/s for 2 s: the pacer releases 4,000 (less any skipped while this process was
+        // off its CPU); a few may still be in flight at the end.
         assert!(
-            (3_600..=4_000).contains(&n),
+            (3_600..=4_000).contains(&(n + skipped)),
             "{threads} threads: {n} requests at 2000/s for 2 s: {v}"
         );
+        assert!(skipped < 400, "{v}");
         assert_eq!(v["decisions"]["allowed"].as_u64(), Some(n), "{v}");
         // Paced, latency is the point: Linux gives TCP sockets kernel receive timestamps, so it
         // is measured at the socket, with the load generator's own reading time beside it.
@@ -123,6 +126,58 @@ fn an_offered_rate_is_sent_at_that_rate_on_any_number_of_threads() {
             "the answer is in the socket before it is read: {v}"
         );
     }
+}
+
+/// Runs a paced bench (2,000/s for 3 s) and stops the load generator with SIGSTOP for 500 ms
+/// once it has run a second; returns its JSON report.
+fn paused_run(d: &Daemon, max_lag_us: &str) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["bench", "--addr", &d.binary.to_string()])
+        .args(["--http-url", &format!("http://{}", d.http)])
+        .args(["--token", &d.token, "--keys", "10", "--connections", "4"])
+        .args(["--depth", "1", "--rate", "2000", "--duration", "3"])
+        .args(["--max-lag-us", max_lag_us, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // The progress line a second into the run.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("answers") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "bench ended early");
+    }
+    // SAFETY: signals to our own child, which has not been waited for.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn sends_that_fell_due_while_the_load_generator_was_stopped_are_skipped_not_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    // Default (--max-lag-us 100): the ≈ 1,000 sends due during the pause are skipped and counted.
+    let v = paused_run(&d, "100");
+    let (n, skipped) = (
+        v["requests"].as_u64().unwrap(),
+        v["skipped"].as_u64().unwrap(),
+    );
+    assert!((850..=1_600).contains(&skipped), "{v}");
+    assert!((5_400..=6_000).contains(&(n + skipped)), "{v}");
+    // --max-lag-us 0: every one is sent, late, in a burst after the pause.
+    let v = paused_run(&d, "0");
+    let n = v["requests"].as_u64().unwrap();
+    assert_eq!(v["skipped"], 0, "{v}");
+    assert!((5_400..=6_000).contains(&n), "{v}");
 }
 
 #[test]

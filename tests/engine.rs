@@ -674,6 +674,38 @@ fn a_time_read_before_a_new_month_cannot_move_a_key_back_into_the_old_one() {
 }
 
 #[test]
+fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = open(dir.path(), &clock);
+    let (id, raw) = key(&e, "free");
+    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    assert!(d.verdict.is_allowed());
+    let who = who.expect("an admitted check carries the identity");
+    assert_eq!((who.consumer(), who.tier()), ("acme", "free"));
+    e.update_key(
+        id,
+        KeyUpdate {
+            tier: Some("pro".into()),
+            ..KeyUpdate::default()
+        },
+    )
+    .unwrap();
+    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    assert!(d.verdict.is_allowed());
+    assert_eq!(who.unwrap().tier(), "pro", "the tier as of this check");
+    assert_eq!(e.usage(id).unwrap().monthly_used, 2);
+    // Denied checks carry none.
+    let (d, who) = e.check_identified(Some("qd_not-a-key"), None, 1);
+    assert!(!d.verdict.is_allowed());
+    assert!(who.is_none());
+    e.revoke_key(id).unwrap();
+    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    assert!(!d.verdict.is_allowed());
+    assert!(who.is_none());
+}
+
+#[test]
 fn a_second_process_cannot_open_a_data_directory_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let clock = mid_march();

@@ -101,6 +101,12 @@ pub struct BenchArgs {
     /// Offered rate in requests/s over all connections (0: as fast as the server answers).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// With --rate: sends that fall more than this many µs behind schedule because the load
+    /// generator itself was not running (its thread descheduled or stalled) are skipped and
+    /// counted, not sent in a burst when it resumes (a burst would queue at the server and be
+    /// measured as the server's latency). 0: send every one, however late.
+    #[arg(long, default_value_t = 100)]
+    pub max_lag_us: u64,
     /// Threads the load generator runs on (it shares the machine with the server it measures).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -139,6 +145,8 @@ pub struct Report {
     pub at_socket: bool,
     /// Answers by decision (binary) or status (HTTP).
     pub decisions: BTreeMap<String, u64>,
+    /// Scheduled sends skipped because they fell more than `--max-lag-us` behind (open loop).
+    pub skipped: u64,
 }
 
 impl Report {
@@ -169,6 +177,7 @@ impl Report {
         };
         serde_json::json!({
             "offeredRate": self.offered,
+            "skipped": self.skipped,
             "requests": self.requests,
             "seconds": self.elapsed.as_secs_f64(),
             "throughput": self.throughput(),
@@ -253,6 +262,8 @@ struct Load {
     scope: Option<String>,
     keys: Arc<Vec<String>>,
     picker: Picker,
+    /// `--max-lag-us` in seconds (0 = no limit).
+    max_lag: f64,
 }
 
 async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
@@ -638,11 +649,23 @@ async fn run_load(
     // --rate the load generator keeps one of its threads busy.
     let pacer = credits.map(|credits| {
         let shared = shared.clone();
+        let max_lag = load.max_lag;
         tokio::spawn(async move {
             let mut released = 0u64;
+            let mut skipped = 0u64;
             let mut next = 0usize;
             while Instant::now() < deadline && !shared.done.load(Ordering::Relaxed) {
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                let t = start.elapsed().as_secs_f64();
+                let due = (t * rate) as u64;
+                // Back from a pause of the load generator's own: what fell due more than
+                // `max_lag` ago is not sent (see `--max-lag-us`).
+                if max_lag > 0.0 {
+                    let stale = ((t - max_lag).max(0.0) * rate) as u64;
+                    if stale > released {
+                        skipped += stale - released;
+                        released = stale;
+                    }
+                }
                 for _ in released..due {
                     let c = &credits[next % credits.len()];
                     c.due.fetch_add(1, Ordering::Relaxed);
@@ -652,6 +675,7 @@ async fn run_load(
                 released = released.max(due);
                 tokio::task::yield_now().await;
             }
+            skipped
         })
     });
     let ticker = progress.then(|| {
@@ -697,9 +721,10 @@ async fn run_load(
         requests += tally.count;
     }
     let elapsed = start.elapsed();
-    if let Some(p) = pacer {
-        let _ = p.await;
-    }
+    let skipped = match pacer {
+        Some(p) => p.await.unwrap_or(0),
+        None => 0,
+    };
     if let Some(t) = ticker {
         t.abort();
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -714,6 +739,7 @@ async fn run_load(
         latency: socket.unwrap_or_else(|| client.clone()),
         client_latency: client,
         decisions,
+        skipped,
     })
 }
 
@@ -728,6 +754,15 @@ fn print_report(r: &Report, a: &BenchArgs) {
         r.elapsed.as_secs_f64(),
         r.throughput()
     );
+    if r.offered > 0.0 {
+        println!(
+            "offered {:.0} req/s; {} scheduled sends skipped ({:.3} %) for falling more than {} us behind while this load generator was not running",
+            r.offered,
+            r.skipped,
+            100.0 * r.skipped as f64 / (r.offered * r.elapsed.as_secs_f64()).max(1.0),
+            a.max_lag_us
+        );
+    }
     let line = |what: &str, h: &Histogram<u64>| {
         let us = |q: f64| micros_at(h, q);
         println!(
@@ -891,6 +926,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             scope: a.scope.clone(),
             picker: Picker::new(keys.len(), a.distribution, a.zipf_exponent),
             keys: Arc::new(keys),
+            max_lag: a.max_lag_us as f64 / 1e6,
         });
         if !a.sweep {
             let r = run_load(&load, a.rate, a.duration, a.requests, true).await?;

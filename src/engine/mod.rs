@@ -60,6 +60,15 @@ const KEYS: ArenaKind = ArenaKind {
     slot_size: 512,
 };
 
+/// Offsets in a record slot of the lines [`Engine::check_identified`] reads: each half's `seq`
+/// (which half is newest) and its consumer (64 bytes from offset 136: two lines).
+const RECORD_IDENTITY_LINES: [usize; 6] = {
+    const H: usize = std::mem::size_of::<RecordHalf>();
+    const C: usize = std::mem::offset_of!(RecordHalf, consumer);
+    [0, C, C + 63, H, H + C, H + C + 63]
+};
+const _: () = assert!(2 * std::mem::size_of::<RecordHalf>() == 512);
+
 /// The most keys one data directory holds.
 pub const MAX_KEYS: u64 = u32::MAX as u64;
 /// The largest cost one check may ask for.
@@ -519,6 +528,42 @@ impl Engine {
         cost: u64,
         now: u64,
     ) -> Decision {
+        self.check_core(raw_key, scope, cost, now, None)
+    }
+
+    /// [`check`](Self::check), and for an admitted check the key's identity (consumer and tier
+    /// name), read under the same shard lock as the decision: the HTTP answer carries both.
+    /// Asking [`identity`](Self::identity) afterwards would take the lock again and load the
+    /// catalog, two more atomic read-modify-writes that each wait for the check's store into the
+    /// mapped file to drain.
+    pub fn check_identified(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+    ) -> (Decision, Option<Identity>) {
+        let raw = raw_key.unwrap_or("").as_bytes();
+        self.prefetch_entry(raw);
+        // The record's lines the identity is read from; they load while the key is hashed.
+        if let Some(p) = keyfmt::slot_hint(raw).and_then(|slot| self.records.slot_ptr(slot)) {
+            for off in RECORD_IDENTITY_LINES {
+                prefetch(p.wrapping_add(off) as *const u8);
+            }
+        }
+        let mut ident = None;
+        let d = self.check_core(raw_key, scope, cost, self.clock.now_ns(), Some(&mut ident));
+        (d, ident)
+    }
+
+    #[inline(always)]
+    fn check_core(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        now: u64,
+        ident: Option<&mut Option<Identity>>,
+    ) -> Decision {
         let now_s = secs(now);
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
@@ -640,6 +685,16 @@ impl Engine {
         let hot = unsafe { self.shards.entry(slot) };
         hot.counters = next;
         hot.newest = into as u8;
+        if let Some(out) = ident {
+            // SAFETY: shard lock held.
+            if let Some(rs) = unsafe { self.record_slot(slot) } {
+                let r = &rs[layout::newest(rs)];
+                *out = Some(Identity::new(
+                    layout::get_str(&r.consumer).unwrap_or(""),
+                    &tier.spec.name,
+                ));
+            }
+        }
         d
     }
 

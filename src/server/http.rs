@@ -25,7 +25,7 @@ use super::render;
 use super::AppState;
 use crate::backend::Backend;
 use crate::engine::decision::{Decision, Verdict};
-use crate::engine::Engine;
+use crate::engine::{Engine, Identity};
 use crate::metrics::{Stopwatch, Transport};
 use crate::store::redis::{FailPolicy, Mode};
 
@@ -400,8 +400,8 @@ pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) 
         Err(m) => return bad_check(state, &m, rid),
     };
     let start = Stopwatch::start();
-    let d = engine.check(key, scope, cost);
-    answered(state, &d, start, scope, rid)
+    let (d, identity) = engine.check_identified(key, scope, cost);
+    answered(state, &d, identity.as_ref(), start, scope, rid)
 }
 
 /// Answers one `/v1/check` request through the backend (the shared Redis store).
@@ -412,7 +412,11 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
     };
     let start = Stopwatch::start();
     let d = state.backend.check(key, scope, cost).await;
-    answered(state, &d, start, scope, rid)
+    let identity = match (d.verdict, d.key_id) {
+        (Verdict::Allowed, Some(id)) => state.backend.identity(id),
+        _ => None,
+    };
+    answered(state, &d, identity.as_ref(), start, scope, rid)
 }
 
 /// Whether `path` is the check endpoint (`/v1/check` or below it).
@@ -420,10 +424,12 @@ fn is_check(path: &str) -> bool {
     path == "/v1/check" || path.starts_with("/v1/check/")
 }
 
-/// Counts a decided check (taken since `start`) and renders it.
+/// Counts a decided check (taken since `start`) and renders it; `identity` is the key's when
+/// the check was admitted.
 fn answered(
     state: &AppState,
     d: &Decision,
+    identity: Option<&Identity>,
     start: Stopwatch,
     scope: Option<&str>,
     rid: &str,
@@ -432,12 +438,12 @@ fn answered(
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
-    render_check(d, scope, rid, state)
+    render_check(d, identity, scope, rid)
 }
 
 /// Renders a decision. Every dynamic header value and the body are written into one buffer and
 /// handed to hyper as slices of it: one allocation instead of one per header.
-fn render_check(d: &Decision, scope: Option<&str>, rid: &str, state: &AppState) -> Resp {
+fn render_check(d: &Decision, identity: Option<&Identity>, scope: Option<&str>, rid: &str) -> Resp {
     let status = render::status(d.verdict);
     let mut buf = String::with_capacity(512);
     let mut num = itoa::Buffer::new();
@@ -460,9 +466,8 @@ fn render_check(d: &Decision, scope: Option<&str>, rid: &str, state: &AppState) 
         .retry_after
         .map(|ra| mark(&mut buf, &mut |b| b.push_str(num.format(ra.max(1)))));
     let (ident, body_r) = if d.verdict == Verdict::Allowed {
-        let identity = d.key_id.and_then(|id| state.backend.identity(id));
-        let consumer = identity.as_ref().map_or("", |i| i.consumer());
-        let tier = identity.as_ref().map_or("", |i| i.tier());
+        let consumer = identity.map_or("", |i| i.consumer());
+        let tier = identity.map_or("", |i| i.tier());
         let id_r = mark(&mut buf, &mut |b| {
             if let Some(id) = d.key_id {
                 b.push_str("key_");
