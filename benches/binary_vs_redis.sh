@@ -142,8 +142,8 @@ def show(name, rate, path):
     v = json.load(open(path))
     s, c = v["latencyMicros"], v["clientLatencyMicros"]
     skipped = v.get("skipped", 0)
-    print(f"{name} at {rate:.0f} req/s (achieved {v['throughput']:.0f}; {skipped} sends skipped, "
-          f"{100 * skipped / max(1, skipped + v['requests']):.2f} %, for falling > 100 us behind):")
+    print(f"{name} at {rate:.0f} req/s (achieved {v['throughput']:.0f}; {skipped} late sends skipped, "
+          f"{100 * skipped / max(1, skipped + v['requests']):.2f} %):")
     print(f"    answer in the socket ({v['latencySource']}): p50 {s['p50']:.0f}  p90 {s['p90']:.0f}  "
           f"p99 {s['p99']:.0f}  p99.9 {s['p999']:.0f} us   (goal: p99 < 200)")
     print(f"    as the load generator read it: p50 {c['p50']:.0f}  p90 {c['p90']:.0f}  "

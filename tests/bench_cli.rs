@@ -6,19 +6,22 @@ use std::process::Command;
 
 use common::{bin, Daemon};
 
+/// `quotad bench` pointed at `d`, with its admin token.
+fn bench_command(d: &Daemon) -> Command {
+    let mut c = Command::new(bin());
+    c.args([
+        "bench",
+        "--addr",
+        &d.binary.to_string(),
+        "--http-url",
+        &format!("http://{}", d.http),
+    ])
+    .args(["--token", &d.token]);
+    c
+}
+
 fn bench(d: &Daemon, extra: &[&str]) -> std::process::Output {
-    let out = Command::new(bin())
-        .args([
-            "bench",
-            "--addr",
-            &d.binary.to_string(),
-            "--http-url",
-            &format!("http://{}", d.http),
-        ])
-        .args(["--token", &d.token])
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = bench_command(d).args(extra).output().unwrap();
     assert!(
         out.status.success(),
         "bench failed: {}\n{}",
@@ -132,10 +135,8 @@ fn an_offered_rate_is_sent_at_that_rate_on_any_number_of_threads() {
 /// once it has run a second; returns its JSON report.
 fn paused_run(d: &Daemon, max_lag_us: &str) -> serde_json::Value {
     use std::io::BufRead;
-    let mut child = Command::new(bin())
-        .args(["bench", "--addr", &d.binary.to_string()])
-        .args(["--http-url", &format!("http://{}", d.http)])
-        .args(["--token", &d.token, "--keys", "10", "--connections", "4"])
+    let mut child = bench_command(d)
+        .args(["--keys", "10", "--connections", "4"])
         .args(["--depth", "1", "--rate", "2000", "--duration", "3"])
         .args(["--max-lag-us", max_lag_us, "--json"])
         .stdout(std::process::Stdio::piped())

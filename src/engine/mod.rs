@@ -504,7 +504,15 @@ impl Engine {
     /// following each other. A malformed or unknown key is ignored here and refused by the check.
     #[inline]
     pub fn prefetch_entry(&self, raw_key: &[u8]) {
-        if let Some(p) = keyfmt::slot_hint(raw_key).and_then(|slot| self.shards.entry_ptr(slot)) {
+        if let Some(slot) = keyfmt::slot_hint(raw_key) {
+            self.prefetch_entry_of(slot);
+        }
+    }
+
+    /// [`prefetch_entry`](Self::prefetch_entry) of the key in `slot`.
+    #[inline]
+    fn prefetch_entry_of(&self, slot: u32) {
+        if let Some(p) = self.shards.entry_ptr(slot) {
             prefetch(p as *const u8);
             prefetch((p as *const u8).wrapping_add(64));
         }
@@ -542,12 +550,13 @@ impl Engine {
         scope: Option<&str>,
         cost: u64,
     ) -> (Decision, Option<Identity>) {
-        let raw = raw_key.unwrap_or("").as_bytes();
-        self.prefetch_entry(raw);
-        // The record's lines the identity is read from; they load while the key is hashed.
-        if let Some(p) = keyfmt::slot_hint(raw).and_then(|slot| self.records.slot_ptr(slot)) {
-            for off in RECORD_IDENTITY_LINES {
-                prefetch(p.wrapping_add(off) as *const u8);
+        if let Some(slot) = keyfmt::slot_hint(raw_key.unwrap_or("").as_bytes()) {
+            self.prefetch_entry_of(slot);
+            // The record's lines the identity is read from; they load while the key is hashed.
+            if let Some(p) = self.records.slot_ptr(slot) {
+                for off in RECORD_IDENTITY_LINES {
+                    prefetch(p.wrapping_add(off) as *const u8);
+                }
             }
         }
         let mut ident = None;
@@ -580,8 +589,8 @@ impl Engine {
             return unauthorized(AuthFailure::Unknown, None, None);
         }
         // The entry's two lines are on their way (the caller's `prefetch_entry`, from the same
-        // characters of the key that `presented` decoded the slot from): hash the key meanwhile. The counter
-        // slot in the file is only written, below: no load waits for it.
+        // characters of the key that `presented` decoded the slot from): hash the key meanwhile.
+        // The counter slot in the file is only written, below: no load waits for it.
         let fast = self.digest.of(raw);
         let (_, idx) = Shards::locate(slot);
         let mut guard = self.shards.lock(slot);
