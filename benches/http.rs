@@ -3,10 +3,15 @@
 //! process on the same kind of tokio runtime and the same hyper HTTP/1 settings; only one is under
 //! load at a time.
 //!
+//! A third contender shows what the answer itself costs: the same bare handler sending, as fixed
+//! bytes, the headers and body of one of quotad's allowed answers (captured at start-up). Its
+//! ratio to bare hyper is the ceiling the goal leaves room under: what HTTP costs for an answer of
+//! that size, with no check and no rendering.
+//!
 //! Run: `cargo bench --bench http` (needs `wrk`: `apt-get install wrk`).
 //! Knobs: `QUOTAD_HTTP_BENCH_SECS` (default 10), `QUOTAD_HTTP_BENCH_CONNS` (default 50),
-//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 3; each round runs both, bare hyper first in even rounds
-//! and quotad first in odd ones; the median of the rounds' ratios is the figure).
+//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 3; each round runs the three contenders, the order rotated
+//! from round to round; the median of the rounds' ratios is the figure).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,15 +30,26 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn bare(listener: tokio::net::TcpListener) {
+/// A fixed answer: headers (static values, so a clone copies no bytes) and body.
+type Canned = (hyper::HeaderMap, Bytes);
+
+/// Bare hyper: answers every request with `canned` (`None`: 200 "ok" and nothing else).
+async fn bare(listener: tokio::net::TcpListener, canned: Option<&'static Canned>) {
     loop {
         let Ok((s, _)) = listener.accept().await else {
             continue;
         };
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            let svc = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, Infallible>(match canned {
+                    None => Response::new(Full::new(Bytes::from_static(b"ok"))),
+                    Some((headers, body)) => {
+                        let mut r = Response::new(Full::new(body.clone()));
+                        *r.headers_mut() = headers.clone();
+                        r
+                    }
+                })
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -107,57 +123,120 @@ fn main() {
     )
     .unwrap();
 
+    // One of quotad's allowed answers, rendered by its own handler, kept as fixed bytes.
+    let canned: &'static Canned = {
+        let engine = state.backend.local().expect("bench state is local").clone();
+        let req = hyper::Request::builder()
+            .uri("/v1/check")
+            .header("x-api-key", &keys[0])
+            .body(())
+            .unwrap();
+        let resp =
+            quotad::server::http::check(&state, &engine, &req, "qd-0123456789abcdef-00000000");
+        assert_eq!(resp.status(), 200);
+        let mut headers = hyper::HeaderMap::new();
+        for (name, value) in resp.headers() {
+            let v: &'static str = Box::leak(value.to_str().unwrap().to_owned().into_boxed_str());
+            headers.append(name.clone(), hyper::header::HeaderValue::from_static(v));
+        }
+        let body = futures_body(resp.into_body());
+        Box::leak(Box::new((
+            headers,
+            Bytes::from_static(Box::leak(body.into_boxed_slice())),
+        )))
+    };
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (q_addr, b_addr) = rt.block_on(async {
-        let ql = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let bl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addrs = (ql.local_addr().unwrap(), bl.local_addr().unwrap());
+    // Contenders: 0 bare hyper, 1 bare hyper sending quotad's answer, 2 quotad.
+    let addrs: [SocketAddr; 3] = rt.block_on(async {
+        let mut ls = Vec::new();
+        for _ in 0..3 {
+            ls.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs = [0, 1, 2].map(|i| ls[i].local_addr().unwrap());
+        let mut ls = ls.into_iter();
+        tokio::spawn(bare(ls.next().unwrap(), None));
+        tokio::spawn(bare(ls.next().unwrap(), Some(canned)));
         tokio::spawn(quotad::server::http::run(
-            ql,
+            ls.next().unwrap(),
             state.clone(),
             std::future::pending(),
             Duration::from_secs(1),
         ));
-        tokio::spawn(bare(bl));
         addrs
     });
-
-    let (mut best_bare, mut best_quotad) = (0f64, 0f64);
-    let (mut cpu_bare, mut cpu_quotad) = (f64::MAX, f64::MAX);
-    let mut ratios = Vec::new();
-    for round in 0..rounds {
-        // Alternate which contender goes first, so neither always meets the machine's load in
-        // the same phase of a round.
-        let ((b, bc), (q, qc)) = if round % 2 == 0 {
-            let b = wrk(b_addr, &script, secs, conns);
-            (b, wrk(q_addr, &script, secs, conns))
-        } else {
-            let q = wrk(q_addr, &script, secs, conns);
-            (wrk(b_addr, &script, secs, conns), q)
-        };
-        println!(
-            "round {round}: bare hyper {b:.0} req/s ({bc:.2} us CPU/req), quotad check {q:.0} req/s ({qc:.2} us CPU/req), ratio {:.3}",
-            q / b
-        );
-        ratios.push(q / b);
-        best_bare = best_bare.max(b);
-        best_quotad = best_quotad.max(q);
-        cpu_bare = cpu_bare.min(bc);
-        cpu_quotad = cpu_quotad.min(qc);
-    }
-    ratios.sort_by(f64::total_cmp);
     println!(
-        "best: bare hyper {best_bare:.0} req/s, quotad check {best_quotad:.0} req/s, ratio of bests {:.3}, median round ratio {:.3} (goal >= 0.9)",
-        best_quotad / best_bare,
-        ratios[ratios.len() / 2]
+        "quotad's answer: {} header lines besides date and content-length, {}-byte body",
+        canned.0.len(),
+        canned.1.len()
+    );
+
+    let mut best = [0f64; 3];
+    let mut cpu = [f64::MAX; 3];
+    // Per round: quotad / bare (the goal), canned / bare (the ceiling), quotad / canned.
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut cpu_ratios = Vec::new();
+    for round in 0..rounds as usize {
+        // Rotate the order, so that no contender always meets the machine's load in the same
+        // phase of a round.
+        let mut got = [(0f64, 0f64); 3];
+        for k in 0..3 {
+            let c = (round + k) % 3;
+            got[c] = wrk(addrs[c], &script, secs, conns);
+        }
+        let [(b, bc), (c, cc), (q, qc)] = got;
+        println!(
+            "round {round}: bare hyper {b:.0} req/s ({bc:.2} us CPU/req), bare hyper sending quotad's answer {c:.0} req/s ({cc:.2} us), quotad check {q:.0} req/s ({qc:.2} us); quotad/bare {:.3}, ceiling {:.3}, quotad/ceiling {:.3}",
+            q / b,
+            c / b,
+            q / c
+        );
+        ratios[0].push(q / b);
+        ratios[1].push(c / b);
+        ratios[2].push(q / c);
+        cpu_ratios.push(bc / qc);
+        for (i, (r, u)) in got.into_iter().enumerate() {
+            best[i] = best[i].max(r);
+            cpu[i] = cpu[i].min(u);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [mut r0, mut r1, mut r2] = ratios;
+    println!(
+        "median round ratio: quotad / bare hyper {:.3} (goal >= 0.9); ceiling (bare hyper sending quotad's answer / bare hyper) {:.3}; quotad / ceiling {:.3}",
+        median(&mut r0),
+        median(&mut r1),
+        median(&mut r2)
     );
     println!(
-        "server CPU per request (min): bare {cpu_bare:.2} us, quotad {cpu_quotad:.2} us, ratio {:.3}; wrk -t1 -c{conns} -d{secs}s, 1000 keys",
-        cpu_bare / cpu_quotad
+        "best rounds: bare hyper {:.0}, ceiling {:.0}, quotad {:.0} req/s; ratio of bests {:.3}",
+        best[0],
+        best[1],
+        best[2],
+        best[2] / best[0]
+    );
+    println!(
+        "server CPU per request (min): bare {:.2} us, ceiling {:.2} us, quotad {:.2} us; median round CPU ratio bare/quotad {:.3}; wrk -t1 -c{conns} -d{secs}s, 1000 keys",
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        median(&mut cpu_ratios)
     );
     drop(rt);
+}
+
+/// The bytes of a `Full` body that is ready now.
+fn futures_body(body: Full<Bytes>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let collected = futures_util::FutureExt::now_or_never(body.collect())
+        .expect("a full body is ready")
+        .unwrap();
+    collected.to_bytes().to_vec()
 }

@@ -163,6 +163,8 @@ pub struct Engine {
     data_dir: PathBuf,
     sync_records: bool,
     last_flush_ns: AtomicU64,
+    /// Whether this CPU has `prefetchw` (see [`prefetch_write`]).
+    prefetch_exclusive: bool,
     _lock: DirLock,
 }
 
@@ -296,6 +298,7 @@ impl Engine {
             data_dir: dir,
             sync_records: opts.sync_records,
             last_flush_ns: AtomicU64::new(now),
+            prefetch_exclusive: has_prefetch_write(),
             _lock: lock,
         })
     }
@@ -513,8 +516,17 @@ impl Engine {
     #[inline]
     fn prefetch_entry_of(&self, slot: u32) {
         if let Some(p) = self.shards.entry_ptr(slot) {
-            prefetch(p as *const u8);
-            prefetch((p as *const u8).wrapping_add(64));
+            let p = p as *const u8;
+            // The check writes the entry: ask for the lines in exclusive state where the CPU can,
+            // so that a line last written by another core arrives once, not shared and then
+            // again for the write.
+            if self.prefetch_exclusive {
+                prefetch_write(p);
+                prefetch_write(p.wrapping_add(64));
+            } else {
+                prefetch(p);
+                prefetch(p.wrapping_add(64));
+            }
         }
     }
 
@@ -688,12 +700,9 @@ impl Engine {
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
             return unauthorized(AuthFailure::Unknown, Some(id), None);
         };
-        // The durable write: a 64-byte store into the older half of the mapped slot.
-        cs[into] = next;
-        // SAFETY: shard lock held.
-        let hot = unsafe { self.shards.entry(slot) };
-        hot.counters = next;
-        hot.newest = into as u8;
+        // The identity is read before the durable write below: that store may wait for its line
+        // (another core's, or not yet in the cache), later stores queue behind it, and a load
+        // of what they wrote (copying the identity out) would wait as long.
         if let Some(out) = ident {
             // SAFETY: shard lock held.
             if let Some(rs) = unsafe { self.record_slot(slot) } {
@@ -704,6 +713,12 @@ impl Engine {
                 ));
             }
         }
+        // The durable write: a 64-byte store into the older half of the mapped slot.
+        cs[into] = next;
+        // SAFETY: shard lock held.
+        let hot = unsafe { self.shards.entry(slot) };
+        hot.counters = next;
+        hot.newest = into as u8;
         d
     }
 
@@ -1408,6 +1423,35 @@ fn convert_buckets(
     c.tat = tat;
     c.tier = tier_ix;
     c.limits_version = tier.version;
+}
+
+/// Whether the CPU has `prefetchw` (CPUID 8000_0001h ECX bit 8, "3DNowPrefetch"/PRFCHW: AMD
+/// since K8, Intel since Broadwell). Where it lacks it the instruction is a no-op, so the
+/// engine then prefetches for reading instead.
+fn has_prefetch_write() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86-64 CPU; leaf 8000_0001h is read only when the
+    // highest extended leaf reaches it.
+    unsafe {
+        use std::arch::x86_64::__cpuid;
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Starts loading the line at `p` for writing (exclusive state); a no-op on CPUs without
+/// `prefetchw` (see [`has_prefetch_write`]).
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address; it touches no register or flag.
+    unsafe {
+        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline(always)]
