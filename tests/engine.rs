@@ -679,10 +679,20 @@ fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now() {
     let clock = mid_march();
     let e = open(dir.path(), &clock);
     let (id, raw) = key(&e, "free");
-    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    // The identity an identified check lends, as owned strings.
+    let check = |raw: &str| {
+        let mut who = None;
+        let d = e.check_identified(Some(raw), None, 1, &mut |key, c, t| {
+            assert!(who.is_none(), "called once");
+            assert_eq!(key, id);
+            who = Some((c.to_string(), t.to_string()));
+        });
+        (d, who)
+    };
+    let (d, who) = check(&raw);
     assert!(d.verdict.is_allowed());
-    let who = who.expect("an admitted check carries the identity");
-    assert_eq!((who.consumer(), who.tier()), ("acme", "free"));
+    let who = who.expect("an admitted check lends the identity");
+    assert_eq!((who.0.as_str(), who.1.as_str()), ("acme", "free"));
     e.update_key(
         id,
         KeyUpdate {
@@ -691,16 +701,16 @@ fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now() {
         },
     )
     .unwrap();
-    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    let (d, who) = check(&raw);
     assert!(d.verdict.is_allowed());
-    assert_eq!(who.unwrap().tier(), "pro", "the tier as of this check");
+    assert_eq!(who.unwrap().1, "pro", "the tier as of this check");
     assert_eq!(e.usage(id).unwrap().monthly_used, 2);
-    // Denied checks carry none.
-    let (d, who) = e.check_identified(Some("qd_not-a-key"), None, 1);
+    // Denied checks lend none.
+    let (d, who) = check("qd_not-a-key");
     assert!(!d.verdict.is_allowed());
     assert!(who.is_none());
     e.revoke_key(id).unwrap();
-    let (d, who) = e.check_identified(Some(&raw), None, 1);
+    let (d, who) = check(&raw);
     assert!(!d.verdict.is_allowed());
     assert!(who.is_none());
 }

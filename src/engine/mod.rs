@@ -69,6 +69,10 @@ const RECORD_IDENTITY_LINES: [usize; 6] = {
 };
 const _: () = assert!(2 * std::mem::size_of::<RecordHalf>() == 512);
 
+/// What [`Engine::check_identified`] lends an admitted check's identity to: key id, consumer,
+/// tier name.
+type IdentityFn<'a> = &'a mut dyn FnMut(KeyId, &str, &str);
+
 /// The most keys one data directory holds.
 pub const MAX_KEYS: u64 = u32::MAX as u64;
 /// The largest cost one check may ask for.
@@ -551,8 +555,12 @@ impl Engine {
         self.check_core(raw_key, scope, cost, now, None)
     }
 
-    /// [`check`](Self::check), and for an admitted check the key's identity (consumer and tier
-    /// name), read under the same shard lock as the decision: the HTTP answer carries both.
+    /// [`check`](Self::check), and for an admitted check the key's identity: `identity` is
+    /// called with the key's id, its consumer and its tier's name, read under the same shard lock
+    /// as the decision (the HTTP answer carries them), before the check returns. Denied checks do not
+    /// call it. The names are lent rather than copied out: the caller writes them where its
+    /// answer needs them, and no identity value is moved from frame to frame.
+    ///
     /// Asking [`identity`](Self::identity) afterwards would take the lock again and load the
     /// catalog, two more atomic read-modify-writes that each wait for the check's store into the
     /// mapped file to drain.
@@ -561,7 +569,8 @@ impl Engine {
         raw_key: Option<&str>,
         scope: Option<&str>,
         cost: u64,
-    ) -> (Decision, Option<Identity>) {
+        identity: &mut dyn FnMut(KeyId, &str, &str),
+    ) -> Decision {
         if let Some(slot) = keyfmt::slot_hint(raw_key.unwrap_or("").as_bytes()) {
             self.prefetch_entry_of(slot);
             // The record's lines the identity is read from; they load while the key is hashed.
@@ -571,9 +580,7 @@ impl Engine {
                 }
             }
         }
-        let mut ident = None;
-        let d = self.check_core(raw_key, scope, cost, self.clock.now_ns(), Some(&mut ident));
-        (d, ident)
+        self.check_core(raw_key, scope, cost, self.clock.now_ns(), Some(identity))
     }
 
     #[inline(always)]
@@ -583,7 +590,7 @@ impl Engine {
         scope: Option<&str>,
         cost: u64,
         now: u64,
-        ident: Option<&mut Option<Identity>>,
+        identity: Option<IdentityFn<'_>>,
     ) -> Decision {
         let now_s = secs(now);
         let unauthorized =
@@ -700,17 +707,19 @@ impl Engine {
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
             return unauthorized(AuthFailure::Unknown, Some(id), None);
         };
-        // The identity is read before the durable write below: that store may wait for its line
-        // (another core's, or not yet in the cache), later stores queue behind it, and a load
-        // of what they wrote (copying the identity out) would wait as long.
-        if let Some(out) = ident {
+        // The identity is handed out before the durable write below: that store may wait for
+        // its line (another core's, or not yet in the cache), later stores queue behind it, and
+        // a load of what they wrote (the caller reading back the names it just copied) would
+        // wait as long.
+        if let Some(f) = identity {
             // SAFETY: shard lock held.
             if let Some(rs) = unsafe { self.record_slot(slot) } {
                 let r = &rs[layout::newest(rs)];
-                *out = Some(Identity::new(
+                f(
+                    id,
                     layout::get_str(&r.consumer).unwrap_or(""),
                     &tier.spec.name,
-                ));
+                );
             }
         }
         // The durable write: a 64-byte store into the older half of the mapped slot.

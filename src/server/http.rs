@@ -25,7 +25,8 @@ use super::render;
 use super::AppState;
 use crate::backend::Backend;
 use crate::engine::decision::{Decision, Verdict};
-use crate::engine::{Engine, Identity};
+use crate::engine::Engine;
+use crate::keys::KeyId;
 use crate::metrics::{Stopwatch, Transport};
 use crate::store::redis::{FailPolicy, Mode};
 
@@ -399,9 +400,13 @@ pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) 
         Ok(p) => p,
         Err(m) => return bad_check(state, &m, rid),
     };
+    let mut buf = String::with_capacity(ANSWER_CAPACITY);
+    let mut admitted = None;
     let start = Stopwatch::start();
-    let (d, identity) = engine.check_identified(key, scope, cost);
-    answered(state, &d, identity.as_ref(), start, scope, rid)
+    let d = engine.check_identified(key, scope, cost, &mut |id, consumer, tier| {
+        admitted = Some(push_admitted(&mut buf, Some(id), consumer, tier));
+    });
+    answered(state, &d, buf, admitted, start, scope, rid)
 }
 
 /// Answers one `/v1/check` request through the backend (the shared Redis store).
@@ -412,11 +417,15 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
     };
     let start = Stopwatch::start();
     let d = state.backend.check(key, scope, cost).await;
-    let identity = match (d.verdict, d.key_id) {
-        (Verdict::Allowed, Some(id)) => state.backend.identity(id),
+    let mut buf = String::with_capacity(ANSWER_CAPACITY);
+    let admitted = match (d.verdict, d.key_id) {
+        (Verdict::Allowed, Some(id)) => state
+            .backend
+            .identity(id)
+            .map(|who| push_admitted(&mut buf, Some(id), who.consumer(), who.tier())),
         _ => None,
     };
-    answered(state, &d, identity.as_ref(), start, scope, rid)
+    answered(state, &d, buf, admitted, start, scope, rid)
 }
 
 /// Whether `path` is the check endpoint (`/v1/check` or below it).
@@ -424,12 +433,59 @@ fn is_check(path: &str) -> bool {
     path == "/v1/check" || path.starts_with("/v1/check/")
 }
 
-/// Counts a decided check (taken since `start`) and renders it; `identity` is the key's when
-/// the check was admitted.
+/// Room for a whole answer's dynamic text (header values and body): the identity's share is at
+/// most ≈ 330 bytes (two 64-byte names, each JSON-escaped at most six-fold only in the rare
+/// escaped case), the rest well under 200.
+const ANSWER_CAPACITY: usize = 768;
+
+/// Where [`push_admitted`] wrote an admitted answer's identity in the answer's buffer.
+struct Admitted {
+    /// `X-Quota-Key-Id`.
+    key_id: std::ops::Range<usize>,
+    /// `X-Quota-Consumer`.
+    consumer: std::ops::Range<usize>,
+    /// The JSON body.
+    body: std::ops::Range<usize>,
+}
+
+/// Writes an admitted answer's identity into `buf`: the key id and consumer header values and
+/// the whole JSON body, `{"allowed":true,"keyId":"…","consumer":"…","tier":"…"}`. On a node's own
+/// engine this runs under the check's shard lock, while the names are at hand.
+fn push_admitted(buf: &mut String, id: Option<KeyId>, consumer: &str, tier: &str) -> Admitted {
+    let push_id = |buf: &mut String| {
+        if let Some(id) = id {
+            buf.push_str("key_");
+            push_hex(buf, id.0, 16);
+        }
+    };
+    let at = buf.len();
+    push_id(buf);
+    let key_id = at..buf.len();
+    let at = buf.len();
+    buf.push_str(consumer);
+    let consumer_r = at..buf.len();
+    let at = buf.len();
+    buf.push_str("{\"allowed\":true,\"keyId\":\"");
+    push_id(buf);
+    buf.push_str("\",\"consumer\":");
+    push_json_str(buf, consumer);
+    buf.push_str(",\"tier\":");
+    push_json_str(buf, tier);
+    buf.push('}');
+    Admitted {
+        key_id,
+        consumer: consumer_r,
+        body: at..buf.len(),
+    }
+}
+
+/// Counts a decided check (taken since `start`) and renders it into `buf`, which holds the
+/// identity an admitted check wrote (`admitted`).
 fn answered(
     state: &AppState,
     d: &Decision,
-    identity: Option<&Identity>,
+    buf: String,
+    admitted: Option<Admitted>,
     start: Stopwatch,
     scope: Option<&str>,
     rid: &str,
@@ -438,14 +494,19 @@ fn answered(
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
-    render_check(d, identity, scope, rid)
+    render_check(d, buf, admitted, scope, rid)
 }
 
 /// Renders a decision. Every dynamic header value and the body are written into one buffer and
 /// handed to hyper as slices of it: one allocation instead of one per header.
-fn render_check(d: &Decision, identity: Option<&Identity>, scope: Option<&str>, rid: &str) -> Resp {
+fn render_check(
+    d: &Decision,
+    mut buf: String,
+    admitted: Option<Admitted>,
+    scope: Option<&str>,
+    rid: &str,
+) -> Resp {
     let status = render::status(d.verdict);
-    let mut buf = String::with_capacity(512);
     let mut num = itoa::Buffer::new();
     let mark = |buf: &mut String, f: &mut dyn FnMut(&mut String)| {
         let a = buf.len();
@@ -465,34 +526,21 @@ fn render_check(d: &Decision, identity: Option<&Identity>, scope: Option<&str>, 
     let retry = d
         .retry_after
         .map(|ra| mark(&mut buf, &mut |b| b.push_str(num.format(ra.max(1)))));
-    let (ident, body_r) = if d.verdict == Verdict::Allowed {
-        let consumer = identity.map_or("", |i| i.consumer());
-        let tier = identity.map_or("", |i| i.tier());
-        let id_r = mark(&mut buf, &mut |b| {
-            if let Some(id) = d.key_id {
-                b.push_str("key_");
-                push_hex(b, id.0, 16);
+    // An allowed decision whose identity could not be read (on the Redis store, a key deleted
+    // between the check and the lookup) still answers 200, with empty names.
+    let admitted = match admitted {
+        None if d.verdict == Verdict::Allowed => Some(push_admitted(&mut buf, d.key_id, "", "")),
+        a => a,
+    };
+    let (ident, body_r) = match admitted {
+        Some(a) => (Some((a.key_id, a.consumer)), a.body),
+        None => {
+            if let Verdict::Unauthorized(why) = d.verdict {
+                tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
             }
-        });
-        let consumer_r = mark(&mut buf, &mut |b| b.push_str(consumer));
-        let body_start = buf.len();
-        buf.push_str("{\"allowed\":true,\"keyId\":\"");
-        if let Some(id) = d.key_id {
-            buf.push_str("key_");
-            push_hex(&mut buf, id.0, 16);
+            let env = render::envelope(d.verdict.code(), &render::message(d, scope), rid);
+            (None, mark(&mut buf, &mut |b| b.push_str(&env)))
         }
-        buf.push_str("\",\"consumer\":");
-        push_json_str(&mut buf, consumer);
-        buf.push_str(",\"tier\":");
-        push_json_str(&mut buf, tier);
-        buf.push('}');
-        (Some((id_r, consumer_r)), body_start..buf.len())
-    } else {
-        if let Verdict::Unauthorized(why) = d.verdict {
-            tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
-        }
-        let env = render::envelope(d.verdict.code(), &render::message(d, scope), rid);
-        (None, mark(&mut buf, &mut |b| b.push_str(&env)))
     };
     let bytes = Bytes::from(buf);
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(bytes.slice(r)).ok();
