@@ -433,9 +433,9 @@ fn is_check(path: &str) -> bool {
     path == "/v1/check" || path.starts_with("/v1/check/")
 }
 
-/// Room for a whole answer's dynamic text (header values and body): the identity's share is at
-/// most ≈ 330 bytes (two 64-byte names, each JSON-escaped at most six-fold only in the rare
-/// escaped case), the rest well under 200.
+/// Room for a whole answer's dynamic text (header values and body): a typical allowed answer
+/// takes ≈ 400 bytes, the longest without JSON escapes (a 128-character request id, 64-byte
+/// names, four limits and the month) ≈ 730. Names that need escaping grow the buffer once.
 const ANSWER_CAPACITY: usize = 768;
 
 /// Where [`push_admitted`] wrote an admitted answer's identity in the answer's buffer.
