@@ -139,7 +139,7 @@ fn main() {
             let v: &'static str = Box::leak(value.to_str().unwrap().to_owned().into_boxed_str());
             headers.append(name.clone(), hyper::header::HeaderValue::from_static(v));
         }
-        let body = futures_body(resp.into_body());
+        let body = ready_body_bytes(resp.into_body());
         Box::leak(Box::new((
             headers,
             Bytes::from_static(Box::leak(body.into_boxed_slice())),
@@ -233,7 +233,7 @@ fn main() {
 }
 
 /// The bytes of a `Full` body that is ready now.
-fn futures_body(body: Full<Bytes>) -> Vec<u8> {
+fn ready_body_bytes(body: Full<Bytes>) -> Vec<u8> {
     use http_body_util::BodyExt;
     let collected = futures_util::FutureExt::now_or_never(body.collect())
         .expect("a full body is ready")

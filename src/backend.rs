@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
-use crate::engine::{Engine, EngineError, Identity};
+use crate::engine::{Engine, EngineError};
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
 use crate::keys::KeyId;
 use crate::store::redis::RedisStore;
@@ -91,11 +91,25 @@ impl Backend {
         }
     }
 
-    /// The consumer and tier name of a key (for the check's response).
-    pub fn identity(&self, id: KeyId) -> Option<Identity> {
+    /// One check, lending an admitted key's id, consumer and tier name to `identity` (for the
+    /// check's response); see [`Engine::check_identified`]. The Redis store reads them from the
+    /// record this node cached for the check; if that is gone, `identity` is not called.
+    pub async fn check_identified(
+        &self,
+        key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        identity: &mut (dyn FnMut(KeyId, &str, &str) + Send),
+    ) -> Decision {
         match self {
-            Backend::Local(e) => e.identity(id),
-            Backend::Redis(r) => r.identity(id),
+            Backend::Local(e) => e.check_identified(key, scope, cost, identity),
+            Backend::Redis(r) => {
+                let d = r.check(key, scope, cost).await;
+                if let (true, Some(id)) = (d.verdict.is_allowed(), d.key_id) {
+                    r.lend_identity(id, identity);
+                }
+                d
+            }
         }
     }
 

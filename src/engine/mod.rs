@@ -561,9 +561,9 @@ impl Engine {
     /// call it. The names are lent rather than copied out: the caller writes them where its
     /// answer needs them, and no identity value is moved from frame to frame.
     ///
-    /// Asking [`identity`](Self::identity) afterwards would take the lock again and load the
-    /// catalog, two more atomic read-modify-writes that each wait for the check's store into the
-    /// mapped file to drain.
+    /// Looking the names up after the check would take the lock again and load the catalog, two
+    /// more atomic read-modify-writes that each wait for the check's store into the mapped file
+    /// to drain.
     pub fn check_identified(
         &self,
         raw_key: Option<&str>,
@@ -956,27 +956,6 @@ impl Engine {
             previous_valid_until: (r.previous_valid_until_ns != 0)
                 .then_some(r.previous_valid_until_ns.div_ceil(NANOS_PER_SEC)),
         }
-    }
-
-    /// The consumer and tier name of key `id`, copied into a fixed buffer (no allocation: the
-    /// HTTP check renders them on every admitted request).
-    pub fn identity(&self, id: KeyId) -> Option<Identity> {
-        let slot = id.slot();
-        if u64::from(slot) >= self.key_count() {
-            return None;
-        }
-        let cat = self.catalog.load();
-        let _g = self.shards.lock(slot);
-        // SAFETY: shard lock held. Read in place: only the lines holding id, tier and consumer.
-        let rs = unsafe { self.record_slot(slot) }?;
-        let r = &rs[layout::newest(rs)];
-        if r.id != id.0 {
-            return None;
-        }
-        Some(Identity::new(
-            layout::get_str(&r.consumer)?,
-            &cat.tier(r.tier)?.spec.name,
-        ))
     }
 
     /// The record of key `id`.
@@ -1484,54 +1463,6 @@ fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// A key's consumer and tier name, held inline.
-#[derive(Debug, Clone, Copy)]
-pub struct Identity {
-    consumer: [u8; 64],
-    consumer_len: u8,
-    tier: [u8; 64],
-    tier_len: u8,
-}
-
-impl Default for Identity {
-    fn default() -> Self {
-        Identity {
-            consumer: [0; 64],
-            consumer_len: 0,
-            tier: [0; 64],
-            tier_len: 0,
-        }
-    }
-}
-
-impl Identity {
-    /// An identity from its parts (each cut at 64 bytes on a character boundary).
-    pub fn new(consumer: &str, tier: &str) -> Self {
-        fn put(dst: &mut [u8; 64], s: &str) -> u8 {
-            let mut n = s.len().min(64);
-            while !s.is_char_boundary(n) {
-                n -= 1;
-            }
-            dst[..n].copy_from_slice(&s.as_bytes()[..n]);
-            n as u8
-        }
-        let mut out = Identity::default();
-        out.consumer_len = put(&mut out.consumer, consumer);
-        out.tier_len = put(&mut out.tier, tier);
-        out
-    }
-
-    /// The consumer.
-    pub fn consumer(&self) -> &str {
-        std::str::from_utf8(&self.consumer[..usize::from(self.consumer_len)]).unwrap_or("")
-    }
-
-    /// The tier's name.
-    pub fn tier(&self) -> &str {
-        std::str::from_utf8(&self.tier[..usize::from(self.tier_len)]).unwrap_or("")
-    }
 }
 
 /// A data directory as start-up reads it: every file opened and checked, nothing written yet.

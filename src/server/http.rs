@@ -415,16 +415,15 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
         Ok(p) => p,
         Err(m) => return bad_check(state, &m, rid),
     };
-    let start = Stopwatch::start();
-    let d = state.backend.check(key, scope, cost).await;
     let mut buf = String::with_capacity(ANSWER_CAPACITY);
-    let admitted = match (d.verdict, d.key_id) {
-        (Verdict::Allowed, Some(id)) => state
-            .backend
-            .identity(id)
-            .map(|who| push_admitted(&mut buf, Some(id), who.consumer(), who.tier())),
-        _ => None,
-    };
+    let mut admitted = None;
+    let start = Stopwatch::start();
+    let d = state
+        .backend
+        .check_identified(key, scope, cost, &mut |id, consumer, tier| {
+            admitted = Some(push_admitted(&mut buf, Some(id), consumer, tier));
+        })
+        .await;
     answered(state, &d, buf, admitted, start, scope, rid)
 }
 

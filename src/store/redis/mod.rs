@@ -40,7 +40,7 @@ use crate::engine::catalog::{Catalog, CatalogError, CompiledTier};
 use crate::engine::clock::{Clock, NANOS_PER_SEC};
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::month::MonthWindow;
-use crate::engine::{self, spend, EngineError, Identity, MAX_COST};
+use crate::engine::{self, spend, EngineError, MAX_COST};
 use crate::keys::format as keyfmt;
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
 use crate::keys::KeyId;
@@ -970,10 +970,14 @@ impl RedisStore {
         }
     }
 
-    /// The consumer and tier of a key this node has seen.
-    pub fn identity(&self, id: KeyId) -> Option<Identity> {
-        let e = self.cache.get(&id.0)?;
-        Some(Identity::new(&e.rec.consumer, &e.rec.tier))
+    /// Lends the id, consumer and tier of a key this node has cached to `f`; false if the key
+    /// is not cached.
+    pub fn lend_identity(&self, id: KeyId, f: &mut dyn FnMut(KeyId, &str, &str)) -> bool {
+        let Some(e) = self.cache.get(&id.0) else {
+            return false;
+        };
+        f(id, &e.rec.consumer, &e.rec.tier);
+        true
     }
 
     // ----- admin: keys -----------------------------------------------------------------------
