@@ -129,10 +129,10 @@ fn main() {
         let req = hyper::Request::builder()
             .uri("/v1/check")
             .header("x-api-key", &keys[0])
+            .header("x-request-id", "qd-0123456789abcdef-00000000")
             .body(())
             .unwrap();
-        let resp =
-            quotad::server::http::check(&state, &engine, &req, "qd-0123456789abcdef-00000000");
+        let resp = quotad::server::http::check(&state, &engine, &req);
         assert_eq!(resp.status(), 200);
         let mut headers = hyper::HeaderMap::new();
         for (name, value) in resp.headers() {

@@ -22,7 +22,7 @@ fn main() {
         for i in 0..n {
             let r = &reqs[i % reqs.len()];
             if mode == "full" {
-                std::hint::black_box(quotad::server::http::check(&state, &engine, r, "rid-1234"));
+                std::hint::black_box(quotad::server::http::check(&state, &engine, r));
             } else {
                 let k = r.headers().get("x-api-key").unwrap().to_str().unwrap();
                 std::hint::black_box(engine.check(Some(k), None, 1));

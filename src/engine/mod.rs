@@ -516,6 +516,22 @@ impl Engine {
         }
     }
 
+    /// Starts taking, for writing, what a check of `raw_key` waits for first: the key's entry and
+    /// its shard's lock. A transport that has the key before the rest of the request (the HTTP
+    /// server, once it has found the key's header) calls this first, so that the lines, when
+    /// another core wrote them last, travel while it reads the rest of the request. Measured in the
+    /// HTTP server: ≈ 0.1 µs per request less (see docs/PERFORMANCE.md). Where the CPU has no
+    /// write prefetch, the entry is prefetched for reading and the lock is left alone.
+    #[inline]
+    pub fn prefetch_for_check(&self, raw_key: &[u8]) {
+        if let Some(slot) = keyfmt::slot_hint(raw_key) {
+            self.prefetch_entry_of(slot);
+            if self.prefetch_exclusive {
+                prefetch_write(self.shards.lock_ptr(slot));
+            }
+        }
+    }
+
     /// [`prefetch_entry`](Self::prefetch_entry) of the key in `slot`.
     #[inline]
     fn prefetch_entry_of(&self, slot: u32) {

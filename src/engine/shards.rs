@@ -190,6 +190,14 @@ impl Shards {
         (slot as usize % SHARDS, slot as usize / SHARDS)
     }
 
+    /// The address of the lock of the shard holding `slot`, for a prefetch.
+    #[inline]
+    pub fn lock_ptr(&self, slot: u32) -> *const u8 {
+        // SAFETY: only the address is taken; the mutex is not touched.
+        let raw = unsafe { self.shards[slot as usize % SHARDS].0.raw() };
+        raw as *const parking_lot::RawMutex as *const u8
+    }
+
     /// Locks the shard holding `slot`.
     #[inline]
     pub fn lock(&self, slot: u32) -> parking_lot::MutexGuard<'_, ShardData> {

@@ -98,9 +98,8 @@ pub async fn run(
             // and which hyper would move on every request).
             if let Some(engine) = st.backend.local() {
                 if is_check(req.uri().path()) {
-                    let rid = request_id(&req);
                     return Either::Left(std::future::ready(Ok::<_, Infallible>(check(
-                        &st, engine, &req, &rid,
+                        &st, engine, &req,
                     ))));
                 }
             }
@@ -176,20 +175,41 @@ static ALLOWED_HEADERS: std::sync::LazyLock<hyper::HeaderMap> = std::sync::LazyL
 
 /// The caller's `x-request-id` if acceptable (1-128 visible ASCII characters), else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
-            if let Ok(s) = v.to_str() {
-                return s.to_string();
-            }
-        }
+    match callers_request_id(req) {
+        Some(s) => s.to_string(),
+        None => new_request_id(),
     }
-    new_request_id()
 }
 
-/// A new request id: a random prefix per thread and a per-thread sequence, unique without a
-/// shared counter.
+/// [`request_id`], appended to `buf`.
+fn push_request_id<B>(buf: &mut String, req: &Request<B>) {
+    match callers_request_id(req) {
+        Some(s) => buf.push_str(s),
+        None => push_new_request_id(buf),
+    }
+}
+
+/// The caller's `x-request-id`, if acceptable.
+fn callers_request_id<B>(req: &Request<B>) -> Option<&str> {
+    let v = req.headers().get(&X_REQUEST_ID)?;
+    let b = v.as_bytes();
+    if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+        v.to_str().ok()
+    } else {
+        None
+    }
+}
+
+/// A new request id.
 fn new_request_id() -> String {
+    let mut s = String::with_capacity(32);
+    push_new_request_id(&mut s);
+    s
+}
+
+/// Appends a new request id: a random prefix per thread and a per-thread sequence, unique
+/// without a shared counter.
+fn push_new_request_id(s: &mut String) {
     thread_local! {
         static SEQ: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
             let mut b = [0u8; 8];
@@ -202,12 +222,10 @@ fn new_request_id() -> String {
         c.set((p, n + 1));
         (p, n)
     });
-    let mut s = String::with_capacity(32);
     s.push_str("qd-");
-    push_hex(&mut s, prefix, 16);
+    push_hex(s, prefix, 16);
     s.push('-');
-    push_hex(&mut s, n, 8);
-    s
+    push_hex(s, n, 8);
 }
 
 fn push_hex(s: &mut String, v: u64, digits: u32) {
@@ -370,6 +388,12 @@ fn parse_check<'a, B>(
     req: &'a Request<B>,
 ) -> Result<(Option<&'a str>, Option<&'a str>, u64), String> {
     let key = presented_key(state, req)?;
+    let (scope, cost) = scope_and_cost(req)?;
+    Ok((key, scope, cost))
+}
+
+/// The scope and cost a check request asks for, or the message of its 400.
+fn scope_and_cost<B>(req: &Request<B>) -> Result<(Option<&str>, u64), String> {
     let scope = match header_str(req, &X_QUOTA_SCOPE) {
         Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
             return Err(format!("header X-Quota-Scope: invalid scope {s:?}"))
@@ -390,23 +414,33 @@ fn parse_check<'a, B>(
         },
         Err(m) => return Err(m),
     };
-    Ok((key, scope, cost))
+    Ok((scope, cost))
 }
 
 /// Answers one `/v1/check` request on this node's engine (public so `examples/handler_cost.rs`
 /// can time it alone).
-pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>, rid: &str) -> Resp {
-    let (key, scope, cost) = match parse_check(state, req) {
-        Ok(p) => p,
-        Err(m) => return bad_check(state, &m, rid),
-    };
+pub fn check<B>(state: &AppState, engine: &Engine, req: &Request<B>) -> Resp {
+    // The key first: its entry and shard lock, often last written by the other worker's core,
+    // travel while the rest of the request is read.
+    let key = presented_key(state, req);
+    if let Ok(Some(k)) = key {
+        engine.prefetch_for_check(k.as_bytes());
+    }
+    // The answer's buffer starts with the request id.
     let mut buf = String::with_capacity(ANSWER_CAPACITY);
+    push_request_id(&mut buf, req);
+    let rid = buf.len();
+    let asked = key.and_then(|key| scope_and_cost(req).map(|(scope, cost)| (key, scope, cost)));
+    let (key, scope, cost) = match asked {
+        Ok(p) => p,
+        Err(m) => return bad_check(state, &m, &buf[..rid]),
+    };
     let mut admitted = None;
     let start = Stopwatch::start();
     let d = engine.check_identified(key, scope, cost, &mut |id, consumer, tier| {
         admitted = Some(push_admitted(&mut buf, Some(id), consumer, tier));
     });
-    answered(state, &d, buf, admitted, start, scope, rid)
+    answered(state, &d, buf, rid, admitted, start, scope)
 }
 
 /// Answers one `/v1/check` request through the backend (the shared Redis store).
@@ -416,6 +450,8 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
         Err(m) => return bad_check(state, &m, rid),
     };
     let mut buf = String::with_capacity(ANSWER_CAPACITY);
+    buf.push_str(rid);
+    let rid = buf.len();
     let mut admitted = None;
     let start = Stopwatch::start();
     let d = state
@@ -424,7 +460,7 @@ async fn check_shared<B>(state: &AppState, req: &Request<B>, rid: &str) -> Resp 
             admitted = Some(push_admitted(&mut buf, Some(id), consumer, tier));
         })
         .await;
-    answered(state, &d, buf, admitted, start, scope, rid)
+    answered(state, &d, buf, rid, admitted, start, scope)
 }
 
 /// Whether `path` is the check endpoint (`/v1/check` or below it).
@@ -479,31 +515,32 @@ fn push_admitted(buf: &mut String, id: Option<KeyId>, consumer: &str, tier: &str
 }
 
 /// Counts a decided check (taken since `start`) and renders it into `buf`, which holds the
-/// identity an admitted check wrote (`admitted`).
+/// request id (`buf[..rid]`) and the identity an admitted check wrote (`admitted`).
 fn answered(
     state: &AppState,
     d: &Decision,
     buf: String,
+    rid: usize,
     admitted: Option<Admitted>,
     start: Stopwatch,
     scope: Option<&str>,
-    rid: &str,
 ) -> Resp {
     let elapsed = start.elapsed_ns();
     state
         .metrics
         .record_check(Transport::Http, d.verdict, elapsed);
-    render_check(d, buf, admitted, scope, rid)
+    render_check(d, buf, rid, admitted, scope)
 }
 
 /// Renders a decision. Every dynamic header value and the body are written into one buffer and
-/// handed to hyper as slices of it: one allocation instead of one per header.
+/// handed to hyper as slices of it: one allocation instead of one per header. The buffer holds
+/// the request id already (`buf[..rid]`).
 fn render_check(
     d: &Decision,
     mut buf: String,
+    rid: usize,
     admitted: Option<Admitted>,
     scope: Option<&str>,
-    rid: &str,
 ) -> Resp {
     let status = render::status(d.verdict);
     let mut num = itoa::Buffer::new();
@@ -512,7 +549,7 @@ fn render_check(
         f(buf);
         a..buf.len()
     };
-    let rid_r = mark(&mut buf, &mut |b| b.push_str(rid));
+    let rid_r = 0..rid;
     let primary = d.primary().map(|p| {
         (
             mark(&mut buf, &mut |b| b.push_str(num.format(p.limit))),
@@ -534,6 +571,7 @@ fn render_check(
     let (ident, body_r) = match admitted {
         Some(a) => (Some((a.key_id, a.consumer)), a.body),
         None => {
+            let rid = &buf[rid_r.clone()];
             if let Verdict::Unauthorized(why) = d.verdict {
                 tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
             }
