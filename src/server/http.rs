@@ -230,9 +230,13 @@ fn push_new_request_id(s: &mut String) {
 
 fn push_hex(s: &mut String, v: u64, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    let digits = digits.min(16) as usize;
+    let mut b = [0u8; 16];
+    for (i, c) in b[..digits].iter_mut().enumerate() {
+        *c = HEX[((v >> ((digits - 1 - i) * 4)) & 0xf) as usize];
     }
+    // One append instead of one per digit; hex digits are always UTF-8.
+    s.push_str(std::str::from_utf8(&b[..digits]).unwrap_or_default());
 }
 
 /// A JSON response.
@@ -581,8 +585,9 @@ fn render_check(
     };
     let bytes = Bytes::from(buf);
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(bytes.slice(r)).ok();
-    // Digits, `key_` + hex, and the RateLimit fields' quoted names and `;=,` punctuation: all
-    // visible ASCII by construction, so they skip the per-byte validation.
+    // Digits, `key_` + hex, the RateLimit fields' quoted names and `;=,` punctuation, and the
+    // request id (the caller's was checked to be visible ASCII, ours is hex): all visible ASCII
+    // by construction, so they skip the per-byte validation.
     let trusted = |r: std::ops::Range<usize>| {
         debug_assert!(bytes[r.clone()]
             .iter()
@@ -598,7 +603,7 @@ fn render_check(
         (ident.clone(), primary.clone(), retry.clone())
     {
         let values = [
-            value(rid_r.clone()),
+            trusted(rid_r.clone()),
             trusted(id_r),
             value(consumer_r),
             trusted(l),
@@ -626,7 +631,7 @@ fn render_check(
             h.insert(name.clone(), v);
         }
     };
-    put(&X_REQUEST_ID, value(rid_r));
+    put(&X_REQUEST_ID, trusted(rid_r));
     if let Some((id_r, consumer_r)) = ident {
         put(&X_QUOTA_KEY_ID, trusted(id_r));
         put(&X_QUOTA_CONSUMER, value(consumer_r));
@@ -674,6 +679,35 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
             } else {
                 Err(format!("could not read request body: {e}"))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_zero_padded_lowercase() {
+        let mut s = String::new();
+        push_hex(&mut s, 0xff, 16);
+        s.push(' ');
+        push_hex(&mut s, 0x1234_abcd, 8);
+        assert_eq!(s, "00000000000000ff 1234abcd");
+    }
+
+    #[test]
+    fn made_request_ids_are_distinct_and_shaped() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let hex = id.strip_prefix("qd-").unwrap();
+            assert_eq!(hex.len(), 25, "{id}");
+            assert_eq!(&hex[16..17], "-");
+            assert!(hex[..16]
+                .chars()
+                .chain(hex[17..].chars())
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         }
     }
 }
