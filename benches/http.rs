@@ -9,9 +9,12 @@
 //! that size, with no check and no rendering.
 //!
 //! Run: `cargo bench --bench http` (needs `wrk`: `apt-get install wrk`).
-//! Knobs: `QUOTAD_HTTP_BENCH_SECS` (default 10), `QUOTAD_HTTP_BENCH_CONNS` (default 50),
-//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 3; each round runs the three contenders, the order rotated
-//! from round to round; the median of the rounds' ratios is the figure).
+//! Knobs: `QUOTAD_HTTP_BENCH_SECS` (default 4), `QUOTAD_HTTP_BENCH_CONNS` (default 50),
+//! `QUOTAD_HTTP_BENCH_ROUNDS` (default 15; each round runs the three contenders, the order rotated
+//! from round to round; the median of the rounds' ratios is the figure). Many short rounds rather
+//! than a few long ones: on a shared machine the background load moves over seconds, and the
+//! median of fifteen interleaved rounds moves less between runs than that of five (≈ 3 min either
+//! way; docs/PERFORMANCE.md has both).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,9 +106,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs = env_u64("QUOTAD_HTTP_BENCH_SECS", 10);
+    let secs = env_u64("QUOTAD_HTTP_BENCH_SECS", 4);
     let conns = env_u64("QUOTAD_HTTP_BENCH_CONNS", 50);
-    let rounds = env_u64("QUOTAD_HTTP_BENCH_ROUNDS", 3);
+    let rounds = env_u64("QUOTAD_HTTP_BENCH_ROUNDS", 15);
     let dir = tempfile::tempdir().unwrap();
     let (state, keys) = quotad::benchkit::bench_state(&dir.path().join("data"), 1000);
     let script = dir.path().join("keys.lua");
