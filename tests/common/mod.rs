@@ -285,6 +285,18 @@ impl Reply {
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
+
+    /// Asserts an allowed check's answer: 200, the body naming key `id`, `consumer` and `tier`,
+    /// and the identity headers a gateway passes upstream.
+    pub fn assert_admitted(&self, id: &str, consumer: &str, tier: &str) {
+        assert_eq!(self.status, 200, "{}", self.text);
+        assert_eq!(
+            self.body,
+            serde_json::json!({"allowed": true, "keyId": id, "consumer": consumer, "tier": tier})
+        );
+        assert_eq!(self.header("x-quota-key-id").as_deref(), Some(id));
+        assert_eq!(self.header("x-quota-consumer").as_deref(), Some(consumer));
+    }
 }
 
 impl Client {

@@ -970,14 +970,13 @@ impl RedisStore {
         }
     }
 
-    /// Lends the id, consumer and tier of a key this node has cached to `f`; false if the key
-    /// is not cached.
-    pub fn lend_identity(&self, id: KeyId, f: &mut dyn FnMut(KeyId, &str, &str)) -> bool {
-        let Some(e) = self.cache.get(&id.0) else {
-            return false;
-        };
-        f(id, &e.rec.consumer, &e.rec.tier);
-        true
+    /// Lends the id, consumer and tier of key `id` to `f` if this node has it cached (it has,
+    /// right after checking it, unless the key was deleted meanwhile); otherwise `f` is not
+    /// called.
+    pub fn lend_identity(&self, id: KeyId, f: &mut dyn FnMut(KeyId, &str, &str)) {
+        if let Some(e) = self.cache.get(&id.0) {
+            f(id, &e.rec.consumer, &e.rec.tier);
+        }
     }
 
     // ----- admin: keys -----------------------------------------------------------------------
