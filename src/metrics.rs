@@ -409,6 +409,12 @@ impl Metrics {
                         "Checks answered from a lease without a Redis call.",
                         n(st.local_spends()),
                     ),
+                    (
+                        "quotad_store_unreplicated_changes_total",
+                        "counter",
+                        "Key or tier changes that returned before the wanted replicas acknowledged them.",
+                        n(st.unreplicated()),
+                    ),
                 ]);
             }
         }

@@ -93,6 +93,16 @@ pub struct ServeArgs {
     /// on cores dedicated to quotad (see docs/OPERATIONS.md).
     #[arg(long, env = "QUOTAD_BUSY_POLL_US", default_value_t = 0)]
     pub busy_poll_us: u64,
+    /// On Redis: replicas that must acknowledge a key or tier change before the admin call
+    /// returns (Redis `WAIT`), so that a failover cannot undo it. Default: 1 on a cluster, 0 on
+    /// one server.
+    #[arg(long, env = "QUOTAD_REDIS_REPLICA_ACKS")]
+    pub redis_replica_acks: Option<u32>,
+    /// On Redis: milliseconds a change waits for those acknowledgements; past it the change
+    /// stands on the master only, logged and counted in
+    /// `quotad_store_unreplicated_changes_total`.
+    #[arg(long, env = "QUOTAD_REDIS_REPLICA_WAIT_MS", default_value_t = 1000)]
+    pub redis_replica_wait_ms: u64,
     /// On Redis: prefix of every Redis key quotad writes.
     #[arg(long, env = "QUOTAD_REDIS_NAMESPACE", default_value = "quotad")]
     pub redis_namespace: String,
@@ -120,6 +130,10 @@ impl ServeArgs {
         };
         o.timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
         o.poll = Duration::from_millis(self.redis_poll_ms.max(1));
+        if let Some(n) = self.redis_replica_acks {
+            o.replica_acks = n;
+        }
+        o.replica_wait = Duration::from_millis(self.redis_replica_wait_ms.max(1));
         o.tiers = tiers;
         Some(o)
     }

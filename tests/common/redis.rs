@@ -138,6 +138,43 @@ impl RedisServer {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Stops the process (SIGSTOP) until [`RedisServer::resume`]: a replica falling behind.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.pid().expect("server running") as i32;
+        // SAFETY: kill(2) on our own child's pid, which we have not yet waited for.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// A read on this node even when it is a replica (`READONLY` first, in one session).
+    pub fn cli_readonly(&self, args: &[&str]) -> String {
+        use std::io::Write;
+        let mut child = {
+            let _g = no_spawns();
+            Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("redis-cli")
+        };
+        let mut input = child.stdin.take().expect("stdin");
+        writeln!(input, "READONLY").unwrap();
+        writeln!(input, "{}", args.join(" ")).unwrap();
+        drop(input);
+        let out = child.wait_with_output().expect("wait for redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)
     }
@@ -192,8 +229,9 @@ impl RedisCluster {
         c
     }
 
-    /// Waits until every live node says `cluster_state:ok` and knows three masters, and every
-    /// replica has finished its initial sync (before that a failover would lose everything).
+    /// Waits until every live node says `cluster_state:ok` and knows three masters, every
+    /// master has a replica, and every replica has finished its initial sync (before that a
+    /// failover would lose everything).
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -202,7 +240,7 @@ impl RedisCluster {
                 let repl = n.cli(&["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_size:3")
-                    && (repl.contains("role:master")
+                    && ((repl.contains("role:master") && !repl.contains("connected_slaves:0"))
                         || (repl.contains("master_link_status:up")
                             && repl.contains("master_sync_in_progress:0")))
             });
@@ -211,6 +249,50 @@ impl RedisCluster {
             }
             assert!(Instant::now() < deadline, "cluster did not become ok");
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index of the replica of master `m`.
+    pub fn replica_of(&self, m: usize) -> usize {
+        let port = format!("master_port:{}", self.nodes[m].port);
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.child.is_some() && {
+                    let repl = n.cli(&["INFO", "replication"]);
+                    repl.contains("role:slave") && repl.lines().any(|l| l.trim() == port)
+                }
+            })
+            .unwrap_or_else(|| panic!("master {m} has no replica"))
+    }
+
+    /// Waits until the replica of master `m` has everything `m` has written so far.
+    pub fn wait_replicated(&self, m: usize, within: Duration) {
+        let field = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let r = self.replica_of(m);
+        let target = field(
+            &self.nodes[m].cli(&["INFO", "replication"]),
+            "master_repl_offset:",
+        );
+        let deadline = Instant::now() + within;
+        loop {
+            let at = field(
+                &self.nodes[r].cli(&["INFO", "replication"]),
+                "slave_repl_offset:",
+            );
+            if at >= target {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {r} still at offset {at} of {target} after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -14,6 +14,11 @@
 //! - **Exact mode**: every check goes to Redis. **Lease mode**: a node takes up to `lease`
 //!   tokens of a key at once, spends them locally for at most `lease_ttl`, and gives back what it
 //!   did not spend. See `docs/SCALING.md` for the bounds.
+//! - **Changes reach a replica before the call returns.** Admin writes (keys, the catalog, the
+//!   key counter) go over a connection of their own and end with `WAIT` for
+//!   [`RedisOptions::replica_acks`] replicas, so a failover right after a key is created or
+//!   revoked does not undo it; checks never queue behind that wait. Counts written by checks are
+//!   not waited for (see `docs/SCALING.md`: a failover loses the replication lag's counts).
 //! - **Redis unreachable**: every call has a timeout; `fail-closed` answers `unavailable` (503),
 //!   `fail-open` admits keys this node has already authenticated, counting them in a metric.
 //!   The client reconnects by itself; `/health` shows the state.
@@ -32,6 +37,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use redis::aio::ConnectionLike;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisFuture, Script, Value};
 use subtle::ConstantTimeEq;
 
@@ -92,19 +98,31 @@ pub struct RedisOptions {
     pub poll: Duration,
     /// Tiers to put in force at start-up (a tiers file), replacing the stored ones.
     pub tiers: Option<Vec<TierSpec>>,
+    /// Replicas that must acknowledge an admin change (key or tier) before the call returns
+    /// (Redis `WAIT`); 0 = none. Default: 1 on a cluster, 0 on one server.
+    pub replica_acks: u32,
+    /// How long an admin change waits for those acknowledgements. If they do not come, the
+    /// change stands on the master, the call succeeds, and the shortfall is logged and counted
+    /// in `quotad_store_unreplicated_changes_total`.
+    pub replica_wait: Duration,
 }
 
 impl RedisOptions {
-    /// Defaults for `url`: namespace `quotad`, exact, fail-closed, 500 ms timeout, 250 ms poll.
+    /// Defaults for `url`: namespace `quotad`, exact, fail-closed, 500 ms timeout, 250 ms poll;
+    /// on a cluster, admin changes wait up to 1 s for one replica.
     pub fn new(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        let replica_acks = u32::from(url.starts_with("redis-cluster://"));
         RedisOptions {
-            url: url.into(),
+            url,
             namespace: "quotad".into(),
             mode: Mode::Exact,
             fail: FailPolicy::Closed,
             timeout: Duration::from_millis(500),
             poll: Duration::from_millis(250),
             tiers: None,
+            replica_acks,
+            replica_wait: Duration::from_secs(1),
         }
     }
 }
@@ -204,6 +222,7 @@ pub struct StoreStats {
     leases_taken: AtomicU64,
     leases_returned_tokens: AtomicU64,
     local_spends: AtomicU64,
+    unreplicated: AtomicU64,
 }
 
 impl StoreStats {
@@ -239,11 +258,19 @@ impl StoreStats {
     pub fn local_spends(&self) -> u64 {
         self.local_spends.load(Ordering::Relaxed)
     }
+    /// Admin changes that returned before the wanted replicas acknowledged them.
+    pub fn unreplicated(&self) -> u64 {
+        self.unreplicated.load(Ordering::Relaxed)
+    }
 }
 
 /// The Redis store. Every method takes `&self`; share it behind an `Arc`.
 pub struct RedisStore {
+    /// Checks and reads.
     conn: Conn,
+    /// Admin writes and their `WAIT` (a `WAIT` holds its connection until the replicas answer,
+    /// so it must not share one with checks). The same as `conn` when no replica is waited for.
+    admin: Conn,
     opts: RedisOptions,
     clock: Arc<dyn Clock>,
     catalog: ArcSwap<(u64, Catalog)>,
@@ -277,6 +304,17 @@ enum Outcome {
     },
 }
 
+/// Awaits `f` for at most `within`.
+async fn within_timeout<T>(
+    within: Duration,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(within, f).await {
+        Ok(r) => r.map_err(RedisError::Redis),
+        Err(_) => Err(RedisError::Timeout(within)),
+    }
+}
+
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -290,53 +328,16 @@ impl RedisStore {
     /// Connects, loads (or initializes) the catalog, and starts nothing: call
     /// [`crate::backend::Backend::upkeep`] periodically to poll the catalog and expire leases.
     pub async fn connect(opts: RedisOptions, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
-        let bad = |m: String| EngineError::Invalid(format!("--store {}: {m}", opts.url));
-        let down = |m: String| EngineError::Unavailable(format!("{}: {m}", opts.url));
-        let conn = if let Some(rest) = opts.url.strip_prefix("redis-cluster://") {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            if nodes.is_empty() {
-                return Err(bad("no cluster node given".into()));
-            }
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                .connection_timeout(opts.timeout)
-                .response_timeout(opts.timeout)
-                .retries(2)
-                .min_retry_wait(10)
-                .max_retry_wait(200)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
-            let c = tokio::time::timeout(opts.timeout * 4, client.get_async_connection())
-                .await
-                .map_err(|_| down("no cluster node answered".into()))?
-                .map_err(|e| down(e.to_string()))?;
-            Conn::Cluster(c)
-        } else if opts.url.starts_with("redis://") {
-            let client = redis::Client::open(opts.url.as_str()).map_err(|e| bad(e.to_string()))?;
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.timeout))
-                .set_response_timeout(Some(opts.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(200));
-            let c = tokio::time::timeout(
-                opts.timeout * 4,
-                redis::aio::ConnectionManager::new_with_config(client, cfg),
-            )
-            .await
-            .map_err(|_| down("no answer".into()))?
-            .map_err(|e| down(e.to_string()))?;
-            Conn::Single(c)
+        let conn = Self::open(&opts, opts.timeout).await?;
+        let admin = if opts.replica_acks > 0 {
+            Self::open(&opts, opts.timeout + opts.replica_wait).await?
         } else {
-            return Err(bad(
-                "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT".into(),
-            ));
+            conn.clone()
         };
         let empty = Catalog::compile(CatalogDoc::new(0, Vec::new()))?;
         let store = RedisStore {
             conn,
+            admin,
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::new(),
@@ -352,6 +353,58 @@ impl RedisStore {
         };
         store.init_catalog().await?;
         Ok(store)
+    }
+
+    /// One multiplexed connection to the server or cluster of `opts.url`, whose replies may take
+    /// up to `reply_within`.
+    async fn open(opts: &RedisOptions, reply_within: Duration) -> Result<Conn, EngineError> {
+        let bad = |m: String| EngineError::Invalid(format!("--store {}: {m}", opts.url));
+        let down = |m: String| EngineError::Unavailable(format!("{}: {m}", opts.url));
+        Ok(
+            if let Some(rest) = opts.url.strip_prefix("redis-cluster://") {
+                let nodes: Vec<String> = rest
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|n| format!("redis://{n}"))
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(bad("no cluster node given".into()));
+                }
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(reply_within)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                let c = tokio::time::timeout(opts.timeout * 4, client.get_async_connection())
+                    .await
+                    .map_err(|_| down("no cluster node answered".into()))?
+                    .map_err(|e| down(e.to_string()))?;
+                Conn::Cluster(c)
+            } else if opts.url.starts_with("redis://") {
+                let client =
+                    redis::Client::open(opts.url.as_str()).map_err(|e| bad(e.to_string()))?;
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.timeout))
+                    .set_response_timeout(Some(reply_within))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let c = tokio::time::timeout(
+                    opts.timeout * 4,
+                    redis::aio::ConnectionManager::new_with_config(client, cfg),
+                )
+                .await
+                .map_err(|_| down("no answer".into()))?
+                .map_err(|e| down(e.to_string()))?;
+                Conn::Single(c)
+            } else {
+                return Err(bad(
+                    "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT".into(),
+                ));
+            },
+        )
     }
 
     fn k_catalog(&self) -> String {
@@ -372,11 +425,28 @@ impl RedisStore {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let r = match tokio::time::timeout(self.opts.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(RedisError::Redis(e)),
-            Err(_) => Err(RedisError::Timeout(self.opts.timeout)),
+        self.call_within(self.opts.timeout, f).await
+    }
+
+    /// Runs one write on the admin connection, which may be queued behind another admin call's
+    /// wait for replicas: its timeout includes that wait.
+    async fn admin_call<T, F>(&self, f: F) -> Result<T, RedisError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let within = if self.opts.replica_acks > 0 {
+            self.opts.timeout + self.opts.replica_wait
+        } else {
+            self.opts.timeout
         };
+        self.call_within(within, f).await
+    }
+
+    async fn call_within<T, F>(&self, within: Duration, f: F) -> Result<T, RedisError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let r = within_timeout(within, f).await;
         match &r {
             Ok(_) => {
                 self.stats.reachable.store(true, Ordering::Relaxed);
@@ -392,6 +462,67 @@ impl RedisStore {
             }
         }
         r
+    }
+
+    /// Waits until [`RedisOptions::replica_acks`] replicas of the masters holding `keys` have
+    /// every admin write made so far (Redis `WAIT` on the admin connection, which made them). A
+    /// shortfall leaves the writes in place on the master: it is logged and counted, not failed,
+    /// since the change has been made and a retry would make it twice.
+    async fn replicated(&self, keys: &[String]) {
+        let want = self.opts.replica_acks;
+        if want == 0 || keys.is_empty() {
+            return;
+        }
+        let ms = self.opts.replica_wait.as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want).arg(ms);
+        let within = self.opts.replica_wait + self.opts.timeout;
+        let mut keys: Vec<&String> = keys.iter().collect();
+        keys.sort();
+        keys.dedup();
+        let acks: Vec<Result<i64, RedisError>> = match &self.admin {
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
+            }
+            // A few keys: ask the masters holding them. Many (a bulk creation): ask every master,
+            // which answers with the fewest acknowledgements any of them got.
+            Conn::Cluster(c) if keys.len() <= 8 => {
+                let asks = keys.iter().map(|k| {
+                    let mut c = c.clone();
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::with_key(k.as_bytes(), SlotAddr::Master),
+                    ));
+                    let wait = wait.clone();
+                    async move {
+                        within_timeout(within, async {
+                            let v = c.route_command(wait, route).await?;
+                            redis::from_redis_value::<i64>(v).map_err(Into::into)
+                        })
+                        .await
+                    }
+                });
+                futures_util::future::join_all(asks).await
+            }
+            Conn::Cluster(c) => {
+                let mut c = c.clone();
+                vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
+            }
+        };
+        for a in acks {
+            let got = match a {
+                Ok(n) if n >= i64::from(want) => continue,
+                Ok(n) => n.to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.stats.unreplicated.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                wanted = want,
+                acknowledged = %got,
+                waited_ms = ms,
+                "an admin change is on its master but not yet on a replica: a failover now could undo it"
+            );
+        }
     }
 
     async fn init_catalog(&self) -> Result<(), EngineError> {
@@ -411,6 +542,7 @@ impl RedisStore {
             if fresh || doc != before {
                 match self.cas_catalog(rev, &doc).await? {
                     Some(nrev) => {
+                        self.replicated(&[self.k_catalog()]).await;
                         self.catalog.store(Arc::new((nrev, compiled)));
                         return Ok(());
                     }
@@ -449,9 +581,9 @@ impl RedisStore {
     async fn cas_catalog(&self, rev: u64, doc: &CatalogDoc) -> Result<Option<u64>, EngineError> {
         let json = serde_json::to_string(doc)
             .map_err(|e| EngineError::Invalid(format!("catalog: {e}")))?;
-        let mut c = self.conn.clone();
+        let mut c = self.admin.clone();
         let r: i64 = self
-            .call(
+            .admin_call(
                 self.put_catalog
                     .key(self.k_catalog())
                     .arg(rev)
@@ -1004,9 +1136,9 @@ impl RedisStore {
         if news.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.admin.clone();
         let last: u64 = self
-            .call(
+            .admin_call(
                 redis::cmd("INCRBY")
                     .arg(self.k_next())
                     .arg(news.len())
@@ -1059,8 +1191,8 @@ impl RedisStore {
         }
         for chunk in cmds.chunks(512) {
             let writes = chunk.iter().map(|cmd| {
-                let mut c = self.conn.clone();
-                async move { self.call(cmd.query_async::<i64>(&mut c)).await }
+                let mut c = self.admin.clone();
+                async move { self.admin_call(cmd.query_async::<i64>(&mut c)).await }
             });
             for r in futures_util::future::join_all(writes).await {
                 r?;
@@ -1069,12 +1201,15 @@ impl RedisStore {
         for (t, n) in per_tier {
             self.bump_tier_use(&t, n).await?;
         }
+        let mut written = vec![self.k_next()];
+        written.extend(out.iter().map(|k| self.k_key(k.info.id.slot())));
+        self.replicated(&written).await;
         Ok(out)
     }
 
     async fn bump_tier_use(&self, tier: &str, by: i64) -> Result<(), EngineError> {
-        let mut c = self.conn.clone();
-        self.call(
+        let mut c = self.admin.clone();
+        self.admin_call(
             redis::cmd("HINCRBY")
                 .arg(self.k_tier_use())
                 .arg(tier)
@@ -1154,17 +1289,20 @@ impl RedisStore {
             for (k, v) in rec.fields() {
                 inv.arg(k).arg(v);
             }
-            let mut c = self.conn.clone();
-            let r: i64 = self.call(inv.invoke_async(&mut c)).await?;
+            let mut c = self.admin.clone();
+            let r: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
             match r {
                 -1 => return Err(EngineError::UnknownKey),
                 -2 => continue,
                 v => {
                     rec.version = v as u64;
+                    let mut written = vec![self.k_key(id.slot())];
                     if rec.tier != old.tier {
                         self.bump_tier_use(&old.tier, -1).await?;
                         self.bump_tier_use(&rec.tier, 1).await?;
+                        written.push(self.k_tier_use());
                     }
+                    self.replicated(&written).await;
                     // This node's copy is the record just written; other nodes see the new
                     // version on their next check.
                     self.remember(rec.clone());
@@ -1330,6 +1468,7 @@ impl RedisStore {
             f(&mut doc, &use_)?;
             let compiled = Catalog::compile(doc.clone())?;
             if let Some(nrev) = self.cas_catalog(rev, &doc).await? {
+                self.replicated(&[self.k_catalog()]).await;
                 self.catalog.store(Arc::new((nrev, compiled)));
                 return Ok(());
             }
