@@ -509,16 +509,20 @@ impl RedisStore {
                 vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
             }
         };
-        for a in acks {
-            let got = match a {
-                Ok(n) if n >= i64::from(want) => continue,
-                Ok(n) => n.to_string(),
-                Err(e) => e.to_string(),
-            };
+        // One change, counted once however many masters fell short.
+        let short: Vec<String> = acks
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(n) if n >= i64::from(want) => None,
+                Ok(n) => Some(n.to_string()),
+                Err(e) => Some(e.to_string()),
+            })
+            .collect();
+        if !short.is_empty() {
             self.stats.unreplicated.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 wanted = want,
-                acknowledged = %got,
+                acknowledged = %short.join(", "),
                 waited_ms = ms,
                 "an admin change is on its master but not yet on a replica: a failover now could undo it"
             );
