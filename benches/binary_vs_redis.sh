@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # quotad's binary protocol against Redis, in one run, same machine, same connections and pipeline
 # depth: `quotad bench` (full checks: key, scope, 2 windows, monthly quota) versus
-# `redis-benchmark` doing INCR on random keys and an EVALSHA token-bucket script.
+# `redis-benchmark` doing INCR on random keys and an EVALSHA token-bucket script; beside them, the
+# protocol's ceiling on this machine (examples/binary_ceiling.rs: quotad's connection loop
+# answering every check with a fixed answer, deciding nothing), so that a round's figures say how
+# much is the machine's sockets and how much quotad's own work.
 #
 #   bash benches/binary_vs_redis.sh   # CONNS=50 REQUESTS=2000000 SECS=10 ROUNDS=3 LAT_RUNS=3
 #
@@ -15,15 +18,15 @@ SECS=${SECS:-10}
 if ! command -v redis-benchmark >/dev/null || ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools
 fi
-cargo build --release --quiet --bin quotad --example stall_meter
+cargo build --release --quiet --bin quotad --example stall_meter --example binary_ceiling
 QUOTAD=target/release/quotad
 LAT_RUNS=${LAT_RUNS:-3}
 ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(free_port); HPORT=$(free_port); BPORT=$(free_port)
-QPID=""
-cleanup() { kill "$RPID" $QPID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+RPORT=$(free_port); HPORT=$(free_port); BPORT=$(free_port); CPORT=$(free_port)
+QPID=""; CPID=""
+cleanup() { kill "$RPID" $QPID $CPID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --daemonize no \
@@ -46,6 +49,11 @@ stop_quotad() { kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/dev/null || tr
 # `quotad bench` on one thread (as redis-benchmark).
 PIN_SERVER=""; PIN_BENCH=""
 start_quotad --threads 1
+target/release/examples/binary_ceiling "127.0.0.1:$CPORT" >"$WORK/ceiling.log" 2>&1 &
+CPID=$!
+# Keys for the ceiling's load: real ones, so that its frames are the size of quotad's.
+"$QUOTAD" bench --addr "127.0.0.1:$BPORT" --http-url "http://127.0.0.1:$HPORT" --token bench-token \
+    --keys 1000 --connections 1 --duration 0.2 --save-keys "$WORK/keys.txt" --json >/dev/null 2>&1
 for _ in $(seq 100); do
     redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
     sleep 0.1
@@ -74,6 +82,10 @@ qb() { # depth [bench flags...] -> json
     $PIN_BENCH "$QUOTAD" bench --addr "127.0.0.1:$BPORT" --http-url "http://127.0.0.1:$HPORT" --token bench-token \
         --keys 1000 --connections "$CONNS" --depth "$1" --duration "$SECS" --json "${@:2}" 2>/dev/null
 }
+cb() { # depth -> json: the same load against the ceiling
+    "$QUOTAD" bench --addr "127.0.0.1:$CPORT" --key-file "$WORK/keys.txt" \
+        --connections "$CONNS" --depth "$1" --duration "$SECS" --json 2>/dev/null
+}
 field() { python3 -c "import json,sys; v=json.load(sys.stdin); print($1)"; }
 
 # ROUNDS rounds, each measuring every contender once in turn, so that all of them see the
@@ -85,9 +97,11 @@ for round in $(seq "$ROUNDS"); do
         R[incr_$d]=$(rb "$d" INCR "k:__rand_int__")
         R[lua_$d]=$(rb "$d" EVALSHA "$SHA" 1 "b:__rand_int__" 1000 100)
         R[quotad_$d]=$(qb "$d" | field 'v["throughput"]')
+        R[ceil_$d]=$(cb "$d" | field 'v["throughput"]')
     done
-    echo "${R[incr_1]} ${R[incr_16]} ${R[lua_1]} ${R[lua_16]} ${R[quotad_1]} ${R[quotad_16]}" >>"$WORK/rounds.txt"
+    echo "${R[incr_1]} ${R[incr_16]} ${R[lua_1]} ${R[lua_16]} ${R[quotad_1]} ${R[quotad_16]} ${R[ceil_1]} ${R[ceil_16]}" >>"$WORK/rounds.txt"
 done
+kill "$CPID" 2>/dev/null || true; wait "$CPID" 2>/dev/null || true; CPID=""
 # The median round's unpipelined quotad rate sets "half the saturating rate".
 R[quotad_1]=$(python3 -c "import statistics; print(statistics.median(float(l.split()[4]) for l in open('$WORK/rounds.txt')))")
 # Unpipelined latency at half the saturating rate, two ways.
@@ -127,16 +141,24 @@ half_p, work, runs = float(sys.argv[5]), sys.argv[6], int(sys.argv[7])
 rounds = [list(map(float, l.split())) for l in open(f"{work}/rounds.txt")]
 print(f"{'(' + conns + ' connections, req/s)':<28} {'INCR d1':>9} {'INCR d16':>9} {'Lua d1':>9} {'Lua d16':>9} "
       f"{'quotad d1':>10} {'quotad d16':>10} | {'d16/INCR':>8} {'d16/Lua':>8} {'d1/INCR':>8}")
-ratios = []
-for n, (i1, i16, l1, l16, q1, q16) in enumerate(rounds, 1):
+ratios, ceil = [], []
+for n, (i1, i16, l1, l16, q1, q16, c1, c16) in enumerate(rounds, 1):
     r = (q16 / i16, q16 / l16, q1 / i1)
     ratios.append(r)
+    ceil.append((c1, c16, q1 / c1, q16 / c16, c1 / i1, c16 / i16))
     print(f"{'round ' + str(n):<28} {i1:9.0f} {i16:9.0f} {l1:9.0f} {l16:9.0f} {q1:10.0f} {q16:10.0f} | "
           f"{r[0]:8.2f} {r[1]:8.2f} {r[2]:8.2f}")
 med = [statistics.median(r[k] for r in ratios) for k in range(3)]
 print(f"median of the rounds' ratios: quotad / INCR at depth 16 {med[0]:.2f}x (goal >= 2), "
       f"quotad / token bucket at depth 16 {med[1]:.2f}x (goal >= 10), "
       f"quotad / INCR unpipelined {med[2]:.2f}x (goal >= 1.5)")
+print(f"{'ceiling (fixed answers)':<28} {'d1':>9} {'d16':>9} | {'quotad/ceiling d1':>17} {'d16':>6} | "
+      f"{'ceiling/INCR d1':>15} {'d16':>6}")
+for n, (c1, c16, qc1, qc16, ci1, ci16) in enumerate(ceil, 1):
+    print(f"{'round ' + str(n):<28} {c1:9.0f} {c16:9.0f} | {qc1:17.2f} {qc16:6.2f} | {ci1:15.2f} {ci16:6.2f}")
+cm = [statistics.median(c[k] for c in ceil) for k in range(2, 6)]
+print(f"medians: quotad / ceiling {cm[0]:.2f} unpipelined, {cm[1]:.2f} at depth 16; "
+      f"ceiling / INCR {cm[2]:.2f} unpipelined, {cm[3]:.2f} at depth 16 (what the machine's sockets allow)")
 print(f"quotad pinned with busy polling, unpipelined: {pinned:.0f} req/s")
 def show(name, rate, path):
     v = json.load(open(path))
