@@ -89,17 +89,9 @@ fn answer(f: &Frame<'_>, out: &mut Vec<u8>) {
                 frame::put_error(out, id, ErrorCode::BadVersion, "unsupported version");
                 return;
             }
-            frame::put_header(out, op::HELLO_OK, id, 12);
-            out.extend_from_slice(&frame::VERSION.to_le_bytes());
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(frame::MAX_PAYLOAD as u32).to_le_bytes());
-            out.extend_from_slice(&(frame::MAX_BATCH as u16).to_le_bytes());
-            out.extend_from_slice(&(frame::MAX_KEY as u16).to_le_bytes());
+            frame::put_hello_ok(out, id);
         }
-        Frame::Ping { id, payload } => {
-            frame::put_header(out, op::PONG, id, payload.len());
-            out.extend_from_slice(payload);
-        }
+        Frame::Ping { id, payload } => frame::put_pong(out, id, payload),
         Frame::Check { id, .. } => {
             frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
             ALLOWED.put(out);

@@ -388,6 +388,22 @@ pub fn put_hello(out: &mut Vec<u8>, id: u64, version: u16) {
     out.extend_from_slice(&[0, 0]);
 }
 
+/// Appends the server's HELLO_OK answer: this version and the bounds it enforces.
+pub fn put_hello_ok(out: &mut Vec<u8>, id: u64) {
+    put_header(out, op::HELLO_OK, id, 12);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
+    out.extend_from_slice(&(MAX_BATCH as u16).to_le_bytes());
+    out.extend_from_slice(&(MAX_KEY as u16).to_le_bytes());
+}
+
+/// Appends a PONG echoing `payload`.
+pub fn put_pong(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
+    put_header(out, op::PONG, id, payload.len());
+    out.extend_from_slice(payload);
+}
+
 /// A decision as carried on the wire (the 40-byte RESULT body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WireResult {

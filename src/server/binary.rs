@@ -160,18 +160,8 @@ fn decide(
 /// Appends the answer to a HELLO or PING; returns false for other frames.
 fn answer_control(f: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     match *f {
-        Frame::Hello { id, .. } => {
-            frame::put_header(out, op::HELLO_OK, id, 12);
-            out.extend_from_slice(&frame::VERSION.to_le_bytes());
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(frame::MAX_PAYLOAD as u32).to_le_bytes());
-            out.extend_from_slice(&(frame::MAX_BATCH as u16).to_le_bytes());
-            out.extend_from_slice(&(frame::MAX_KEY as u16).to_le_bytes());
-        }
-        Frame::Ping { id, payload } => {
-            frame::put_header(out, op::PONG, id, payload.len());
-            out.extend_from_slice(payload);
-        }
+        Frame::Hello { id, .. } => frame::put_hello_ok(out, id),
+        Frame::Ping { id, payload } => frame::put_pong(out, id, payload),
         _ => return false,
     }
     true
