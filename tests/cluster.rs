@@ -437,6 +437,74 @@ fn a_key_change_returns_once_a_replica_has_it_without_holding_up_checks() {
     );
 }
 
+/// A bulk creation (more keys than there are masters to ask one by one) waits for the replicas of
+/// every master: with one replica stopped, `RedisStore::create_keys` returns only once it runs
+/// again, and every key is then on its master's replica.
+#[test]
+fn a_bulk_key_creation_returns_once_every_master_s_replica_has_its_keys() {
+    use quotad::keys::NewKey;
+    use quotad::store::redis::{RedisOptions, RedisStore};
+    let cluster = RedisCluster::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut opts = RedisOptions::new(cluster.url());
+    opts.replica_wait = Duration::from_secs(2);
+    assert_eq!(
+        opts.replica_acks, 1,
+        "a cluster waits for one replica by default"
+    );
+    let store = rt
+        .block_on(RedisStore::connect(
+            opts,
+            std::sync::Arc::new(quotad::QuantaClock::new()),
+        ))
+        .expect("connect");
+    let news = |n: usize| -> Vec<NewKey> {
+        (0..n)
+            .map(|i| NewKey {
+                consumer: format!("c{i}"),
+                tier: "pro".into(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    // Keys 0..40 spread over the three masters; stop the replica of key 0's.
+    let r = cluster.replica_of(cluster.master_of("quotad:{0}"));
+    cluster.nodes[r].pause();
+    let started = Instant::now();
+    let resumed = std::thread::scope(|s| {
+        let waker = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            // Read before the replica may run: the creation cannot have returned by then.
+            let at = started.elapsed();
+            cluster.nodes[r].resume();
+            at
+        });
+        let made = rt.block_on(store.create_keys(news(40))).expect("create");
+        let took = started.elapsed();
+        let resumed = waker.join().unwrap();
+        assert_eq!(made.len(), 40);
+        assert!(
+            took >= resumed,
+            "created in {took:?}, before the stopped replica ran again ({resumed:?})"
+        );
+        made
+    });
+    assert_eq!(store.stats().unreplicated(), 0);
+    for k in &resumed {
+        let slot = k.info.id.slot();
+        let name = format!("quotad:{{{slot}}}");
+        let replica = cluster.replica_of(cluster.master_of(&name));
+        let got = cluster.nodes[replica].cli_readonly(&["HEXISTS", &name, "v"]);
+        assert!(
+            got.lines().any(|l| l.trim() == "1"),
+            "key {slot} is not on its master's replica: {got:?}"
+        );
+    }
+}
+
 #[test]
 fn fail_closed_and_fail_open_while_redis_is_stopped_then_recovery() {
     let mut redis = RedisServer::start();
