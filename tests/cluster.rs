@@ -437,8 +437,8 @@ fn a_key_change_returns_once_a_replica_has_it_without_holding_up_checks() {
     );
 }
 
-/// A bulk creation (more keys than there are masters to ask one by one) waits for the replicas of
-/// every master: with one replica stopped, `RedisStore::create_keys` returns only once it runs
+/// A bulk creation (more than the eight keys whose masters are asked one by one) waits for the
+/// replicas of every master: with one replica stopped, `RedisStore::create_keys` returns only once it runs
 /// again, and every key is then on its master's replica.
 #[test]
 fn a_bulk_key_creation_returns_once_every_master_s_replica_has_its_keys() {
