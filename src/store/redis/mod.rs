@@ -125,6 +125,17 @@ impl RedisOptions {
             replica_wait: Duration::from_secs(1),
         }
     }
+
+    /// How long a call on the admin connection may take: its own timeout, plus the wait for
+    /// replicas that it (a `WAIT`) or an admin call queued before it (on the same connection)
+    /// may spend.
+    fn admin_within(&self) -> Duration {
+        if self.replica_acks > 0 {
+            self.timeout + self.replica_wait
+        } else {
+            self.timeout
+        }
+    }
 }
 
 /// A connection to one Redis server (reconnecting) or to a cluster (following slot moves and
@@ -330,7 +341,7 @@ impl RedisStore {
     pub async fn connect(opts: RedisOptions, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
         let conn = Self::open(&opts, opts.timeout).await?;
         let admin = if opts.replica_acks > 0 {
-            Self::open(&opts, opts.timeout + opts.replica_wait).await?
+            Self::open(&opts, opts.admin_within()).await?
         } else {
             conn.clone()
         };
@@ -434,12 +445,7 @@ impl RedisStore {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let within = if self.opts.replica_acks > 0 {
-            self.opts.timeout + self.opts.replica_wait
-        } else {
-            self.opts.timeout
-        };
-        self.call_within(within, f).await
+        self.call_within(self.opts.admin_within(), f).await
     }
 
     async fn call_within<T, F>(&self, within: Duration, f: F) -> Result<T, RedisError>
@@ -476,17 +482,12 @@ impl RedisStore {
         let ms = self.opts.replica_wait.as_millis().max(1) as u64;
         let mut wait = redis::cmd("WAIT");
         wait.arg(want).arg(ms);
-        let within = self.opts.replica_wait + self.opts.timeout;
+        let within = self.opts.admin_within();
         let mut keys: Vec<&String> = keys.iter().collect();
         keys.sort();
         keys.dedup();
         let acks: Vec<Result<i64, RedisError>> = match &self.admin {
-            Conn::Single(c) => {
-                let mut c = c.clone();
-                vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
-            }
-            // A few keys: ask the masters holding them. Many (a bulk creation): ask every master,
-            // which answers with the fewest acknowledgements any of them got.
+            // On a cluster, a few keys: ask the masters holding them.
             Conn::Cluster(c) if keys.len() <= 8 => {
                 let asks = keys.iter().map(|k| {
                     let mut c = c.clone();
@@ -504,8 +505,10 @@ impl RedisStore {
                 });
                 futures_util::future::join_all(asks).await
             }
-            Conn::Cluster(c) => {
-                let mut c = c.clone();
+            // One server; or, on a cluster, many keys (a bulk creation): ask every master, which
+            // answers with the fewest acknowledgements any of them got.
+            conn => {
+                let mut c = conn.clone();
                 vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
             }
         };
