@@ -11,13 +11,6 @@ use quotad::protocol::client::{Check, Client, ClientError};
 use quotad::protocol::frame::{self, op, ErrorCode, WireResult};
 use serde_json::json;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn check(key: &str) -> Check<'_> {
     scoped(key, None)
 }
@@ -41,7 +34,7 @@ fn every_operation_over_tcp_and_unix() {
     let (id, key) = d
         .client()
         .create_key(json!({"consumer": "c", "tier": "free"}));
-    rt().block_on(async {
+    common::runtime().block_on(async {
         for c in [
             Client::connect_tcp(d.binary).await.unwrap(),
             Client::connect_unix(&sock).await.unwrap(),
@@ -76,7 +69,7 @@ fn every_decision_carries_the_same_figures_as_http() {
     let (rid, revoked) = h.create_key(json!({"consumer": "c", "tier": "t"}));
     h.admin(reqwest::Method::POST, &format!("/keys/{rid}/revoke"), None);
     let (_, open) = h.create_key(json!({"consumer": "c", "tier": "t"}));
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let c = Client::connect_tcp(d.binary).await.unwrap();
         let r = c.check(scoped(&key, Some("a:write"))).await.unwrap();
         assert_eq!(r.code(), "forbidden");
@@ -114,7 +107,7 @@ fn every_decision_carries_the_same_figures_as_http() {
         std::thread::sleep(Duration::from_millis(300)); // wait for a burst token
     }
     assert!(spent, "the monthly quota (3) is shared by both transports");
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let c = Client::connect_tcp(d.binary).await.unwrap();
         let r = c.check(scoped(&key, Some("a:read"))).await.unwrap();
         // Burst tokens may or may not be back; the quota is spent either way.
@@ -130,7 +123,7 @@ fn every_decision_carries_the_same_figures_as_http() {
 
     // quota_exceeded on its own: a generous burst and a quota of 1.
     let (_, q) = h.create_key(json!({"consumer": "c", "tier": "enterprise", "monthlyQuota": 1}));
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let c = Client::connect_tcp(d.binary).await.unwrap();
         assert_eq!(c.check(check(&q)).await.unwrap().code(), "allowed");
         let r = c.check(check(&q)).await.unwrap();
@@ -248,7 +241,7 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
     let (key_id, key) = d
         .client()
         .create_key(json!({"consumer": "c", "tier": "enterprise"}));
-    let rt = rt();
+    let rt = common::runtime();
     let healthy = rt.block_on(Client::connect_tcp(d.binary)).unwrap();
 
     let expect_error = |bytes: &[u8], after_hello: bool, code: ErrorCode| {

@@ -51,10 +51,7 @@ fn busy_polling_answers_checks_and_sleeps_when_idle() {
     let (_, key) = d
         .client()
         .create_key(serde_json::json!({"consumer": "c", "tier": "enterprise"}));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     for round in 0..2 {
         checks(&rt, &d, &key, 200);
         // Just after the requests the worker polls: it burns CPU for the window.

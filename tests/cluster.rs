@@ -64,10 +64,7 @@ fn http_until_spent(c: Client, keys: Vec<String>) -> Vec<u64> {
 
 /// The same over the binary protocol, all keys of a round in one CHECK_BATCH frame.
 fn binary_until_spent(addr: std::net::SocketAddr, keys: Vec<String>) -> Vec<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async move {
         let c = BinClient::connect_tcp(addr).await.unwrap();
         let mut allowed = vec![0u64; keys.len()];
@@ -445,10 +442,7 @@ fn a_bulk_key_creation_returns_once_every_master_s_replica_has_its_keys() {
     use quotad::keys::NewKey;
     use quotad::store::redis::{RedisOptions, RedisStore};
     let cluster = RedisCluster::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut opts = RedisOptions::new(cluster.url());
     opts.replica_wait = Duration::from_secs(2);
     assert_eq!(
@@ -528,10 +522,7 @@ fn fail_closed_and_fail_open_while_redis_is_stopped_then_recovery() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.code(), "unavailable");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let wire = rt.block_on(async {
         let c = BinClient::connect_tcp(closed.binary).await.unwrap();
         c.check(Check {

@@ -35,10 +35,7 @@ struct Store {
 
 impl Store {
     fn open(kind: Kind, clock: &FakeClock) -> Store {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::runtime();
         let dir = tempfile::tempdir().unwrap();
         let (backend, redis) = match kind {
             Kind::Mmap => (Backend::Local(Arc::new(open(dir.path(), clock))), None),
@@ -853,10 +850,7 @@ fn both_stores_give_identical_decisions_on_a_random_workload() {
 fn lease_mode_figures_count_down_like_exact_mode() {
     let clock = mid_march();
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut opts = RedisOptions::new(server.url());
     opts.mode = quotad::store::redis::Mode::Lease {
         size: 20,

@@ -6,16 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use common::redis::RedisServer;
+use common::runtime;
 use quotad::keys::NewKey;
 use quotad::store::redis::{RedisOptions, RedisStore};
 use quotad::{AuthFailure, FakeClock, Verdict};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn connect(rt: &tokio::runtime::Runtime, server: &RedisServer) -> RedisStore {
     rt.block_on(RedisStore::connect(

@@ -350,3 +350,12 @@ impl Client {
         )
     }
 }
+
+/// A current-thread tokio runtime, for a test that drives the async APIs (the binary client, the
+/// Redis store) from a plain `#[test]`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -41,14 +41,28 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 }
 
 /// Runs a redis-cli command to completion, holding [`no_spawns`] only while it starts.
-fn run(mut cmd: Command) -> std::process::Output {
-    let child = {
+fn run(cmd: Command) -> std::process::Output {
+    run_with_input(cmd, None)
+}
+
+/// [`run`], with `input` written to the command's standard input (commands, one per line).
+fn run_with_input(mut cmd: Command, input: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = {
         let _g = no_spawns();
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("redis-cli (Debian package redis-tools) must be installed: see .ci/test")
     };
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write to redis-cli");
+    }
     child.wait_with_output().expect("wait for redis-cli")
 }
 
@@ -156,23 +170,10 @@ impl RedisServer {
 
     /// A read on this node even when it is a replica (`READONLY` first, in one session).
     pub fn cli_readonly(&self, args: &[&str]) -> String {
-        use std::io::Write;
-        let mut child = {
-            let _g = no_spawns();
-            Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("redis-cli")
-        };
-        let mut input = child.stdin.take().expect("stdin");
-        writeln!(input, "READONLY").unwrap();
-        writeln!(input, "{}", args.join(" ")).unwrap();
-        drop(input);
-        let out = child.wait_with_output().expect("wait for redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        let input = format!("READONLY\n{}\n", args.join(" "));
+        String::from_utf8_lossy(&run_with_input(cmd, Some(&input)).stdout).into_owned()
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
