@@ -203,8 +203,9 @@ fn pipelined_requests_in_one_write_are_answered_in_one_pass_with_matching_ids() 
     }
 }
 
-/// The server holds a few decoded checks back while their keys' entries load; a fatal frame
-/// behind them must still come after their answers, and ends the connection.
+/// The server decodes a few frames ahead of the one it answers, to start their keys' entries
+/// loading; a fatal frame among them must still come after the answers of the checks before it,
+/// and ends the connection.
 #[test]
 fn checks_before_a_fatal_frame_in_the_same_read_are_answered_first() {
     let dir = tempfile::tempdir().unwrap();

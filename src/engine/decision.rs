@@ -118,7 +118,7 @@ impl LimitStatus {
 }
 
 /// A check's full answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Decision {
     /// What was decided.
     pub verdict: Verdict,
@@ -150,6 +150,25 @@ impl Decision {
         }
     }
 
+    /// Makes this the bare decision `verdict` (as [`bare`](Self::bare)) in place: the limit
+    /// table's storage is left as it is, past the (now zero) length, unobservable.
+    #[inline]
+    pub(crate) fn reset(
+        &mut self,
+        verdict: Verdict,
+        key_id: Option<KeyId>,
+        tier: Option<u16>,
+        now_s: u64,
+    ) {
+        self.verdict = verdict;
+        self.key_id = key_id;
+        self.tier = tier;
+        self.retry_after = None;
+        self.now_s = now_s;
+        self.len = 0;
+        self.primary = 0;
+    }
+
     pub(crate) fn push_limit(&mut self, s: LimitStatus) {
         if usize::from(self.len) < self.limits.len() {
             self.limits[usize::from(self.len)] = s;
@@ -179,3 +198,19 @@ impl Decision {
         self.limits().get(usize::from(self.primary))
     }
 }
+
+/// Decisions are equal when everything they report is: the limit table's storage past its length
+/// is not part of a decision.
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.verdict == other.verdict
+            && self.key_id == other.key_id
+            && self.tier == other.tier
+            && self.retry_after == other.retry_after
+            && self.now_s == other.now_s
+            && self.limits() == other.limits()
+            && self.primary() == other.primary()
+    }
+}
+
+impl Eq for Decision {}

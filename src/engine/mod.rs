@@ -36,8 +36,8 @@ use crate::store::arena::{Arena, ArenaKind};
 use crate::store::catalog_file::{self, CatalogDoc};
 use crate::store::datadir::DirLock;
 use crate::store::layout::{
-    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, COUNTERS_MAGIC, FLAG_LIVE,
-    FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
+    self, CounterFields, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState,
+    COUNTERS_MAGIC, FLAG_LIVE, FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
 };
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
@@ -571,6 +571,21 @@ impl Engine {
         self.check_core(raw_key, scope, cost, now, None)
     }
 
+    /// [`check_at`](Self::check_at), with `finish` given the decision in place and its result
+    /// returned: for a caller that turns the decision into something smaller (the binary
+    /// protocol's fixed-size answer), without the decision being copied out first.
+    #[inline(always)]
+    pub fn check_at_with<R>(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        now: u64,
+        finish: impl FnOnce(&Decision) -> R,
+    ) -> R {
+        self.check_with(raw_key, scope, cost, now, None, finish)
+    }
+
     /// [`check`](Self::check), and for an admitted check the key's identity: `identity` is
     /// called with the key's id, its consumer and its tier's name, read under the same shard lock
     /// as the decision (the HTTP answer carries them), before the check returns. Denied checks do not
@@ -620,20 +635,61 @@ impl Engine {
         now: u64,
         identity: Option<IdentityFn<'_>>,
     ) -> Decision {
-        let now_s = secs(now);
-        let unauthorized =
-            |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
+        self.check_with(raw_key, scope, cost, now, identity, |d| *d)
+    }
+
+    /// The check, with `finish` given the decision where it was made: a caller that needs only
+    /// part of it (the binary protocol's answer) reads that part in place. Returning the
+    /// decision by value copies it (264 bytes, a `memcpy`), and the copy's wide loads of fields
+    /// just stored narrow wait for those stores to reach the cache (see docs/PERFORMANCE.md).
+    #[inline(always)]
+    fn check_with<R>(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        now: u64,
+        identity: Option<IdentityFn<'_>>,
+        finish: impl FnOnce(&Decision) -> R,
+    ) -> R {
+        let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
+        self.decide_into(raw_key, scope, cost, now, identity, &mut d);
+        finish(&d)
+    }
+
+    /// The check itself, into `d` (a bare decision on entry).
+    #[inline(always)]
+    fn decide_into(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+        now: u64,
+        identity: Option<IdentityFn<'_>>,
+        d: &mut Decision,
+    ) {
+        let first_now_s = secs(now);
         let (raw, id) = match presented(raw_key) {
             Ok(p) => p,
-            Err(why) => return unauthorized(why, None, None),
+            Err(why) => return d.reset(Verdict::Unauthorized(why), None, None, first_now_s),
         };
         let cost = cost.clamp(1, MAX_COST);
         let slot = id.slot();
         if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
-            return unauthorized(AuthFailure::Unknown, None, None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                None,
+                None,
+                first_now_s,
+            );
         }
         if self.shards.entry_ptr(slot).is_none() {
-            return unauthorized(AuthFailure::Unknown, None, None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                None,
+                None,
+                first_now_s,
+            );
         }
         // The entry's two lines are on their way (the caller's `prefetch_entry`, from the same
         // characters of the key that `presented` decoded the slot from): hash the key meanwhile.
@@ -657,39 +713,66 @@ impl Engine {
         *latest_ns = now;
         let now_s = secs(now);
         let Some(catalog) = catalog.as_deref() else {
-            return unauthorized(AuthFailure::Unknown, None, None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                None,
+                None,
+                first_now_s,
+            );
         };
         // SAFETY: we hold the shard lock; slots below key_count have entries.
         let entry = unsafe { *self.shards.entry(slot) };
         if entry.id != id.0 {
-            return unauthorized(AuthFailure::Unknown, None, None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                None,
+                None,
+                first_now_s,
+            );
         }
         if entry.fast != fast || entry.fast == 0 {
             match self.authenticate_slow(grace, idx, slot, raw, fast, now) {
                 Ok(()) => {}
-                Err(why) => return unauthorized(why, Some(id), None),
+                Err(why) => {
+                    return d.reset(Verdict::Unauthorized(why), Some(id), None, first_now_s)
+                }
             }
         }
         let tier_ix = entry.tier;
         if entry.flags & FLAG_REVOKED != 0 {
-            return unauthorized(AuthFailure::Revoked, Some(id), Some(tier_ix));
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Revoked),
+                Some(id),
+                Some(tier_ix),
+                first_now_s,
+            );
         }
         if now >= entry.expires_at_ns {
-            return unauthorized(AuthFailure::Expired, Some(id), Some(tier_ix));
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Expired),
+                Some(id),
+                Some(tier_ix),
+                first_now_s,
+            );
         }
         let Some(tier) = catalog.tier(tier_ix) else {
             // Unreachable while tiers in use cannot be deleted; deny rather than admit.
-            return unauthorized(AuthFailure::Unknown, Some(id), None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                Some(id),
+                None,
+                first_now_s,
+            );
         };
         if let Some(scope) = scope {
             let sid = catalog.scope_id(scope);
             let granted = catalog.scope_set(entry.scope_set);
             if !granted.is_empty() && !sid.is_some_and(|s| granted.contains(&s)) {
-                return Decision::bare(Verdict::Forbidden, Some(id), Some(tier_ix), now_s);
+                return d.reset(Verdict::Forbidden, Some(id), Some(tier_ix), now_s);
             }
             if let Some(plan) = &tier.scopes {
                 if !sid.is_some_and(|s| plan.contains(&s)) {
-                    return Decision::bare(Verdict::PlanRequired, Some(id), Some(tier_ix), now_s);
+                    return d.reset(Verdict::PlanRequired, Some(id), Some(tier_ix), now_s);
                 }
             }
         }
@@ -712,28 +795,36 @@ impl Engine {
         } else {
             0
         };
-        let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+        d.reset(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
         let terms = spend::Terms {
             limits: &tier.limits,
             quota,
             month: &month,
         };
-        let Some(tat) = spend::decide(&cur.tat, used, now, cost, &terms, &mut d) else {
-            return d;
+        let Some(tat) = spend::decide(&cur.tat, used, now, cost, &terms, d) else {
+            return;
         };
-        let mut next = cur;
-        next.tat = tat;
-        next.key_tag = (entry.id >> 32) as u32;
-        next.tier = tier_ix;
-        next.limits_version = tier.version;
-        next.month = month.id;
-        next.month_used = used + cost;
-        next.last_used_s = now_s.min(u64::from(u32::MAX)) as u32;
-        layout::seal(&mut next, entry.counters.seq);
+        let next = CounterHalf::successor(
+            entry.counters.seq,
+            &CounterFields {
+                key_tag: (entry.id >> 32) as u32,
+                tier: tier_ix,
+                limits_version: tier.version,
+                tat,
+                month_used: used + cost,
+                month: month.id,
+                last_used_s: now_s.min(u64::from(u32::MAX)) as u32,
+            },
+        );
         let into = 1 - usize::from(entry.newest & 1);
         // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
-            return unauthorized(AuthFailure::Unknown, Some(id), None);
+            return d.reset(
+                Verdict::Unauthorized(AuthFailure::Unknown),
+                Some(id),
+                None,
+                first_now_s,
+            );
         };
         // The identity is handed out before the durable write below: that store may wait for
         // its line (another core's, or not yet in the cache), later stores queue behind it, and
@@ -756,7 +847,6 @@ impl Engine {
         let hot = unsafe { self.shards.entry(slot) };
         hot.counters = next;
         hot.newest = into as u8;
-        d
     }
 
     /// Verifies `raw` against the stored SHA-256 (current secret, or the previous one during a

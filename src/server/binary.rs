@@ -145,16 +145,20 @@ fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
 }
 
 /// Decides one check on this node's engine at `now` (read once for all the checks of a read),
-/// counting it in `tally` (the caller times the read's checks together).
+/// counting it in `tally` (the caller times the read's checks together), and appends its 40-byte
+/// answer body to `out`. The answer is written from the decision where it was made: no decision or
+/// answer value is returned and copied (see `Engine::check_at_with`).
 fn decide(
     tally: &mut Tally,
     engine: &Engine,
     now: u64,
     (key, scope, cost): Parsed<'_>,
-) -> WireResult {
-    let d = engine.check_at(key, scope, cost, now);
-    tally.count_decision(d.verdict);
-    to_wire(&d)
+    out: &mut Vec<u8>,
+) {
+    engine.check_at_with(key, scope, cost, now, |d| {
+        tally.count_decision(d.verdict);
+        to_wire(d).put(out);
+    });
 }
 
 /// Appends the answer to a HELLO or PING; returns false for other frames.
@@ -181,10 +185,10 @@ fn answer(
     }
     match *f {
         Frame::Hello { .. } | Frame::Ping { .. } => {}
-        Frame::Check { id, req } => match parse_req(&req).map(|p| decide(tally, engine, now, p)) {
-            Ok(r) => {
+        Frame::Check { id, req } => match parse_req(&req) {
+            Ok(p) => {
                 frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
-                r.put(out);
+                decide(tally, engine, now, p, out);
             }
             Err(m) => {
                 state.metrics.record_bad_request(Transport::Binary);
@@ -213,7 +217,7 @@ fn answer(
                 if let Some(next) = parsed.get(i + AHEAD) {
                     engine.prefetch_entry(next.0.unwrap_or("").as_bytes());
                 }
-                decide(tally, engine, now, p).put(out);
+                decide(tally, engine, now, p, out);
             }
         }
     }
@@ -222,59 +226,52 @@ fn answer(
 /// How many checks ahead of the one being decided have their key's entry loading.
 const AHEAD: usize = 8;
 
-/// The frames of one read that are decoded but not yet answered: a CHECK frame waits here while
-/// the entries of the next few load (`Engine::prefetch_entry`), so that on a large key table their
-/// cache misses overlap. Answers still go out in frame order.
-struct Ahead<'a> {
-    ring: [Option<Frame<'a>>; AHEAD],
-    head: usize,
-    len: usize,
+/// A second cursor over the frames of one read decided on this node's engine, kept up to `AHEAD`
+/// frames in front of the frame being answered, starting each CHECK's key entry loading
+/// (`Engine::prefetch_entry`) so that on a large key table their cache misses overlap instead of
+/// following each other. Frames are decoded twice, once by each cursor (a few ns each), rather
+/// than decoded once and held in a queue: copying a decoded frame into a queue and out again read
+/// back, wide, fields just stored narrow, and each such load waited for the stores to reach the
+/// cache (see docs/PERFORMANCE.md).
+struct Scout {
+    /// Where in the read buffer the next frame to look at starts.
+    pos: usize,
+    /// Frames looked at and not yet answered.
+    lead: usize,
+    /// No complete, valid frame follows `pos`.
+    done: bool,
 }
 
-impl<'a> Ahead<'a> {
+impl Scout {
     fn new() -> Self {
-        Ahead {
-            ring: [None; AHEAD],
-            head: 0,
-            len: 0,
+        Scout {
+            pos: 0,
+            lead: 0,
+            done: false,
         }
     }
 
-    /// Queues `f`; when full, returns the oldest frame, to be answered now.
-    fn push(&mut self, f: Frame<'a>) -> Option<Frame<'a>> {
-        let out = if self.len == AHEAD { self.pop() } else { None };
-        self.ring[(self.head + self.len) % AHEAD] = Some(f);
-        self.len += 1;
-        out
-    }
-
-    /// The oldest queued frame.
-    fn pop(&mut self) -> Option<Frame<'a>> {
-        if self.len == 0 {
-            return None;
+    /// Moves up to `AHEAD` frames in front of the frame about to be answered.
+    #[inline]
+    fn run(&mut self, engine: &Engine, buf: &[u8]) {
+        while !self.done && self.lead < AHEAD {
+            match buf.get(self.pos..).map(frame::decode) {
+                Some(Ok((f, len))) => {
+                    if let Frame::Check { req, .. } = f {
+                        engine.prefetch_entry(req.key);
+                    }
+                    self.pos += len;
+                    self.lead += 1;
+                }
+                _ => self.done = true,
+            }
         }
-        let f = self.ring[self.head].take();
-        self.head = (self.head + 1) % AHEAD;
-        self.len -= 1;
-        f
     }
-}
 
-/// Queues frame `f` of a read decided on this node's engine (starting its key's entry loading),
-/// and answers the frame it pushes out of the queue.
-fn queue<'a>(
-    state: &AppState,
-    ahead: &mut Ahead<'a>,
-    tally: &mut Tally,
-    here: (&Engine, u64),
-    f: Frame<'a>,
-    out: &mut Vec<u8>,
-) {
-    if let Frame::Check { req, .. } = f {
-        here.0.prefetch_entry(req.key);
-    }
-    if let Some(g) = ahead.push(f) {
-        answer(state, tally, here, &g, out);
+    /// One frame (looked at before) was answered.
+    #[inline]
+    fn answered(&mut self) {
+        self.lead = self.lead.saturating_sub(1);
     }
 }
 
@@ -397,13 +394,17 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         let timer = Stopwatch::start();
         // The frames of one read arrived together: one clock reading decides them all.
         let here = local.as_ref().map(|e| (&**e, e.clock().now_ns()));
-        let mut ahead = Ahead::new();
+        let mut scout = Scout::new();
         let mut used = 0;
         let mut fatal = None;
         loop {
+            if let Some((e, _)) = here {
+                scout.run(e, &buf);
+            }
             match frame::decode(&buf[used..]) {
                 Ok((f, len)) => {
                     used += len;
+                    scout.answered();
                     match f {
                         Frame::Hello { id, version } => {
                             if version != frame::VERSION {
@@ -416,7 +417,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             hello = true;
                             match here {
-                                Some(e) => queue(state, &mut ahead, &mut tally, e, f, &mut out),
+                                Some(e) => answer(state, &mut tally, e, &f, &mut out),
                                 None => jobs.push(shared_job(state, &f)),
                             }
                         }
@@ -425,7 +426,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                             break;
                         }
                         _ => match here {
-                            Some(e) => queue(state, &mut ahead, &mut tally, e, f, &mut out),
+                            Some(e) => answer(state, &mut tally, e, &f, &mut out),
                             None => jobs.push(shared_job(state, &f)),
                         },
                     }
@@ -445,11 +446,6 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     fatal = Some((id, code, msg));
                     break;
                 }
-            }
-        }
-        if let Some(e) = here {
-            while let Some(f) = ahead.pop() {
-                answer(state, &mut tally, e, &f, &mut out);
             }
         }
         buf.advance(used);

@@ -95,6 +95,98 @@ pub struct CounterHalf {
     pub last_used_s: u32,
 }
 
+/// The fields of a [`CounterHalf`] a check writes; [`CounterHalf::successor`] seals them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterFields {
+    /// As [`CounterHalf::key_tag`].
+    pub key_tag: u32,
+    /// As [`CounterHalf::tier`].
+    pub tier: u16,
+    /// As [`CounterHalf::limits_version`].
+    pub limits_version: u16,
+    /// As [`CounterHalf::tat`].
+    pub tat: [u64; BUCKETS],
+    /// As [`CounterHalf::month_used`].
+    pub month_used: u64,
+    /// As [`CounterHalf::month`].
+    pub month: u32,
+    /// As [`CounterHalf::last_used_s`].
+    pub last_used_s: u32,
+}
+
+impl CounterHalf {
+    /// The sealed successor of a half whose sequence is `prev_seq`: `f`, with `seq + 1` (never 0)
+    /// and its CRC; the same half as setting the fields and calling [`seal`].
+    ///
+    /// It is assembled as eight 64-bit words in registers, the CRC taken from those words, so
+    /// that nothing is read back from memory. Setting the narrow fields in memory and then
+    /// reading them back wider (the CRC's 8-byte loads, the 16-byte loads of copying the half into
+    /// the mapped file) cannot be served from the pending stores: each such load waits for them to
+    /// reach the cache. On a check's path that wait was the largest single cost of the decision
+    /// (see docs/PERFORMANCE.md).
+    #[inline(always)]
+    pub fn successor(prev_seq: u32, f: &CounterFields) -> CounterHalf {
+        let seq = prev_seq.wrapping_add(1).max(1);
+        let body = [
+            u64::from(f.key_tag) | u64::from(f.tier) << 32 | u64::from(f.limits_version) << 48,
+            f.tat[0],
+            f.tat[1],
+            f.tat[2],
+            f.tat[3],
+            f.month_used,
+            u64::from(f.month) | u64::from(f.last_used_s) << 32,
+        ];
+        let crc = words_crc(seq, &body);
+        let w = [
+            u64::from(seq) | u64::from(crc) << 32,
+            body[0],
+            body[1],
+            body[2],
+            body[3],
+            body[4],
+            body[5],
+            body[6],
+        ]
+        .map(u64::to_le);
+        zerocopy::transmute!(w)
+    }
+}
+
+/// [`half_crc`] of a half whose first four bytes are `seq` and whose bytes 8.. are the
+/// little-endian words `body`.
+#[inline(always)]
+fn words_crc(seq: u32, body: &[u64; 7]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { words_crc_sse42(seq, body) };
+        }
+    }
+    words_crc_portable(seq, body)
+}
+
+/// [`words_crc`] without SSE 4.2.
+fn words_crc_portable(seq: u32, body: &[u64; 7]) -> u32 {
+    let mut b = [0u8; 56];
+    for (chunk, w) in b.chunks_exact_mut(8).zip(body) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+#[inline]
+unsafe fn words_crc_sse42(seq: u32, body: &[u64; 7]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
+    let mut crc = u64::from(_mm_crc32_u32(!0, seq));
+    for &w in body {
+        crc = _mm_crc32_u64(crc, w);
+    }
+    !(crc as u32)
+}
+
 /// One half of a key record.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
 #[repr(C)]
@@ -145,6 +237,8 @@ pub type RecordSlot = [RecordHalf; 2];
 
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 48);
 const _: () = assert!(std::mem::size_of::<CounterHalf>() == 64);
+// `CounterHalf::successor` assembles the half from exactly these words.
+const _: () = assert!(BUCKETS == 4);
 const _: () = assert!(std::mem::size_of::<CounterSlot>() == 128);
 const _: () = assert!(std::mem::size_of::<RecordHalf>() == 256);
 const _: () = assert!(std::mem::size_of::<RecordSlot>() == 512);
@@ -319,6 +413,44 @@ pub fn get_str(b: &[u8]) -> Option<&str> {
 mod tests {
     use super::*;
     use zerocopy::FromZeros;
+
+    proptest::proptest! {
+        /// The half assembled from words is the half `seal` makes of the same fields, byte for
+        /// byte, and its CRC is the one start-up checks.
+        #[test]
+        fn successor_is_the_sealed_half(
+            prev_seq: u32,
+            key_tag: u32,
+            tier: u16,
+            limits_version: u16,
+            tat: [u64; BUCKETS],
+            month_used: u64,
+            month: u32,
+            last_used_s: u32,
+        ) {
+            let f = CounterFields { key_tag, tier, limits_version, tat, month_used, month, last_used_s };
+            let mut sealed = CounterHalf {
+                key_tag,
+                tier,
+                limits_version,
+                tat,
+                month_used,
+                month,
+                last_used_s,
+                ..Default::default()
+            };
+            seal(&mut sealed, prev_seq);
+            let built = CounterHalf::successor(prev_seq, &f);
+            proptest::prop_assert_eq!(built.as_bytes(), sealed.as_bytes());
+            proptest::prop_assert_eq!(built.crc, built.compute_crc());
+            proptest::prop_assert_ne!(built.seq, 0);
+            let b = built.as_bytes();
+            let body: [u64; 7] = std::array::from_fn(|i| {
+                u64::from_le_bytes(b[8 + 8 * i..16 + 8 * i].try_into().expect("eight bytes"))
+            });
+            proptest::prop_assert_eq!(words_crc_portable(built.seq, &body), built.crc);
+        }
+    }
 
     fn half(x: u64) -> CounterHalf {
         CounterHalf {
