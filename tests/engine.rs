@@ -426,6 +426,22 @@ fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kin
     // A well-formed key for a slot that does not exist.
     let ghost = quotad::keys::format::generate("qd_", quotad::keys::KeyId::new(999, 1)).unwrap();
     assert_eq!(why(Some(&ghost)), Some(AuthFailure::Unknown));
+    // Malformed past the characters that carry the id: still malformed, never unknown, whether
+    // or not the id names a key, and whatever the character or the prefix.
+    for bad in [&raw, &ghost] {
+        let mut b = bad.clone().into_bytes();
+        let last = b.len() - 1;
+        b[last] = b'!';
+        assert_eq!(
+            why(Some(&String::from_utf8(b).unwrap())),
+            Some(AuthFailure::Malformed)
+        );
+        let body = &bad[bad.len() - quotad::keys::format::BODY_LEN..];
+        assert_eq!(
+            why(Some(&format!("q!_{body}"))),
+            Some(AuthFailure::Malformed)
+        );
+    }
     assert_eq!(why(Some(&raw)), None);
     e.revoke_key(id).unwrap();
     assert_eq!(why(Some(&raw)), Some(AuthFailure::Revoked));

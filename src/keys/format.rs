@@ -106,13 +106,38 @@ pub fn parse(raw: &str) -> Result<KeyId, RawKeyError> {
     if bad & INVALID != 0 {
         return Err(RawKeyError::Malformed);
     }
+    decode_id(body.as_bytes()).ok_or(RawKeyError::Malformed)
+}
+
+/// The id a raw key names, decoded from the first 11 characters of its body; `None` when the
+/// key's length is out of bounds or those characters are not URL-safe base64. Nothing else is
+/// validated: a store whose cached digest of a verified key equals the presented key's needs
+/// nothing more (only well-formed keys are ever verified), and runs [`parse`] only to say why a
+/// key it refuses is refused.
+#[inline]
+pub fn id_hint(raw: &[u8]) -> Option<KeyId> {
+    if raw.len() < BODY_LEN || raw.len() > MAX_RAW_LEN {
+        return None;
+    }
+    decode_id(&raw[raw.len() - BODY_LEN..])
+}
+
+/// The id in the first 11 characters (66 bits) of a key's body.
+#[inline]
+fn decode_id(body: &[u8]) -> Option<KeyId> {
     let mut acc: u128 = 0;
-    for &c in &body.as_bytes()[..11] {
-        acc = acc << 6 | u128::from(DECODE[usize::from(c)]);
+    let mut bad = 0u8;
+    for &c in body.get(..11)? {
+        let v = DECODE[usize::from(c)];
+        bad |= v;
+        acc = acc << 6 | u128::from(v & 0x3f);
+    }
+    if bad & INVALID != 0 {
+        return None;
     }
     // 66 bits decoded, big-endian bit order: the first 64 are the 8 id bytes.
     let bytes = ((acc >> 2) as u64).to_be_bytes();
-    Ok(KeyId(u64::from_le_bytes(bytes)))
+    Some(KeyId(u64::from_le_bytes(bytes)))
 }
 
 /// The slot a raw key names, read from the first six characters of its body without validating
