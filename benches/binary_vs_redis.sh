@@ -8,6 +8,8 @@
 #
 #   bash benches/binary_vs_redis.sh   # CONNS=50 REQUESTS=2000000 SECS=10 ROUNDS=3 LAT_RUNS=3
 #
+# It ends with one line per goal and exits with status 1 when any goal is missed.
+#
 # Needs redis-server, redis-tools (installed with apt-get when missing) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -189,4 +191,14 @@ if p99s:
                   f"> 100 us ({st['stalledOver200usPercent']:.2f} % > 200 us); gaps 100-200 us {g['100-200us']}, "
                   f"200-500 us {g['200-500us']}, 0.5-1 ms {g['500us-1ms']}, > 1 ms {g['over1ms']}; "
                   f"longest {st['longestMicros']} us in {st['seconds']:.0f} s")
+# The verdict, last, and the exit status with it: a run that misses any goal fails.
+goals = [("quotad >= 2x Redis INCR at depth 16", med[0] >= 2),
+         ("quotad >= 10x the token-bucket script at depth 16", med[1] >= 10),
+         ("quotad >= 1.5x Redis INCR unpipelined", med[2] >= 1.5)]
+if p99s:
+    goals.append(("unpipelined p99 < 200 us at half the saturating rate (pinned, busy polling)",
+                  statistics.median(p99s) < 200))
+for name, ok in goals:
+    print(f"{'goal met:   ' if ok else 'GOAL MISSED:'} {name}")
+sys.exit(0 if all(ok for _, ok in goals) else 1)
 PY
