@@ -669,42 +669,21 @@ impl Engine {
         d: &mut Decision,
     ) {
         let first_now_s = secs(now);
+        let unauthorized = |d: &mut Decision, why, id, tier| {
+            d.reset(Verdict::Unauthorized(why), id, tier, first_now_s);
+        };
         let Some(raw) = raw_key.filter(|k| !k.is_empty()) else {
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Missing),
-                None,
-                None,
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Missing, None, None);
         };
         // Only the characters of the id are validated here: a key whose digest then equals the
         // cached digest of a verified key is that key, and only well-formed keys are verified.
-        // A key refused before that is validated whole, to say why (`parse`, ≈ 15 ns saved per
-        // admitted check).
+        // A key refused before that point is validated whole, to say why.
         let Some(id) = keyfmt::id_hint(raw.as_bytes()) else {
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Malformed),
-                None,
-                None,
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Malformed, None, None);
         };
-        let refuse = |d: &mut Decision, id: Option<KeyId>| {
-            if keyfmt::parse(raw).is_ok() {
-                d.reset(
-                    Verdict::Unauthorized(AuthFailure::Unknown),
-                    id,
-                    None,
-                    first_now_s,
-                );
-            } else {
-                d.reset(
-                    Verdict::Unauthorized(AuthFailure::Malformed),
-                    None,
-                    None,
-                    first_now_s,
-                );
-            }
+        let refuse = |d: &mut Decision, id: Option<KeyId>| match keyfmt::parse(raw) {
+            Ok(_) => unauthorized(d, AuthFailure::Unknown, id, None),
+            Err(_) => unauthorized(d, AuthFailure::Malformed, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
         let slot = id.slot();
@@ -751,29 +730,14 @@ impl Engine {
         }
         let tier_ix = entry.tier;
         if entry.flags & FLAG_REVOKED != 0 {
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Revoked),
-                Some(id),
-                Some(tier_ix),
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Revoked, Some(id), Some(tier_ix));
         }
         if now >= entry.expires_at_ns {
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Expired),
-                Some(id),
-                Some(tier_ix),
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Expired, Some(id), Some(tier_ix));
         }
         let Some(tier) = catalog.tier(tier_ix) else {
             // Unreachable while tiers in use cannot be deleted; deny rather than admit.
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Unknown),
-                Some(id),
-                None,
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Unknown, Some(id), None);
         };
         if let Some(scope) = scope {
             let sid = catalog.scope_id(scope);
@@ -830,12 +794,7 @@ impl Engine {
         let into = 1 - usize::from(entry.newest & 1);
         // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
-            return d.reset(
-                Verdict::Unauthorized(AuthFailure::Unknown),
-                Some(id),
-                None,
-                first_now_s,
-            );
+            return unauthorized(d, AuthFailure::Unknown, Some(id), None);
         };
         // The identity is handed out before the durable write below: that store may wait for
         // its line (another core's, or not yet in the cache), later stores queue behind it, and

@@ -607,6 +607,11 @@ mod tests {
         let mut b = Vec::new();
         r.put(&mut b);
         assert_eq!(b.len(), RESULT_LEN);
+        // The layout of PROTOCOL.md: decision, reason, limit index, a zero byte, retry_after
+        // (u32 LE), then limit, remaining, reset and key id (u64 LE each).
+        assert_eq!(b[..8], [4, 0, 1, 0, 9, 0, 0, 0]);
+        assert_eq!(b[8..16], 60u64.to_le_bytes());
+        assert_eq!(b[32..], 42u64.to_le_bytes());
         assert_eq!(WireResult::get(&b), Some(r));
     }
 }
