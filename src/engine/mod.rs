@@ -36,8 +36,8 @@ use crate::store::arena::{Arena, ArenaKind};
 use crate::store::catalog_file::{self, CatalogDoc};
 use crate::store::datadir::DirLock;
 use crate::store::layout::{
-    self, CounterFields, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState,
-    COUNTERS_MAGIC, FLAG_LIVE, FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
+    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, COUNTERS_MAGIC, FLAG_LIVE,
+    FLAG_REVOKED, KEYS_MAGIC, NO_OVERRIDE,
 };
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
@@ -568,7 +568,7 @@ impl Engine {
         cost: u64,
         now: u64,
     ) -> Decision {
-        self.check_core(raw_key, scope, cost, now, None)
+        self.check_with(raw_key, scope, cost, now, None, |d| *d)
     }
 
     /// [`check_at`](Self::check_at), with `finish` given the decision in place and its result
@@ -623,19 +623,14 @@ impl Engine {
                 }
             }
         }
-        self.check_core(raw_key, scope, cost, self.clock.now_ns(), Some(identity))
-    }
-
-    #[inline(always)]
-    fn check_core(
-        &self,
-        raw_key: Option<&str>,
-        scope: Option<&str>,
-        cost: u64,
-        now: u64,
-        identity: Option<IdentityFn<'_>>,
-    ) -> Decision {
-        self.check_with(raw_key, scope, cost, now, identity, |d| *d)
+        self.check_with(
+            raw_key,
+            scope,
+            cost,
+            self.clock.now_ns(),
+            Some(identity),
+            |d| *d,
+        )
     }
 
     /// The check, with `finish` given the decision where it was made: a caller that needs only
@@ -781,7 +776,9 @@ impl Engine {
         };
         let next = CounterHalf::successor(
             entry.counters.seq,
-            &CounterFields {
+            &CounterHalf {
+                seq: 0,
+                crc: 0,
                 key_tag: (entry.id >> 32) as u32,
                 tier: tier_ix,
                 limits_version: tier.version,

@@ -95,28 +95,9 @@ pub struct CounterHalf {
     pub last_used_s: u32,
 }
 
-/// The fields of a [`CounterHalf`] a check writes; [`CounterHalf::successor`] seals them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CounterFields {
-    /// As [`CounterHalf::key_tag`].
-    pub key_tag: u32,
-    /// As [`CounterHalf::tier`].
-    pub tier: u16,
-    /// As [`CounterHalf::limits_version`].
-    pub limits_version: u16,
-    /// As [`CounterHalf::tat`].
-    pub tat: [u64; BUCKETS],
-    /// As [`CounterHalf::month_used`].
-    pub month_used: u64,
-    /// As [`CounterHalf::month`].
-    pub month: u32,
-    /// As [`CounterHalf::last_used_s`].
-    pub last_used_s: u32,
-}
-
 impl CounterHalf {
-    /// The sealed successor of a half whose sequence is `prev_seq`: `f`, with `seq + 1` (never 0)
-    /// and its CRC; the same half as setting the fields and calling [`seal`].
+    /// `body` (its `seq` and `crc` ignored) sealed as the successor of a half whose sequence is
+    /// `prev_seq`: with `seq + 1` (never 0) and its CRC, the same half as [`seal`] makes.
     ///
     /// It is assembled as eight 64-bit words in registers, the CRC taken from those words, so
     /// that nothing is read back from memory. Setting the narrow fields in memory and then
@@ -125,27 +106,30 @@ impl CounterHalf {
     /// reach the cache. On a check's path that wait was the largest single cost of the decision
     /// (see docs/PERFORMANCE.md).
     #[inline(always)]
-    pub fn successor(prev_seq: u32, f: &CounterFields) -> CounterHalf {
+    pub fn successor(prev_seq: u32, body: &CounterHalf) -> CounterHalf {
         let seq = prev_seq.wrapping_add(1).max(1);
-        let body = [
-            u64::from(f.key_tag) | u64::from(f.tier) << 32 | u64::from(f.limits_version) << 48,
-            f.tat[0],
-            f.tat[1],
-            f.tat[2],
-            f.tat[3],
-            f.month_used,
-            u64::from(f.month) | u64::from(f.last_used_s) << 32,
+        // Bytes 8.. as little-endian words.
+        let rest = [
+            u64::from(body.key_tag)
+                | u64::from(body.tier) << 32
+                | u64::from(body.limits_version) << 48,
+            body.tat[0],
+            body.tat[1],
+            body.tat[2],
+            body.tat[3],
+            body.month_used,
+            u64::from(body.month) | u64::from(body.last_used_s) << 32,
         ];
-        let crc = words_crc(seq, &body);
+        let crc = words_crc(seq, &rest);
         let w = [
             u64::from(seq) | u64::from(crc) << 32,
-            body[0],
-            body[1],
-            body[2],
-            body[3],
-            body[4],
-            body[5],
-            body[6],
+            rest[0],
+            rest[1],
+            rest[2],
+            rest[3],
+            rest[4],
+            rest[5],
+            rest[6],
         ]
         .map(u64::to_le);
         zerocopy::transmute!(w)
@@ -428,7 +412,17 @@ mod tests {
             month: u32,
             last_used_s: u32,
         ) {
-            let f = CounterFields { key_tag, tier, limits_version, tat, month_used, month, last_used_s };
+            let body = CounterHalf {
+                seq: 7,
+                crc: 9,
+                key_tag,
+                tier,
+                limits_version,
+                tat,
+                month_used,
+                month,
+                last_used_s,
+            };
             let mut sealed = CounterHalf {
                 key_tag,
                 tier,
@@ -440,7 +434,7 @@ mod tests {
                 ..Default::default()
             };
             seal(&mut sealed, prev_seq);
-            let built = CounterHalf::successor(prev_seq, &f);
+            let built = CounterHalf::successor(prev_seq, &body);
             proptest::prop_assert_eq!(built.as_bytes(), sealed.as_bytes());
             proptest::prop_assert_eq!(built.crc, built.compute_crc());
             proptest::prop_assert_ne!(built.seq, 0);
