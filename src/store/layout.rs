@@ -423,16 +423,7 @@ mod tests {
                 month,
                 last_used_s,
             };
-            let mut sealed = CounterHalf {
-                key_tag,
-                tier,
-                limits_version,
-                tat,
-                month_used,
-                month,
-                last_used_s,
-                ..Default::default()
-            };
+            let mut sealed = body;
             seal(&mut sealed, prev_seq);
             let built = CounterHalf::successor(prev_seq, &body);
             proptest::prop_assert_eq!(built.as_bytes(), sealed.as_bytes());
