@@ -92,13 +92,15 @@ field() { python3 -c "import json,sys; v=json.load(sys.stdin); print($1)"; }
 
 # ROUNDS rounds, each measuring every contender once in turn, so that all of them see the
 # machine's background load alike; the goals are judged on the median of the per-round ratios.
+# quotad is measured between the two Redis contenders it is compared with, so that each ratio's
+# two figures are taken next to each other in time.
 declare -A R
 : >"$WORK/rounds.txt"
 for round in $(seq "$ROUNDS"); do
     for d in 1 16; do
         R[incr_$d]=$(rb "$d" INCR "k:__rand_int__")
-        R[lua_$d]=$(rb "$d" EVALSHA "$SHA" 1 "b:__rand_int__" 1000 100)
         R[quotad_$d]=$(qb "$d" | field 'v["throughput"]')
+        R[lua_$d]=$(rb "$d" EVALSHA "$SHA" 1 "b:__rand_int__" 1000 100)
         R[ceil_$d]=$(cb "$d" | field 'v["throughput"]')
     done
     echo "${R[incr_1]} ${R[incr_16]} ${R[lua_1]} ${R[lua_16]} ${R[quotad_1]} ${R[quotad_16]} ${R[ceil_1]} ${R[ceil_16]}" >>"$WORK/rounds.txt"
