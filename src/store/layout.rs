@@ -144,7 +144,7 @@ fn words_crc(seq: u32, body: &[u64; 7]) -> u32 {
     {
         if std::arch::is_x86_feature_detected!("sse4.2") {
             // SAFETY: the feature was just detected.
-            return unsafe { words_crc_sse42(seq, body) };
+            return unsafe { crc_words_sse42(seq, body.iter().copied()) };
         }
     }
     words_crc_portable(seq, body)
@@ -156,19 +156,7 @@ fn words_crc_portable(seq: u32, body: &[u64; 7]) -> u32 {
     for (chunk, w) in b.chunks_exact_mut(8).zip(body) {
         chunk.copy_from_slice(&w.to_le_bytes());
     }
-    crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
-#[inline]
-unsafe fn words_crc_sse42(seq: u32, body: &[u64; 7]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
-    let mut crc = u64::from(_mm_crc32_u32(!0, seq));
-    for &w in body {
-        crc = _mm_crc32_u64(crc, w);
-    }
-    !(crc as u32)
+    crc_parts(&seq.to_le_bytes(), &b)
 }
 
 /// One half of a key record.
@@ -275,36 +263,47 @@ macro_rules! impl_half {
 impl_half!(CounterHalf);
 impl_half!(RecordHalf);
 
-/// CRC-32C of `b[..4] ++ b[8..]` (a half without its CRC field). Every counter write computes
-/// one, so on x86-64 with SSE4.2 it is eight `crc32` instructions inline rather than a call into
-/// the general-purpose routine; elsewhere (or for odd sizes) the `crc32c` crate computes the same.
+/// CRC-32C of `b[..4] ++ b[8..]` (a half without its CRC field), checked for every half read at
+/// start-up. On x86-64 with SSE4.2 it is one `crc32` instruction per 8 bytes rather than a call
+/// into the general-purpose routine; elsewhere (or for odd sizes) the `crc32c` crate computes the
+/// same. (A check's new counter half takes its CRC from its words: [`CounterHalf::successor`].)
 #[inline]
 pub fn half_crc(b: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
         if b.len() % 8 == 0 && std::arch::is_x86_feature_detected!("sse4.2") {
+            let word = |c: &[u8]| {
+                let mut q = [0u8; 8];
+                q.copy_from_slice(c);
+                u64::from_le_bytes(q)
+            };
+            let mut seq = [0u8; 4];
+            seq.copy_from_slice(&b[..4]);
+            let words = b[8..].chunks_exact(8).map(word);
             // SAFETY: the feature was just detected.
-            return unsafe { half_crc_sse42(b) };
+            return unsafe { crc_words_sse42(u32::from_le_bytes(seq), words) };
         }
     }
-    crc32c::crc32c_append(crc32c::crc32c(&b[..4]), &b[8..])
+    crc_parts(&b[..4], &b[8..])
 }
 
+/// CRC-32C of `seq ++ rest`, with the `crc32c` crate.
+fn crc_parts(seq: &[u8], rest: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(seq), rest)
+}
+
+/// CRC-32C of the little-endian bytes of `seq` followed by those of `words`, with SSE4.2: what
+/// [`half_crc`] and [`words_crc`] compute, from bytes or from words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-unsafe fn half_crc_sse42(b: &[u8]) -> u32 {
+#[inline]
+unsafe fn crc_words_sse42(seq: u32, words: impl Iterator<Item = u64>) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[..4]);
-    let mut crc = _mm_crc32_u32(!0, u32::from_le_bytes(w));
-    let mut crc64 = u64::from(crc);
-    for chunk in b[8..].chunks_exact(8) {
-        let mut q = [0u8; 8];
-        q.copy_from_slice(chunk);
-        crc64 = _mm_crc32_u64(crc64, u64::from_le_bytes(q));
+    let mut crc = u64::from(_mm_crc32_u32(!0, seq));
+    for w in words {
+        crc = _mm_crc32_u64(crc, w);
     }
-    crc = crc64 as u32;
-    !crc
+    !(crc as u32)
 }
 
 /// Which half of a slot is current, by sequence (wrapping). Both zero: half 0 (the empty state).
