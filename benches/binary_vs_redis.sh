@@ -2,7 +2,7 @@
 # quotad's binary protocol against Redis, in one run, same machine, same connections and pipeline
 # depth: `quotad bench` (full checks: key, scope, 2 windows, monthly quota) versus
 # `redis-benchmark` doing INCR on random keys and an EVALSHA token-bucket script; beside them, the
-# protocol's ceiling on this machine (examples/binary_ceiling.rs: quotad's connection loop
+# protocol's ceiling on this machine (benches/tools/src/binary_ceiling.rs: quotad's connection loop
 # answering every check with a fixed answer, deciding nothing), so that a round's figures say how
 # much is the machine's sockets and how much quotad's own work.
 #
@@ -20,7 +20,8 @@ SECS=${SECS:-10}
 if ! command -v redis-benchmark >/dev/null || ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools
 fi
-cargo build --release --quiet --bin quotad --example stall_meter --example binary_ceiling
+cargo build --release --quiet --bin quotad
+cargo build --release --quiet --manifest-path benches/tools/Cargo.toml --target-dir target
 QUOTAD=target/release/quotad
 LAT_RUNS=${LAT_RUNS:-3}
 ROUNDS=${ROUNDS:-3}
@@ -51,7 +52,7 @@ stop_quotad() { kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/dev/null || tr
 # `quotad bench` on one thread (as redis-benchmark).
 PIN_SERVER=""; PIN_BENCH=""
 start_quotad --threads 1
-target/release/examples/binary_ceiling "127.0.0.1:$CPORT" >"$WORK/ceiling.log" 2>&1 &
+target/release/binary_ceiling "127.0.0.1:$CPORT" >"$WORK/ceiling.log" 2>&1 &
 CPID=$!
 # Keys for the ceiling's load: real ones, so that its frames are the size of quotad's.
 "$QUOTAD" bench --addr "127.0.0.1:$BPORT" --http-url "http://127.0.0.1:$HPORT" --token bench-token \
@@ -129,10 +130,10 @@ if [ "$(nproc)" -ge 2 ]; then
     # CPU are sent late, in a burst, instead of skipped (`--max-lag-us 0`).
     qb 1 --rate "$HALF_P" --max-lag-us 0 >"$WORK/lat_pinned_catchup.json"
     # The machine's own floor, measured now on the same two cores: how much of the time a
-    # thread that never sleeps is kept off its CPU (see examples/stall_meter.rs).
+    # thread that never sleeps is kept off its CPU (see benches/tools/src/stall_meter.rs).
     stop_quotad
-    taskset -c 0 target/release/examples/stall_meter 5 >"$WORK/stall0.json" &
-    taskset -c 1 target/release/examples/stall_meter 5 >"$WORK/stall1.json"
+    taskset -c 0 target/release/stall_meter 5 >"$WORK/stall0.json" &
+    taskset -c 1 target/release/stall_meter 5 >"$WORK/stall1.json"
     wait %% 2>/dev/null || true
 else
     R[pinned_1]=0; HALF_P=0; LAT_RUNS=0

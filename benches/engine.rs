@@ -16,8 +16,9 @@
 //!   million keys, so both contenders first wait for that `String` and then its bytes, two cache
 //!   misses that no server incurs.
 //!
-//! Also: the full check with the entry of the check 8 places ahead loading meanwhile, as the
-//! binary server decides the frames of one read (`quotad_full_check_8_ahead`).
+//! Also: the checks as batches of 16 (`Store::check_batch`), as the binary server hands the
+//! store the checks of one read (`quotad_batch_of_16`): the store keeps the next checks' entries
+//! loading while it decides one.
 //!
 //! Run: `cargo bench --bench engine` (set `QUOTAD_BENCH_KEYS` to use fewer keys).
 
@@ -25,10 +26,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::now;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use quotad::keys::NewKey;
 use quotad::tiers::{LimitSpec, TierSpec};
-use quotad::{Engine, EngineOptions, QuantaClock};
+use quotad::{CheckRequest, LocalOptions, LocalStore, QuantaClock, Store};
 
 fn key_count() -> usize {
     std::env::var("QUOTAD_BENCH_KEYS")
@@ -69,26 +73,13 @@ fn bench_tier() -> TierSpec {
     }
 }
 
-fn build(dir: &std::path::Path, n: usize) -> (Engine, Vec<String>) {
-    let mut opts = EngineOptions::new(dir);
-    opts.sync_records = false;
-    let engine = Engine::open(opts, Arc::new(QuantaClock::new())).expect("open");
-    engine.put_tier(bench_tier()).unwrap();
-    let mut raws = Vec::with_capacity(n);
-    while raws.len() < n {
-        let batch = (n - raws.len()).min(100_000);
-        let news = (0..batch)
-            .map(|i| NewKey {
-                consumer: format!("c{}", (raws.len() + i) % 1000),
-                tier: "bench".into(),
-                scopes: vec!["api:read".into()],
-                ..Default::default()
-            })
-            .collect();
-        raws.extend(engine.create_keys(news).unwrap().into_iter().map(|k| k.raw));
-    }
-    engine.flush().unwrap();
-    (engine, raws)
+fn build(dir: &std::path::Path, n: usize) -> (LocalStore, Vec<String>) {
+    common::store_with_keys(dir, bench_tier(), n, |i| NewKey {
+        consumer: format!("c{}", i % 1000),
+        tier: "bench".into(),
+        scopes: vec!["api:read".into()],
+        ..Default::default()
+    })
 }
 
 fn run_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
@@ -111,7 +102,7 @@ type Keyed = governor::RateLimiter<
 
 struct Setup {
     dir: tempfile::TempDir,
-    engine: Engine,
+    store: LocalStore,
     raws: Vec<String>,
     order: Vec<u32>,
     /// The keys of `order`, in that order, each a copy allocated in sequence.
@@ -121,7 +112,7 @@ struct Setup {
 
 fn setup(n: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, raws) = build(dir.path(), n);
+    let (store, raws) = build(dir.path(), n);
     let order = pattern(n, 1 << 22);
     let stream = order.iter().map(|&i| raws[i as usize].clone()).collect();
     let quota = governor::Quota::per_minute(NonZeroU32::new(1_000_000_000).unwrap());
@@ -131,7 +122,7 @@ fn setup(n: usize) -> Setup {
     }
     Setup {
         dir,
-        engine,
+        store,
         raws,
         order,
         stream,
@@ -161,21 +152,36 @@ impl Setup {
 fn quotad_loop(s: &Setup, keys: Keys, t: usize, per: u64) {
     for i in (t * 7919..).take(per as usize) {
         let raw = s.key(keys, i);
-        let d = s.engine.check(Some(raw), Some("api:read"), 1);
+        let req = CheckRequest {
+            key: Some(raw),
+            scope: Some("api:read"),
+            cost: 1,
+        };
+        let d = now(s.store.check(req, &mut |_| {}));
         debug_assert!(d.verdict.is_allowed());
         std::hint::black_box(&d);
     }
 }
 
-/// The binary server's way with the frames of one read: the entry of the check 8 places ahead
-/// starts loading before this one is decided (`Engine::prefetch_entry`).
-fn quotad_ahead_loop(s: &Setup, keys: Keys, t: usize, per: u64) {
-    for i in (t * 7919..).take(per as usize) {
-        s.engine.prefetch_entry(s.key(keys, i + 8).as_bytes());
-        let raw = s.key(keys, i);
-        let d = s.engine.check(Some(raw), Some("api:read"), 1);
-        debug_assert!(d.verdict.is_allowed());
-        std::hint::black_box(&d);
+/// The binary server's way with the checks of one read: a batch of 16 for the store.
+fn quotad_batch_loop(s: &Setup, keys: Keys, t: usize, per: u64) {
+    let mut reqs = Vec::with_capacity(16);
+    let mut i = t * 7919;
+    let end = i + per as usize;
+    while i < end {
+        reqs.clear();
+        for j in i..(i + 16).min(end) {
+            reqs.push(CheckRequest {
+                key: Some(s.key(keys, j).as_str()),
+                scope: Some("api:read"),
+                cost: 1,
+            });
+        }
+        now(s.store.check_batch(&reqs, &mut |_, d| {
+            debug_assert!(d.verdict.is_allowed());
+            std::hint::black_box(d);
+        }));
+        i += reqs.len();
     }
 }
 
@@ -209,16 +215,13 @@ fn checks(c: &mut Criterion, s: &Setup, n: usize) {
                 },
             );
         }
-        g.bench_function(
-            BenchmarkId::new("quotad_full_check_8_ahead", threads),
-            |b| {
-                b.iter_custom(|iters| {
-                    run_threads(threads, iters, |t, per| {
-                        quotad_ahead_loop(s, Keys::Stream, t, per)
-                    })
+        g.bench_function(BenchmarkId::new("quotad_batch_of_16", threads), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, |t, per| {
+                    quotad_batch_loop(s, Keys::Stream, t, per)
                 })
-            },
-        );
+            })
+        });
     }
     g.finish();
 }
@@ -267,9 +270,9 @@ fn restart(c: &mut Criterion, dir: &std::path::Path, n: usize) {
             for _ in 0..iters {
                 let start = Instant::now();
                 let e =
-                    Engine::open(EngineOptions::new(dir), Arc::new(QuantaClock::new())).unwrap();
+                    LocalStore::open(LocalOptions::new(dir), Arc::new(QuantaClock::new())).unwrap();
                 total += start.elapsed();
-                assert_eq!(e.key_count(), n as u64);
+                assert_eq!(now(e.key_count()).unwrap(), n as u64);
                 drop(e);
             }
             total
@@ -287,8 +290,8 @@ fn main() {
     let s = setup(n);
     checks(&mut c, &s, n);
     interleaved(&s);
-    let Setup { dir, engine, .. } = s;
-    drop(engine);
+    let Setup { dir, store, .. } = s;
+    drop(store);
     restart(&mut c, dir.path(), n);
     c.final_summary();
 }

@@ -16,6 +16,8 @@
 //! median of fifteen interleaved rounds moves less between runs than that of five (≈ 3 min either
 //! way; docs/PERFORMANCE.md has both).
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -110,7 +112,7 @@ fn main() {
     let conns = env_u64("QUOTAD_HTTP_BENCH_CONNS", 50);
     let rounds = env_u64("QUOTAD_HTTP_BENCH_ROUNDS", 15);
     let dir = tempfile::tempdir().unwrap();
-    let (state, keys) = quotad::benchkit::bench_state(&dir.path().join("data"), 1000);
+    let (state, keys) = common::bench_state(&dir.path().join("data"), 1000);
     let script = dir.path().join("keys.lua");
     let list = keys
         .iter()
@@ -126,52 +128,54 @@ fn main() {
     )
     .unwrap();
 
-    // One of quotad's allowed answers, rendered by its own handler, kept as fixed bytes.
-    let canned: &'static Canned = {
-        let engine = state.backend.local().expect("bench state is local").clone();
-        let req = hyper::Request::builder()
-            .uri("/v1/check")
-            .header("x-api-key", &keys[0])
-            .header("x-request-id", "qd-0123456789abcdef-00000000")
-            .body(())
-            .unwrap();
-        let resp = quotad::server::http::check(&state, &engine, &req);
-        assert_eq!(resp.status(), 200);
-        let mut headers = hyper::HeaderMap::new();
-        for (name, value) in resp.headers() {
-            let v: &'static str = Box::leak(value.to_str().unwrap().to_owned().into_boxed_str());
-            headers.append(name.clone(), hyper::header::HeaderValue::from_static(v));
-        }
-        let body = ready_body_bytes(resp.into_body());
-        Box::leak(Box::new((
-            headers,
-            Bytes::from_static(Box::leak(body.into_boxed_slice())),
-        )))
-    };
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     // Contenders: 0 bare hyper, 1 bare hyper sending quotad's answer, 2 quotad.
-    let addrs: [SocketAddr; 3] = rt.block_on(async {
+    let listeners: Vec<tokio::net::TcpListener> = rt.block_on(async {
         let mut ls = Vec::new();
         for _ in 0..3 {
             ls.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
-        let addrs = [0, 1, 2].map(|i| ls[i].local_addr().unwrap());
-        let mut ls = ls.into_iter();
-        tokio::spawn(bare(ls.next().unwrap(), None));
-        tokio::spawn(bare(ls.next().unwrap(), Some(canned)));
-        tokio::spawn(quotad::server::http::run(
-            ls.next().unwrap(),
-            state.clone(),
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        addrs
+        ls
     });
+    let addrs: [SocketAddr; 3] = [0, 1, 2].map(|i| listeners[i].local_addr().unwrap());
+    let mut ls = listeners.into_iter();
+    let (bare_l, canned_l, quotad_l) = (ls.next().unwrap(), ls.next().unwrap(), ls.next().unwrap());
+    rt.spawn(quotad::server::http::run(
+        quotad_l,
+        state.clone(),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    // One of quotad's allowed answers, as quotad sends it, kept as fixed bytes.
+    let canned: &'static Canned = {
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("http://{}/v1/check", addrs[2]))
+            .header("x-api-key", &keys[0])
+            .header("x-request-id", "qd-0123456789abcdef-00000000")
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut headers = hyper::HeaderMap::new();
+        for (name, value) in resp.headers() {
+            // hyper writes these itself.
+            if name == "date" || name == "content-length" {
+                continue;
+            }
+            let v: &'static str = Box::leak(value.to_str().unwrap().to_owned().into_boxed_str());
+            headers.append(name.clone(), hyper::header::HeaderValue::from_static(v));
+        }
+        let body = resp.bytes().unwrap().to_vec();
+        Box::leak(Box::new((
+            headers,
+            Bytes::from_static(Box::leak(body.into_boxed_slice())),
+        )))
+    };
+    rt.spawn(bare(bare_l, None));
+    rt.spawn(bare(canned_l, Some(canned)));
     println!(
         "quotad's answer: {} header lines besides date and content-length, {}-byte body",
         canned.0.len(),
@@ -244,12 +248,3 @@ fn main() {
 
 /// The goal: quotad's check at least this share of bare hyper's throughput (median round).
 const GOAL: f64 = 0.9;
-
-/// The bytes of a `Full` body that is ready now.
-fn ready_body_bytes(body: Full<Bytes>) -> Vec<u8> {
-    use http_body_util::BodyExt;
-    let collected = futures_util::FutureExt::now_or_never(body.collect())
-        .expect("a full body is ready")
-        .unwrap();
-    collected.to_bytes().to_vec()
-}

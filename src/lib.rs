@@ -1,28 +1,24 @@
 //! # quotad — a rate-limit and quota daemon
 //!
-//! Layout (data flows one way: transport parses → engine decides → transport renders):
+//! Layout (imports run one way: `cli` → `server` → `store` → `engine` → `keys`, `tiers`):
 //!
-//! - [`engine`]: the decision — clock, GCRA buckets, calendar months, the sharded key table and
-//!   [`engine::Engine::check`]. No sockets, no async.
+//! - [`engine`]: the policy, pure: the admission gate, GCRA buckets, calendar months, the limits
+//!   phase and the [`Decision`] it produces. No files, locks, sockets or threads.
 //! - [`keys`]: raw key format, generation and hashing; the public key record types.
 //! - [`tiers`]: plan tiers, the built-ins and TOML tier files.
-//! - [`store`]: the memory-mapped data files, their layout and checks, and the catalog file.
-//! - [`protocol`]: the binary wire format and its pipelining client.
-//! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI; binary protocol).
-//! - [`backend`]: the store a daemon runs on (this node's engine, or Redis shared by several nodes).
+//! - [`store`]: the [`Store`] trait and its two implementations, [`LocalStore`] (memory-mapped
+//!   files, one node) and [`RedisStore`] (several nodes sharing Redis).
+//! - [`protocol`]: the binary wire format, a connection over it and a pipelining client.
+//! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI; binary
+//!   protocol), each holding a store.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
-//! - [`cli`]: the command line (`quotad serve`).
+//! - [`cli`]: the command line (`quotad serve`, `quotad keys`, `quotad bench`, ...).
 
 #![warn(missing_docs)]
 #![recursion_limit = "512"]
 
-pub mod backend;
-#[doc(hidden)]
-pub mod benchkit;
 pub mod cli;
 pub mod engine;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod keys;
 pub mod metrics;
 pub mod protocol;
@@ -32,4 +28,6 @@ pub mod tiers;
 
 pub use engine::clock::{Clock, FakeClock, QuantaClock};
 pub use engine::decision::{AuthFailure, Decision, LimitKind, LimitStatus, Verdict};
-pub use engine::{Engine, EngineError, EngineOptions};
+pub use store::{
+    CheckRequest, Identity, LocalOptions, LocalStore, RedisOptions, RedisStore, Store, StoreError,
+};

@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::backend::Backend;
 use crate::engine::decision::{AuthFailure, Verdict};
+use crate::store::Gauge;
 
 /// Times a check for the latency histogram with raw reads of one calibrated clock (the TSC
 /// where it is usable), shared by all threads: unlike `quanta::Instant::now`, no thread-local
@@ -304,9 +304,9 @@ impl Metrics {
         let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
     }
 
-    /// The Prometheus text exposition, including the store's gauges (`keys`: the key count, or
-    /// -1 when the store could not say).
-    pub fn render(&self, backend: &Backend, keys: i64) -> String {
+    /// The Prometheus text exposition, including the store's figures (`keys`: the key count, or
+    /// -1 when the store could not say; `tiers`: tiers in force; `store`: its own gauges).
+    pub fn render(&self, keys: i64, tiers: usize, store: Vec<Gauge>) -> String {
         let mut s = String::with_capacity(4096);
         self.render_checks(&mut s);
         let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
@@ -349,75 +349,10 @@ impl Metrics {
                 "quotad_tiers",
                 "gauge",
                 "Tiers in force.",
-                backend.tiers().len().to_string(),
+                tiers.to_string(),
             ),
         ];
-        match backend {
-            Backend::Local(engine) => {
-                let now = engine.clock().now_ns();
-                let age = now.saturating_sub(engine.last_flush_ns()) as f64 / 1e9;
-                gauges.push((
-                    "quotad_last_msync_age_seconds",
-                    "gauge",
-                    "Seconds since the counters were last msynced to disk.",
-                    format!("{age:.3}"),
-                ));
-            }
-            Backend::Redis(r) => {
-                let st = r.stats();
-                let n = |v: u64| v.to_string();
-                gauges.extend([
-                    (
-                        "quotad_store_reachable",
-                        "gauge",
-                        "1 when the last Redis call succeeded.",
-                        n(u64::from(st.reachable())),
-                    ),
-                    (
-                        "quotad_store_errors_total",
-                        "counter",
-                        "Redis calls that failed or timed out.",
-                        n(st.errors()),
-                    ),
-                    (
-                        "quotad_store_fail_open_total",
-                        "counter",
-                        "Checks admitted without Redis by the fail-open policy.",
-                        n(st.fail_open()),
-                    ),
-                    (
-                        "quotad_store_stale_records_total",
-                        "counter",
-                        "Checks that found this node's copy of a key record stale (changed on another node).",
-                        n(st.stale_records()),
-                    ),
-                    (
-                        "quotad_store_leases_total",
-                        "counter",
-                        "Leases taken from Redis (lease mode).",
-                        n(st.leases_taken()),
-                    ),
-                    (
-                        "quotad_store_lease_tokens_returned_total",
-                        "counter",
-                        "Unspent lease tokens given back to Redis.",
-                        n(st.leases_returned_tokens()),
-                    ),
-                    (
-                        "quotad_store_local_checks_total",
-                        "counter",
-                        "Checks answered from a lease without a Redis call.",
-                        n(st.local_spends()),
-                    ),
-                    (
-                        "quotad_store_unreplicated_changes_total",
-                        "counter",
-                        "Key or tier changes that returned before the wanted replicas acknowledged them.",
-                        n(st.unreplicated()),
-                    ),
-                ]);
-            }
-        }
+        gauges.extend(store.into_iter().map(|g| (g.name, g.kind, g.help, g.value)));
         for (name, kind, help, value) in gauges {
             family(&mut s, name, kind, help);
             let _ = writeln!(s, "{name} {value}");

@@ -17,12 +17,40 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::bucket::{Limit, LimitError};
-
 /// The most burst limits one tier may have (the counter slot has room for this many buckets).
 pub const MAX_LIMITS: usize = 4;
 /// The longest tier or scope name.
 pub const MAX_NAME_LEN: usize = 64;
+/// The smallest period a limit may have.
+pub const MIN_PERIOD_SECS: u64 = 1;
+/// The largest period a limit may have (a leap year).
+pub const MAX_PERIOD_SECS: u64 = 366 * 24 * 3600;
+/// The largest `requests` a limit may have.
+pub const MAX_REQUESTS: u64 = 1_000_000_000;
+
+/// Why a limit is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// `requests` outside `1..=MAX_REQUESTS`.
+    #[error("requests must be between 1 and {MAX_REQUESTS}, got {0}")]
+    Requests(u64),
+    /// `period` outside the allowed range.
+    #[error("period must be between {MIN_PERIOD_SECS} and {MAX_PERIOD_SECS} seconds, got {0}")]
+    Period(u64),
+}
+
+impl LimitSpec {
+    /// Checks that both numbers are in range.
+    pub fn check(&self) -> Result<(), LimitError> {
+        if !(1..=MAX_REQUESTS).contains(&self.requests) {
+            return Err(LimitError::Requests(self.requests));
+        }
+        if !(MIN_PERIOD_SECS..=MAX_PERIOD_SECS).contains(&self.period_seconds) {
+            return Err(LimitError::Period(self.period_seconds));
+        }
+        Ok(())
+    }
+}
 
 /// One limit as written by an operator: `requests` per `period_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +139,8 @@ pub fn valid_scope(s: &str) -> bool {
 }
 
 impl TierSpec {
-    /// Checks the description and returns its compiled limits, sorted by period.
-    pub fn validate(&self) -> Result<Vec<Limit>, TierError> {
+    /// Checks the description and returns its limits, sorted by period.
+    pub fn validate(&self) -> Result<Vec<LimitSpec>, TierError> {
         if !valid_tier_name(&self.name) {
             return Err(TierError::Name(self.name.clone()));
         }
@@ -124,19 +152,18 @@ impl TierSpec {
         }
         let mut limits = Vec::with_capacity(self.limits.len());
         for l in &self.limits {
-            let limit =
-                Limit::new(l.requests, l.period_seconds).map_err(|source| TierError::Limit {
-                    tier: self.name.clone(),
-                    source,
-                })?;
-            limits.push(limit);
+            l.check().map_err(|source| TierError::Limit {
+                tier: self.name.clone(),
+                source,
+            })?;
+            limits.push(*l);
         }
-        limits.sort_by_key(|l| l.period_secs());
+        limits.sort_by_key(|l| l.period_seconds);
         for w in limits.windows(2) {
-            if w[0].period_secs() == w[1].period_secs() {
+            if w[0].period_seconds == w[1].period_seconds {
                 return Err(TierError::DuplicatePeriod {
                     tier: self.name.clone(),
-                    period: w[0].period_secs(),
+                    period: w[0].period_seconds,
                 });
             }
         }

@@ -441,6 +441,7 @@ fn a_key_change_returns_once_a_replica_has_it_without_holding_up_checks() {
 fn a_bulk_key_creation_returns_once_every_master_s_replica_has_its_keys() {
     use quotad::keys::NewKey;
     use quotad::store::redis::{RedisOptions, RedisStore};
+    use quotad::Store;
     let cluster = RedisCluster::start();
     let rt = common::runtime();
     let mut opts = RedisOptions::new(cluster.url());

@@ -2,13 +2,16 @@
 //! is SIGKILLed mid-run. After reopening the data directory the stored usage of every key must be
 //! at least what the child reported admitted and at most what it attempted.
 
+mod common;
+
+use common::blocking::Blocking;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use quotad::keys::NewKey;
 use quotad::tiers::{LimitSpec, TierSpec};
-use quotad::{Engine, EngineOptions, QuantaClock};
+use quotad::{LocalOptions, LocalStore, QuantaClock};
 
 const KEYS: usize = 6;
 const QUOTA: u64 = 5_000;
@@ -25,7 +28,9 @@ fn crash_child_loop() {
         .lines()
         .map(str::to_string)
         .collect();
-    let engine = Engine::open(EngineOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap();
+    let engine = Blocking::new(
+        LocalStore::open(LocalOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap(),
+    );
     let mut out = std::io::stdout().lock();
     // libtest has printed "test crash_child_loop ... " without a newline: end that line first.
     writeln!(out).unwrap();
@@ -46,7 +51,9 @@ fn sigkill_mid_run_loses_no_counted_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let (ids, raws) = {
-        let e = Engine::open(EngineOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap();
+        let e = Blocking::new(
+            LocalStore::open(LocalOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap(),
+        );
         e.put_tier(TierSpec {
             name: "crash".into(),
             limits: vec![LimitSpec {
@@ -127,7 +134,9 @@ fn sigkill_mid_run_loses_no_counted_request() {
         }
         child.wait().unwrap();
 
-        let e = Engine::open(EngineOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap();
+        let e = Blocking::new(
+            LocalStore::open(LocalOptions::new(&dir), Arc::new(QuantaClock::new())).unwrap(),
+        );
         for k in 0..KEYS {
             let used = e.usage(ids[k]).unwrap().monthly_used;
             // Counts accumulate across rounds: compare with the previous rounds' stored total.

@@ -1,12 +1,15 @@
 //! Every kind of damaged data file stops start-up with an error naming the file and the fault,
 //! and nothing in the data directory is changed by the failed start.
 
+mod common;
+
+use common::blocking::Blocking;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quotad::keys::NewKey;
-use quotad::{Engine, EngineOptions, FakeClock};
+use quotad::{FakeClock, LocalOptions, LocalStore};
 
 const HEADER: u64 = 4096;
 
@@ -18,7 +21,7 @@ fn clock() -> FakeClock {
 fn populated() -> (tempfile::TempDir, PathBuf, Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
     let mut raws = Vec::new();
     for _ in 0..3 {
         let k = e
@@ -55,7 +58,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// no file changed.
 fn refuses(dir: &Path, file: &str, fault: &str) {
     let before = snapshot(dir);
-    let err = Engine::open(EngineOptions::new(dir), Arc::new(clock()))
+    let err = LocalStore::open(LocalOptions::new(dir), Arc::new(clock()))
         .expect_err("start-up must refuse a damaged data directory")
         .to_string();
     assert!(err.contains(file), "error does not name {file}: {err}");
@@ -213,7 +216,7 @@ fn a_torn_newest_counter_copy_falls_back_to_the_previous_state_and_is_repaired()
     );
     let newest = if s1 > s0 { 1 } else { 0 };
     flip(&p, HEADER + newest * 64 + 48); // inside month_used of the newest copy
-    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
     let id = quotad::keys::format::parse(&raws[0]).unwrap();
     assert_eq!(
         e.usage(id).unwrap().monthly_used,
@@ -222,6 +225,6 @@ fn a_torn_newest_counter_copy_falls_back_to_the_previous_state_and_is_repaired()
     );
     assert!(e.check(Some(&raws[0]), None, 1).verdict.is_allowed());
     drop(e);
-    let e = Engine::open(EngineOptions::new(&dir), Arc::new(clock())).unwrap();
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
     assert_eq!(e.usage(id).unwrap().monthly_used, 5);
 }

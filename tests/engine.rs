@@ -1,19 +1,21 @@
-//! The engine through its public interface, with a fake clock. The behaviour tests run against
-//! both stores: the memory-mapped files of one node (`mmap::…`) and a real Redis (`redis::…`),
-//! through the [`Backend`] every transport uses; the tests of files and threads are mmap's own.
+//! The store seam through its public interface, with a fake clock. The behaviour tests run
+//! against both stores: the memory-mapped files of one node (`mmap::…`) and a real Redis
+//! (`redis::…`), through the [`quotad::Store`] trait every transport uses; the tests of files
+//! and threads are the local store's own.
 
 mod common;
 
 use std::sync::Arc;
 
-use quotad::backend::Backend;
+use common::blocking::Blocking;
 use quotad::keys::record::{CreatedKey, KeyInfo, Usage};
 use quotad::keys::{KeyId, KeyUpdate, NewKey};
 use quotad::store::redis::{RedisOptions, RedisStore};
-use quotad::store::StoreError;
+use quotad::store::DataDirError;
 use quotad::tiers::TierSpec;
 use quotad::{
-    AuthFailure, Decision, Engine, EngineError, EngineOptions, FakeClock, LimitKind, Verdict,
+    AuthFailure, CheckRequest, Decision, FakeClock, LimitKind, LocalOptions, LocalStore,
+    StoreError, Verdict,
 };
 use time::macros::datetime;
 
@@ -25,64 +27,93 @@ enum Kind {
     Redis,
 }
 
-/// One store behind the [`Backend`] API, called synchronously (each call is `block_on`).
+/// One of the two stores, called synchronously through the `Store` trait.
+#[allow(clippy::large_enum_variant)]
+enum Subject {
+    Local(Blocking<LocalStore>),
+    Redis(Blocking<RedisStore>),
+}
+
+/// Calls the same `Blocking` method on whichever store the subject has.
+macro_rules! either {
+    ($self:expr, $s:ident => $call:expr) => {
+        match &$self.subject {
+            Subject::Local($s) => $call,
+            Subject::Redis($s) => $call,
+        }
+    };
+}
+
+/// A store under test, with what it needs kept alive.
 struct Store {
-    backend: Backend,
-    rt: tokio::runtime::Runtime,
+    subject: Subject,
     _dir: tempfile::TempDir,
     _redis: Option<RedisServer>,
 }
 
 impl Store {
     fn open(kind: Kind, clock: &FakeClock) -> Store {
-        let rt = common::runtime();
         let dir = tempfile::tempdir().unwrap();
-        let (backend, redis) = match kind {
-            Kind::Mmap => (Backend::Local(Arc::new(open(dir.path(), clock))), None),
+        let (subject, redis) = match kind {
+            Kind::Mmap => (Subject::Local(open(dir.path(), clock)), None),
             Kind::Redis => {
                 let server = RedisServer::start();
-                let r = rt
-                    .block_on(RedisStore::connect(
+                let r = Blocking::make(|rt| {
+                    rt.block_on(RedisStore::connect(
                         RedisOptions::new(server.url()),
                         Arc::new(clock.clone()),
                     ))
-                    .expect("connect to redis");
-                (Backend::Redis(Arc::new(r)), Some(server))
+                    .expect("connect to redis")
+                });
+                (Subject::Redis(r), Some(server))
             }
         };
         Store {
-            backend,
-            rt,
+            subject,
             _dir: dir,
             _redis: redis,
         }
     }
     fn check(&self, key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
-        self.rt.block_on(self.backend.check(key, scope, cost))
+        either!(self, s => s.check(key, scope, cost))
     }
-    fn create_key(&self, n: NewKey) -> Result<CreatedKey, EngineError> {
-        self.rt.block_on(self.backend.create_key(n))
+    fn check_batch(&self, reqs: &[CheckRequest<'_>]) -> Vec<Decision> {
+        either!(self, s => s.check_batch(reqs))
     }
-    fn update_key(&self, id: KeyId, u: KeyUpdate) -> Result<KeyInfo, EngineError> {
-        self.rt.block_on(self.backend.update_key(id, u))
+    fn identified(
+        &self,
+        key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+    ) -> (Decision, Option<common::blocking::Who>) {
+        either!(self, s => s.identified(key, scope, cost))
     }
-    fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, EngineError> {
-        self.rt.block_on(self.backend.revoke_key(id))
+    fn create_key(&self, n: NewKey) -> Result<CreatedKey, StoreError> {
+        either!(self, s => s.create_key(n))
     }
-    fn rotate_key(&self, id: KeyId, grace: u64) -> Result<CreatedKey, EngineError> {
-        self.rt.block_on(self.backend.rotate_key(id, grace))
+    fn key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        either!(self, s => s.key(id))
     }
-    fn usage(&self, id: KeyId) -> Result<Usage, EngineError> {
-        self.rt.block_on(self.backend.usage(id))
+    fn update_key(&self, id: KeyId, u: KeyUpdate) -> Result<KeyInfo, StoreError> {
+        either!(self, s => s.update_key(id, u))
     }
-    fn put_tier(&self, t: TierSpec) -> Result<TierSpec, EngineError> {
-        self.rt.block_on(self.backend.put_tier(t))
+    fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        either!(self, s => s.revoke_key(id))
     }
-    fn delete_tier(&self, name: &str) -> Result<(), EngineError> {
-        self.rt.block_on(self.backend.delete_tier(name.to_string()))
+    fn rotate_key(&self, id: KeyId, grace: u64) -> Result<CreatedKey, StoreError> {
+        either!(self, s => s.rotate_key(id, grace))
+    }
+    fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
+        either!(self, s => s.usage(id))
+    }
+    fn put_tier(&self, t: TierSpec) -> Result<TierSpec, StoreError> {
+        either!(self, s => s.put_tier(t))
+    }
+    fn delete_tier(&self, name: &str) -> Result<(), StoreError> {
+        either!(self, s => s.delete_tier(name))
     }
     fn tiers(&self) -> Vec<TierSpec> {
-        self.backend.tiers()
+        either!(self, s => s.tiers())
     }
 }
 
@@ -112,6 +143,7 @@ on_both_stores!(
     a_tier_changed_at_runtime_applies_to_the_next_check_without_resetting_counters,
     a_per_key_quota_override_beats_the_tier,
     tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused,
+    an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now,
 );
 
 /// A key for consumer `acme` on `tier`, through either store.
@@ -130,7 +162,7 @@ fn acme(tier: &str) -> NewKey {
 
 const S: u64 = 1_000_000_000;
 
-fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
+fn open(dir: &std::path::Path, clock: &FakeClock) -> Blocking<LocalStore> {
     // Redis tests in this binary start children; see `common::redis::no_spawns`. Once (in one
     // CI run of many) a reopen still found the directory's lock held just after the previous
     // engine was dropped, with no cause found in this process: a lock that frees itself within
@@ -139,9 +171,9 @@ fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
     let waited = std::time::Instant::now();
     loop {
         let g = common::redis::no_spawns();
-        match Engine::open(EngineOptions::new(dir), Arc::new(clock.clone())) {
-            Ok(e) => return e,
-            Err(EngineError::Store(StoreError::Locked { .. }))
+        match LocalStore::open(LocalOptions::new(dir), Arc::new(clock.clone())) {
+            Ok(e) => return Blocking::new(e),
+            Err(StoreError::DataDir(DataDirError::Locked { .. }))
                 if waited.elapsed() < std::time::Duration::from_secs(5) =>
             {
                 drop(g);
@@ -152,7 +184,7 @@ fn open(dir: &std::path::Path, clock: &FakeClock) -> Engine {
     }
 }
 
-fn key(engine: &Engine, tier: &str) -> (KeyId, String) {
+fn key(engine: &Blocking<LocalStore>, tier: &str) -> (KeyId, String) {
     let k = engine.create_key(acme(tier)).unwrap();
     (k.info.id, k.raw)
 }
@@ -596,7 +628,7 @@ fn tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused(kind: Kind) {
     key_s(&e, "free");
     assert!(matches!(
         e.delete_tier("free"),
-        Err(quotad::EngineError::TierInUse { keys: 1, .. })
+        Err(StoreError::TierInUse { keys: 1, .. })
     ));
     e.delete_tier("pro").unwrap();
     assert!(e.tiers().iter().all(|t| t.name != "pro"));
@@ -654,9 +686,10 @@ fn keys_tiers_and_usage_survive_reopening() {
         .is_allowed());
 }
 
-/// A transport reads the clock once for several checks (`check_at`), and two threads can reach a
-/// key in the opposite order to their clock readings: a reading from just before a month began
-/// that arrives after a check of the new month must not file the usage under the old month.
+/// A transport's clock reading and its check can reach a key in the opposite order to another
+/// thread's: a reading from just before a month began that arrives after a check of the new
+/// month must not file the usage under the old month. (Here the clock itself steps back, which
+/// is what such a late reading looks like to the store.)
 #[test]
 fn a_time_read_before_a_new_month_cannot_move_a_key_back_into_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -665,47 +698,38 @@ fn a_time_read_before_a_new_month_cannot_move_a_key_back_into_the_old_one() {
     let e = open(dir.path(), &clock);
     e.put_tier(tier("tiny", &[(1000, 1)], Some(100))).unwrap();
     let (id, raw) = key(&e, "tiny");
-    assert!(e
-        .check_at(Some(&raw), None, 1, new_month)
-        .verdict
-        .is_allowed());
+    assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
     // Read 1 µs before midnight, decided after the check above.
-    let late = e.check_at(Some(&raw), None, 1, new_month - 1_000);
+    clock.set_ns(new_month - 1_000);
+    let late = e.check(Some(&raw), None, 1);
     assert!(late.verdict.is_allowed());
     assert_eq!(
         late.limits().last().unwrap().remaining,
         98,
         "decided in January, beside the first check"
     );
+    clock.set_ns(new_month);
     assert_eq!(
         e.usage(id).unwrap().monthly_used,
         2,
         "both counted in January"
     );
+    clock.set_ns(new_month + 1_000);
     assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
     assert_eq!(e.usage(id).unwrap().monthly_used, 3);
 }
 
-#[test]
-fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now() {
-    let dir = tempfile::tempdir().unwrap();
+fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now(kind: Kind) {
     let clock = mid_march();
-    let e = open(dir.path(), &clock);
-    let (id, raw) = key(&e, "free");
-    // The identity an identified check lends, as owned strings.
-    let check = |raw: &str| {
-        let mut who = None;
-        let d = e.check_identified(Some(raw), None, 1, &mut |key, c, t| {
-            assert!(who.is_none(), "called once");
-            assert_eq!(key, id);
-            who = Some((c.to_string(), t.to_string()));
-        });
-        (d, who)
-    };
-    let (d, who) = check(&raw);
+    let e = Store::open(kind, &clock);
+    let (id, raw) = key_s(&e, "free");
+    let (d, who) = e.identified(Some(&raw), None, 1);
     assert!(d.verdict.is_allowed());
     let who = who.expect("an admitted check lends the identity");
-    assert_eq!((who.0.as_str(), who.1.as_str()), ("acme", "free"));
+    assert_eq!(
+        (who.0, who.1.as_str(), who.2.as_str()),
+        (id, "acme", "free")
+    );
     e.update_key(
         id,
         KeyUpdate {
@@ -714,16 +738,16 @@ fn an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now() {
         },
     )
     .unwrap();
-    let (d, who) = check(&raw);
+    let (d, who) = e.identified(Some(&raw), None, 1);
     assert!(d.verdict.is_allowed());
-    assert_eq!(who.unwrap().1, "pro", "the tier as of this check");
+    assert_eq!(who.unwrap().2, "pro", "the tier as of this check");
     assert_eq!(e.usage(id).unwrap().monthly_used, 2);
     // Denied checks lend none.
-    let (d, who) = check("qd_not-a-key");
+    let (d, who) = e.identified(Some("qd_not-a-key"), None, 1);
     assert!(!d.verdict.is_allowed());
     assert!(who.is_none());
     e.revoke_key(id).unwrap();
-    let (d, who) = check(&raw);
+    let (d, who) = e.identified(Some(&raw), None, 1);
     assert!(!d.verdict.is_allowed());
     assert!(who.is_none());
 }
@@ -733,7 +757,7 @@ fn a_second_process_cannot_open_a_data_directory_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let clock = mid_march();
     let _e = open(dir.path(), &clock);
-    let err = Engine::open(EngineOptions::new(dir.path()), Arc::new(clock.clone())).unwrap_err();
+    let err = LocalStore::open(LocalOptions::new(dir.path()), Arc::new(clock.clone())).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
 }
 
@@ -860,38 +884,283 @@ fn both_stores_give_identical_decisions_on_a_random_workload() {
     assert!(admitted < 1500, "and denials");
 }
 
+/// The same, with the operators' changes in the workload: key creation, tier, scope, quota and
+/// expiry updates, rotations with and without grace (old secrets presented too), revocations,
+/// tier limit changes, batches and usage reads. After every step both stores agree on the
+/// decision, the key's record and its usage.
+#[test]
+fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workload() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let clock = mid_march();
+    let stores = [
+        Store::open(Kind::Mmap, &clock),
+        Store::open(Kind::Redis, &clock),
+    ];
+    let plan = |limits: &[(u64, u64)]| {
+        let mut t = tier("small", limits, Some(300));
+        t.scopes = Some(vec!["a:read".into(), "b:write".into()]);
+        t
+    };
+    for s in &stores {
+        s.put_tier(tier("mixed", &[(10, 1), (50, 60), (400, 3600)], Some(900)))
+            .unwrap();
+        s.put_tier(plan(&[(5, 1), (20, 60)])).unwrap();
+    }
+    let scopes = ["a:read", "b:write", "c:admin"];
+    let tiers = ["mixed", "small"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xad31);
+    // Per key: its id and raw secret in each store, and a superseded secret (after rotation).
+    struct K {
+        id: [KeyId; 2],
+        raw: [String; 2],
+        old: Option<[String; 2]>,
+    }
+    let create = |rng: &mut rand::rngs::StdRng| {
+        let mut granted: Vec<String> = scopes
+            .iter()
+            .filter(|_| rng.gen_bool(0.3))
+            .map(|s| s.to_string())
+            .collect();
+        granted.sort();
+        let new = NewKey {
+            consumer: format!("c{}", rng.gen_range(0..3)),
+            tier: tiers[rng.gen_range(0..2)].into(),
+            scopes: granted,
+            monthly_quota: rng.gen_bool(0.3).then(|| rng.gen_range(1..50)),
+            ..Default::default()
+        };
+        let made: Vec<CreatedKey> = stores
+            .iter()
+            .map(|s| s.create_key(new.clone()).unwrap())
+            .collect();
+        K {
+            id: [made[0].info.id, made[1].info.id],
+            raw: [made[0].raw.clone(), made[1].raw.clone()],
+            old: None,
+        }
+    };
+    let same_info = |a: &KeyInfo, b: &KeyInfo, step: usize| {
+        let mut sa = a.scopes.clone();
+        let mut sb = b.scopes.clone();
+        sa.sort();
+        sb.sort();
+        assert_eq!(
+            (&a.consumer, &a.tier, sa, a.expires_at, a.monthly_quota),
+            (&b.consumer, &b.tier, sb, b.expires_at, b.monthly_quota),
+            "step {step}"
+        );
+        assert_eq!(
+            (&a.name, a.created_at, a.revoked, a.previous_valid_until),
+            (&b.name, b.created_at, b.revoked, b.previous_valid_until),
+            "step {step}"
+        );
+    };
+    let same = |d: &[Decision], step: usize| {
+        assert_eq!(d[0].verdict, d[1].verdict, "step {step}");
+        assert_eq!(d[0].retry_after, d[1].retry_after, "step {step}");
+        assert_eq!(d[0].limits(), d[1].limits(), "step {step}");
+        assert_eq!(d[0].primary(), d[1].primary(), "step {step}");
+    };
+    let mut keys: Vec<K> = (0..4).map(|_| create(&mut rng)).collect();
+    let mut seen = std::collections::HashMap::<&str, u32>::new();
+    for step in 0..1200 {
+        clock.advance_ns(rng.gen_range(0..1_500_000u64) * 1_000 * rng.gen_range(0..2u64));
+        let k = rng.gen_range(0..keys.len());
+        let op = rng.gen_range(0..100);
+        let name = match op {
+            0..=69 => {
+                let scope = [None, Some("a:read"), Some("b:write"), Some("c:admin")]
+                    .choose(&mut rng)
+                    .copied()
+                    .flatten();
+                let cost = if rng.gen_bool(0.85) {
+                    1
+                } else {
+                    rng.gen_range(2..6)
+                };
+                let stale = keys[k].old.is_some() && rng.gen_bool(0.3);
+                let d: Vec<Decision> = (0..2)
+                    .map(|i| {
+                        let raw = match (&keys[k].old, stale) {
+                            (Some(old), true) => &old[i],
+                            _ => &keys[k].raw[i],
+                        };
+                        stores[i].check(Some(raw), scope, cost)
+                    })
+                    .collect();
+                same(&d, step);
+                if d[0].verdict.is_allowed() {
+                    "admitted"
+                } else {
+                    d[0].verdict.code()
+                }
+            }
+            70..=74 => {
+                let picks: Vec<usize> = (0..rng.gen_range(1..6))
+                    .map(|_| rng.gen_range(0..keys.len()))
+                    .collect();
+                let d: Vec<Vec<Decision>> = (0..2)
+                    .map(|i| {
+                        let reqs: Vec<CheckRequest<'_>> = picks
+                            .iter()
+                            .map(|&p| CheckRequest {
+                                key: Some(&keys[p].raw[i]),
+                                scope: None,
+                                cost: 1,
+                            })
+                            .collect();
+                        stores[i].check_batch(&reqs)
+                    })
+                    .collect();
+                for (a, b) in d[0].iter().zip(&d[1]) {
+                    same(&[*a, *b], step);
+                }
+                "batch"
+            }
+            75..=81 => {
+                let upd = match rng.gen_range(0..4) {
+                    0 => KeyUpdate {
+                        tier: Some(tiers[rng.gen_range(0..2)].into()),
+                        ..KeyUpdate::default()
+                    },
+                    1 => KeyUpdate {
+                        scopes: Some(
+                            scopes
+                                .iter()
+                                .filter(|_| rng.gen_bool(0.4))
+                                .map(|s| s.to_string())
+                                .collect(),
+                        ),
+                        ..KeyUpdate::default()
+                    },
+                    2 => KeyUpdate {
+                        monthly_quota: Some(rng.gen_bool(0.5).then(|| rng.gen_range(1..60))),
+                        ..KeyUpdate::default()
+                    },
+                    _ => KeyUpdate {
+                        expires_at: Some(
+                            rng.gen_bool(0.5)
+                                .then(|| clock_secs(&clock) + rng.gen_range(0..5)),
+                        ),
+                        ..KeyUpdate::default()
+                    },
+                };
+                let r: Vec<_> = (0..2)
+                    .map(|i| stores[i].update_key(keys[k].id[i], upd.clone()))
+                    .collect();
+                match (&r[0], &r[1]) {
+                    (Ok(a), Ok(b)) => same_info(a, b, step),
+                    (a, b) => panic!("step {step}: {a:?} / {b:?}"),
+                }
+                "update"
+            }
+            82..=84 => {
+                let grace = rng.gen_range(0..3);
+                let r: Vec<_> = (0..2)
+                    .map(|i| stores[i].rotate_key(keys[k].id[i], grace))
+                    .collect();
+                match (&r[0], &r[1]) {
+                    (Ok(a), Ok(b)) => {
+                        same_info(&a.info, &b.info, step);
+                        let old =
+                            std::mem::replace(&mut keys[k].raw, [a.raw.clone(), b.raw.clone()]);
+                        keys[k].old = Some(old);
+                        "rotate"
+                    }
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.code(), b.code(), "step {step}");
+                        "rotate refused"
+                    }
+                    (a, b) => panic!("step {step}: {a:?} / {b:?}"),
+                }
+            }
+            85 => {
+                let a = stores[0].revoke_key(keys[k].id[0]).unwrap();
+                let b = stores[1].revoke_key(keys[k].id[1]).unwrap();
+                same_info(&a, &b, step);
+                "revoke"
+            }
+            86..=89 => {
+                keys.push(create(&mut rng));
+                "create"
+            }
+            90..=95 => {
+                let a = stores[0].usage(keys[k].id[0]).unwrap();
+                let b = stores[1].usage(keys[k].id[1]).unwrap();
+                assert_eq!(a.limits, b.limits, "step {step}");
+                assert_eq!(
+                    (a.monthly_used, a.monthly_quota),
+                    (b.monthly_used, b.monthly_quota),
+                    "step {step}"
+                );
+                same_info(
+                    &stores[0].key(keys[k].id[0]).unwrap(),
+                    &stores[1].key(keys[k].id[1]).unwrap(),
+                    step,
+                );
+                "usage"
+            }
+            _ => {
+                let limits = [(rng.gen_range(3..9), 1), (rng.gen_range(15..40), 60)];
+                for s in &stores {
+                    s.put_tier(plan(&limits)).unwrap();
+                }
+                "tier change"
+            }
+        };
+        *seen.entry(name).or_default() += 1;
+    }
+    for what in [
+        "admitted",
+        "rate_limited",
+        "quota_exceeded",
+        "forbidden",
+        "plan_required",
+        "unauthorized",
+        "batch",
+        "update",
+        "rotate",
+        "revoke",
+        "create",
+        "usage",
+        "tier change",
+    ] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) > 0,
+            "the workload exercises {what}: {seen:?}"
+        );
+    }
+}
+
 /// In lease mode a node answers most checks from tokens it holds; the figures it renders still
 /// count down one per request, exactly as in exact mode, and the limit still holds.
 #[test]
 fn lease_mode_figures_count_down_like_exact_mode() {
     let clock = mid_march();
     let server = RedisServer::start();
-    let rt = common::runtime();
     let mut opts = RedisOptions::new(server.url());
     opts.mode = quotad::store::redis::Mode::Lease {
         size: 20,
         ttl: std::time::Duration::from_secs(60),
     };
-    let store = rt
-        .block_on(RedisStore::connect(opts, Arc::new(clock.clone())))
-        .unwrap();
-    let raw = rt
-        .block_on(store.create_keys(vec![acme("default")])) // 100 per minute
-        .unwrap()
-        .remove(0)
-        .raw;
+    let store = Blocking::make(|rt| {
+        rt.block_on(RedisStore::connect(opts, Arc::new(clock.clone())))
+            .unwrap()
+    });
+    let raw = store.create_key(acme("default")).unwrap().raw; // 100 per minute
     for i in 0..100 {
-        let d = rt.block_on(store.check(Some(&raw), None, 1));
+        let d = store.check(Some(&raw), None, 1);
         assert_eq!(d.verdict, Verdict::Allowed, "request {i}");
         assert_eq!(d.primary().unwrap().remaining, 99 - i, "request {i}");
     }
     assert_eq!(
-        rt.block_on(store.check(Some(&raw), None, 1)).verdict,
+        store.check(Some(&raw), None, 1).verdict,
         Verdict::RateLimited(0)
     );
     assert!(
-        store.stats().local_spends() >= 50,
+        store.store.stats().local_spends() >= 50,
         "most checks were answered from leases: {}",
-        store.stats().local_spends()
+        store.store.stats().local_spends()
     );
 }

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+#[path = "../fuzz/src/lib.rs"]
+mod targets;
+
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
@@ -25,7 +28,7 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn frame_decoder_corpus_replays_without_panics() {
     for (name, data) in corpus("frame_decoder") {
-        let r = std::panic::catch_unwind(|| quotad::fuzzing::frame_decoder(&data));
+        let r = std::panic::catch_unwind(|| targets::frame_decoder(&data));
         assert!(r.is_ok(), "frame_decoder panicked on corpus entry {name}");
     }
 }
@@ -33,8 +36,8 @@ fn frame_decoder_corpus_replays_without_panics() {
 #[test]
 fn data_files_corpus_replays_without_panics() {
     for (name, data) in corpus("data_files") {
-        let r = std::panic::catch_unwind(|| quotad::fuzzing::data_files(&data));
+        let r = std::panic::catch_unwind(|| targets::data_files(&data));
         assert!(r.is_ok(), "data_files panicked on corpus entry {name}");
     }
-    quotad::fuzzing::cleanup();
+    targets::cleanup();
 }

@@ -5,43 +5,44 @@ mod common;
 
 use std::sync::Arc;
 
+use common::blocking::Blocking;
 use common::redis::RedisServer;
 use common::runtime;
 use quotad::keys::NewKey;
 use quotad::store::redis::{RedisOptions, RedisStore};
 use quotad::{AuthFailure, FakeClock, Verdict};
 
-fn connect(rt: &tokio::runtime::Runtime, server: &RedisServer) -> RedisStore {
-    rt.block_on(RedisStore::connect(
-        RedisOptions::new(server.url()),
-        Arc::new(FakeClock::at_secs(1_780_000_000)),
-    ))
-    .expect("connect")
+fn connect(server: &RedisServer) -> Blocking<RedisStore> {
+    Blocking::make(|rt| {
+        rt.block_on(RedisStore::connect(
+            RedisOptions::new(server.url()),
+            Arc::new(FakeClock::at_secs(1_780_000_000)),
+        ))
+        .expect("connect")
+    })
 }
 
-fn new_key(rt: &tokio::runtime::Runtime, store: &RedisStore) -> (quotad::keys::KeyId, String) {
-    let k = rt
-        .block_on(store.create_keys(vec![NewKey {
+fn new_key(store: &Blocking<RedisStore>) -> (quotad::keys::KeyId, String) {
+    let k = store
+        .create_key(NewKey {
             consumer: "acme".into(),
             tier: "pro".into(),
             ..Default::default()
-        }]))
-        .unwrap()
-        .remove(0);
+        })
+        .unwrap();
     (k.info.id, k.raw)
 }
 
 #[test]
 fn checks_go_on_after_redis_forgets_the_script() {
     let server = RedisServer::start();
-    let rt = runtime();
-    let store = connect(&rt, &server);
-    let (_, raw) = new_key(&rt, &store);
-    let d = rt.block_on(store.check(Some(&raw), None, 1));
+    let store = connect(&server);
+    let (_, raw) = new_key(&store);
+    let d = store.check(Some(&raw), None, 1);
     assert_eq!(d.verdict, Verdict::Allowed);
     // A restarted or failed-over master has no scripts: EVALSHA answers NOSCRIPT.
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
-    let d2 = rt.block_on(store.check(Some(&raw), None, 1));
+    let d2 = store.check(Some(&raw), None, 1);
     assert_eq!(d2.verdict, Verdict::Allowed);
     assert_eq!(
         d2.primary().unwrap().remaining + 1,
@@ -53,9 +54,8 @@ fn checks_go_on_after_redis_forgets_the_script() {
 #[test]
 fn a_damaged_key_record_in_redis_is_refused_not_trusted() {
     let server = RedisServer::start();
-    let rt = runtime();
-    let store = connect(&rt, &server);
-    let (id, raw) = new_key(&rt, &store);
+    let store = connect(&server);
+    let (id, raw) = new_key(&store);
     let redis_key = format!("quotad:{{{}}}", id.slot());
     // Something other than quotad wrote a bad hash of the secret.
     assert_eq!(
@@ -64,9 +64,9 @@ fn a_damaged_key_record_in_redis_is_refused_not_trusted() {
             .trim(),
         "0"
     );
-    let d = rt.block_on(store.check(Some(&raw), None, 1));
+    let d = store.check(Some(&raw), None, 1);
     assert_eq!(d.verdict, Verdict::Unauthorized(AuthFailure::Unknown));
-    assert!(rt.block_on(store.key(id)).is_err());
+    assert!(store.key(id).is_err());
 }
 
 #[test]

@@ -1,3 +1,3 @@
 //! Damaged data files (catalog, key records, counters) at start-up.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| quotad::fuzzing::data_files(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| quotad_fuzz::data_files(data));

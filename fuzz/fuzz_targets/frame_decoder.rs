@@ -1,3 +1,3 @@
 //! Arbitrary bytes through the binary protocol's frame decoder.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| quotad::fuzzing::frame_decoder(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| quotad_fuzz::frame_decoder(data));

@@ -636,13 +636,16 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
 
 /// Runs `quotad inspect DATA_DIR`: checks every file with the daemon stopped; changes nothing.
 pub fn inspect(dir: PathBuf, json_out: bool) -> anyhow::Result<()> {
-    if !dir.join(crate::store::catalog_file::CATALOG_FILE).exists() {
+    if !dir
+        .join(crate::store::local::catalog_file::CATALOG_FILE)
+        .exists()
+    {
         bail!(
             "{}: not a quotad data directory (no catalog.json)",
             dir.display()
         );
     }
-    let report = crate::engine::inspect(&dir);
+    let report = crate::store::local::inspect(&dir);
     let (ok, v) = match report {
         Ok(r) => (
             true,

@@ -12,14 +12,13 @@ use hyper::header::HeaderName;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::backend::Backend;
-use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::metrics::Metrics;
 use crate::server::binary::{self, BinaryConfig};
 use crate::server::http::HttpConfig;
 use crate::server::token::{AdminToken, TokenSource};
 use crate::server::{http, upkeep_loop, AppState};
 use crate::store::redis::{FailPolicy, Mode, RedisOptions, RedisStore};
+use crate::store::{LocalOptions, LocalStore, Store, StoreError};
 use crate::QuantaClock;
 
 /// Flags of `quotad serve` (each also settable by environment variable).
@@ -139,48 +138,57 @@ impl ServeArgs {
     }
 }
 
-/// Opens the store: the data directory's engine, or a connection to Redis (retried for up to
-/// 30 s, so that a node started with its Redis comes up once Redis does).
-async fn open_backend(
-    args: &ServeArgs,
-    tiers: Option<Vec<crate::tiers::TierSpec>>,
-) -> anyhow::Result<Backend> {
+/// Connects to Redis, retried for up to 30 s, so that a node started with its Redis comes up
+/// once Redis does.
+async fn open_redis(opts: RedisOptions) -> anyhow::Result<RedisStore> {
     let started = std::time::Instant::now();
-    if let Some(opts) = args.redis_options(tiers.clone()) {
-        tracing::info!(store = %opts.url, mode = ?opts.mode, fail = ?opts.fail, "connecting to redis");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match RedisStore::connect(opts.clone(), Arc::new(QuantaClock::new())).await {
-                Ok(r) => {
-                    tracing::info!(
-                        tiers = r.tiers().len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "redis store ready"
-                    );
-                    return Ok(Backend::Redis(Arc::new(r)));
-                }
-                Err(e @ EngineError::Unavailable(_)) if std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "redis not ready; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(anyhow::anyhow!(e)).context("cannot use the redis store"),
+    tracing::info!(store = %opts.url, mode = ?opts.mode, fail = ?opts.fail, "connecting to redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match RedisStore::connect(opts.clone(), Arc::new(QuantaClock::new())).await {
+            Ok(r) => {
+                tracing::info!(
+                    tiers = r.tiers().len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "redis store ready"
+                );
+                return Ok(r);
             }
+            Err(e @ StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "redis not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!(e)).context("cannot use the redis store"),
         }
     }
+}
+
+/// Opens the data directory.
+fn open_local(
+    args: &ServeArgs,
+    tiers: Option<Vec<crate::tiers::TierSpec>>,
+) -> anyhow::Result<LocalStore> {
+    let started = std::time::Instant::now();
     tracing::info!(data_dir = %args.data_dir.display(), "opening data directory");
-    let mut opts = EngineOptions::new(&args.data_dir);
+    let mut opts = LocalOptions::new(&args.data_dir);
     opts.tiers = tiers;
-    let engine = Arc::new(
-        Engine::open(opts, Arc::new(QuantaClock::new()))
-            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
-    );
+    opts.msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
+    let store = LocalStore::open(opts, Arc::new(QuantaClock::new()))
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
     tracing::info!(
-        keys = engine.key_count(),
-        tiers = engine.tiers().len(),
+        tiers = store.tiers().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "data directory loaded"
     );
-    Ok(Backend::Local(engine))
+    Ok(store)
+}
+
+/// What the daemon needs besides its store.
+struct Settings {
+    args: ServeArgs,
+    token: AdminToken,
+    key_headers: Vec<HeaderName>,
+    threads: usize,
 }
 
 /// Runs the daemon until a termination signal.
@@ -222,129 +230,148 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let backend = open_backend(&args, tiers).await?;
-        let http_listener = tokio::net::TcpListener::bind(args.http)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.http))?;
-        tracing::info!(addr = %http_listener.local_addr()?, "http listening");
-        let msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
-        let state = Arc::new(AppState {
-            backend: backend.clone(),
-            metrics: Arc::new(Metrics::new()),
-            admin_token: token,
-            http: HttpConfig {
-                key_headers,
-                max_connections: args.max_connections.max(1),
-                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
-            },
-            binary: BinaryConfig {
-                max_connections: args.max_binary_connections.max(1),
-                idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
-            },
-            msync_interval,
-            busy_poll: crate::server::busy_poll::BusyPoll::new(args.busy_poll_us),
-        });
-        let bin_listener = tokio::net::TcpListener::bind(args.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.bind))?;
-        tracing::info!(addr = %bin_listener.local_addr()?, "binary listening");
-        let unix_listener = match &args.unix {
-            Some(p) => {
-                // A socket file left by a previous run would make bind fail.
-                if std::fs::symlink_metadata(p)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
-                    let _ = std::fs::remove_file(p);
-                }
-                let l = tokio::net::UnixListener::bind(p)
-                    .with_context(|| format!("cannot listen on unix socket {}", p.display()))?;
-                tracing::info!(path = %p.display(), "binary listening on unix socket");
-                Some(l)
-            }
-            None => None,
+        let redis = args.redis_options(tiers.clone());
+        let settings = Settings {
+            args,
+            token,
+            key_headers,
+            threads,
         };
-        let permits = Arc::new(tokio::sync::Semaphore::new(state.binary.max_connections));
+        match redis {
+            Some(opts) => serve(open_redis(opts).await?, settings).await,
+            None => serve(open_local(&settings.args, tiers)?, settings).await,
+        }
+    })
+}
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let drain = Duration::from_secs(args.drain_secs);
-        let http_task = tokio::spawn(http::run(
-            http_listener,
-            state.clone(),
-            stopped(stop_rx.clone()),
-            drain,
-        ));
-        let bin_task = tokio::spawn(binary::run(
-            bin_listener,
+/// Serves every transport on `store` until SIGTERM or SIGINT; SIGHUP reloads the tiers file.
+async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        args,
+        token,
+        key_headers,
+        threads,
+    } = settings;
+    let http_listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http))?;
+    tracing::info!(addr = %http_listener.local_addr()?, "http listening");
+    let state = Arc::new(AppState {
+        store,
+        metrics: Arc::new(Metrics::new()),
+        admin_token: token,
+        http: HttpConfig {
+            key_headers,
+            max_connections: args.max_connections.max(1),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        },
+        binary: BinaryConfig {
+            max_connections: args.max_binary_connections.max(1),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        },
+        busy_poll: crate::server::busy_poll::BusyPoll::new(args.busy_poll_us),
+    });
+    let bin_listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    tracing::info!(addr = %bin_listener.local_addr()?, "binary listening");
+    let unix_listener = match &args.unix {
+        Some(p) => {
+            // A socket file left by a previous run would make bind fail.
+            if std::fs::symlink_metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(p);
+            }
+            let l = tokio::net::UnixListener::bind(p)
+                .with_context(|| format!("cannot listen on unix socket {}", p.display()))?;
+            tracing::info!(path = %p.display(), "binary listening on unix socket");
+            Some(l)
+        }
+        None => None,
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(state.binary.max_connections));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let drain = Duration::from_secs(args.drain_secs);
+    let http_task = tokio::spawn(http::run(
+        http_listener,
+        state.clone(),
+        stopped(stop_rx.clone()),
+        drain,
+    ));
+    let bin_task = tokio::spawn(binary::run(
+        bin_listener,
+        state.clone(),
+        permits.clone(),
+        stopped(stop_rx.clone()),
+        drain,
+    ));
+    let unix_task = unix_listener.map(|l| {
+        tokio::spawn(binary::run(
+            l,
             state.clone(),
             permits.clone(),
             stopped(stop_rx.clone()),
             drain,
-        ));
-        let unix_task = unix_listener.map(|l| {
-            tokio::spawn(binary::run(
-                l,
-                state.clone(),
-                permits.clone(),
-                stopped(stop_rx.clone()),
-                drain,
-            ))
-        });
-        if state.busy_poll.enabled() {
-            tracing::info!(threads, window_us = args.busy_poll_us, "busy polling on");
-            for _ in 0..threads {
-                let st = state.clone();
-                let stop = stop_rx.clone();
-                tokio::spawn(async move { st.busy_poll.run(stop).await });
-            }
+        ))
+    });
+    if state.busy_poll.enabled() {
+        tracing::info!(threads, window_us = args.busy_poll_us, "busy polling on");
+        for _ in 0..threads {
+            let st = state.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { st.busy_poll.run(stop).await });
         }
-        let upkeep = tokio::spawn(upkeep_loop(
-            backend.clone(),
-            backend.upkeep_interval(msync_interval),
-            stopped(stop_rx.clone()),
-        ));
+    }
+    let upkeep = {
+        let st = state.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { upkeep_loop(&st.store, stop).await })
+    };
 
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        tracing::info!("ready");
-        notify(&[sd_notify::NotifyState::Ready]);
-        let watchdog = watchdog_task();
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => reload_tiers(&backend, args.tiers.as_deref()).await,
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tracing::info!("ready");
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = watchdog_task();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_tiers(&state.store, args.tiers.as_deref()).await,
         }
-        notify(&[sd_notify::NotifyState::Stopping]);
-        if let Some(w) = watchdog {
-            w.abort();
-        }
-        let _ = stop_tx.send(true);
-        match http_task.await {
-            Ok(Ok(())) => tracing::info!("http stopped"),
-            Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
-            Err(e) => tracing::error!(error = %e, "http task failed"),
-        }
-        let _ = bin_task.await;
-        if let Some(t) = unix_task {
-            let _ = t.await;
-        }
-        if let Some(p) = &args.unix {
-            let _ = std::fs::remove_file(p);
-        }
-        let _ = upkeep.await;
-        // Every check has been answered: the final msync, or every lease given back.
-        backend.upkeep(true).await?;
-        match backend {
-            Backend::Local(_) => tracing::info!("counters flushed to disk; bye"),
-            Backend::Redis(_) => tracing::info!("leases given back to redis; bye"),
-        }
-        anyhow::Ok(())
-    })
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = stop_tx.send(true);
+    match http_task.await {
+        Ok(Ok(())) => tracing::info!("http stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
+        Err(e) => tracing::error!(error = %e, "http task failed"),
+    }
+    let _ = bin_task.await;
+    if let Some(t) = unix_task {
+        let _ = t.await;
+    }
+    if let Some(p) = &args.unix {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = upkeep.await;
+    // Every check has been answered: the final msync, or every lease given back.
+    state.store.upkeep(true).await?;
+    if args.redis_options(None).is_some() {
+        tracing::info!("leases given back to redis; bye");
+    } else {
+        tracing::info!("counters flushed to disk; bye");
+    }
+    anyhow::Ok(())
 }
 
 /// Tells systemd (Type=notify) about our state; a no-op outside systemd.
@@ -374,7 +401,7 @@ fn watchdog_task() -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn reload_tiers(backend: &Backend, path: Option<&std::path::Path>) {
+async fn reload_tiers<S: Store>(store: &S, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no --tiers file to reload");
         return;
@@ -383,7 +410,7 @@ async fn reload_tiers(backend: &Backend, path: Option<&std::path::Path>) {
     let result = match crate::tiers::load_tiers_file(path) {
         Ok(specs) => {
             let n = specs.len();
-            backend
+            store
                 .apply_tiers(specs)
                 .await
                 .map(|()| n)

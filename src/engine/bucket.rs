@@ -14,13 +14,8 @@
 //! its "full again at" instant, but never owes more than the new limit's capacity.
 
 use super::clock::NANOS_PER_SEC;
-
-/// The smallest period a limit may have.
-pub const MIN_PERIOD_SECS: u64 = 1;
-/// The largest period a limit may have (a leap year).
-pub const MAX_PERIOD_SECS: u64 = 366 * 24 * 3600;
-/// The largest `requests` a limit may have.
-pub const MAX_REQUESTS: u64 = 1_000_000_000;
+use crate::tiers::LimitSpec;
+pub use crate::tiers::{LimitError, MAX_PERIOD_SECS, MAX_REQUESTS, MIN_PERIOD_SECS};
 
 /// One burst limit: `requests` per `period_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,26 +26,14 @@ pub struct Limit {
     capacity_ns: u64,
 }
 
-/// Why a limit could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    /// `requests` outside `1..=MAX_REQUESTS`.
-    #[error("requests must be between 1 and {MAX_REQUESTS}, got {0}")]
-    Requests(u64),
-    /// `period` outside the allowed range.
-    #[error("period must be between {MIN_PERIOD_SECS} and {MAX_PERIOD_SECS} seconds, got {0}")]
-    Period(u64),
-}
-
 impl Limit {
     /// A limit of `requests` per `period_secs` seconds.
     pub fn new(requests: u64, period_secs: u64) -> Result<Self, LimitError> {
-        if !(1..=MAX_REQUESTS).contains(&requests) {
-            return Err(LimitError::Requests(requests));
+        LimitSpec {
+            requests,
+            period_seconds: period_secs,
         }
-        if !(MIN_PERIOD_SECS..=MAX_PERIOD_SECS).contains(&period_secs) {
-            return Err(LimitError::Period(period_secs));
-        }
+        .check()?;
         let period_ns = period_secs * NANOS_PER_SEC;
         let interval_ns = period_ns.div_ceil(requests);
         Ok(Limit {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::bucket::Limit;
-use crate::store::catalog_file::CatalogDoc;
+use super::catalog_doc::CatalogDoc;
 use crate::tiers::TierSpec;
 
 /// A tier ready for checks.
@@ -83,7 +83,7 @@ impl Catalog {
                 tiers.push(None);
                 continue;
             };
-            let limits = spec.validate()?;
+            let limits = compile_limits(spec)?;
             let scopes = match &spec.scopes {
                 None => None,
                 Some(names) => {
@@ -118,7 +118,7 @@ impl Catalog {
                     monthly_quota: None,
                     scopes: None,
                 };
-                history.push((past.version, old.validate()?));
+                history.push((past.version, compile_limits(&old)?));
             }
             tiers.push(Some(CompiledTier {
                 spec: spec.clone(),
@@ -200,30 +200,17 @@ impl Catalog {
     }
 }
 
-/// Returns the scope-set index for `names` in `doc`, adding scopes and the set as needed.
-pub fn intern_scope_set(doc: &mut CatalogDoc, names: &[String]) -> Result<u32, CatalogError> {
-    if doc.scope_sets.is_empty() {
-        doc.scope_sets.push(Vec::new());
-    }
-    let mut ids = Vec::with_capacity(names.len());
-    for n in names {
-        let id = match doc.scopes.iter().position(|s| s == n) {
-            Some(i) => i as u16,
-            None => {
-                let id =
-                    u16::try_from(doc.scopes.len()).map_err(|_| CatalogError::Full("scopes"))?;
-                doc.scopes.push(n.clone());
-                id
-            }
-        };
-        ids.push(id);
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    if let Some(i) = doc.scope_sets.iter().position(|s| *s == ids) {
-        return Ok(i as u32);
-    }
-    let i = u32::try_from(doc.scope_sets.len()).map_err(|_| CatalogError::Full("scope sets"))?;
-    doc.scope_sets.push(ids);
-    Ok(i)
+/// The checked limits of `spec` as buckets, shortest period first.
+fn compile_limits(spec: &TierSpec) -> Result<Vec<Limit>, CatalogError> {
+    spec.validate()?
+        .iter()
+        .map(|l| {
+            Limit::new(l.requests, l.period_seconds).map_err(|source| {
+                CatalogError::Tier(crate::tiers::TierError::Limit {
+                    tier: spec.name.clone(),
+                    source,
+                })
+            })
+        })
+        .collect()
 }

@@ -1,5 +1,7 @@
-//! The binary protocol: the wire format ([`frame`]) and an async pipelining client ([`client`]).
-//! The byte-level specification is `docs/PROTOCOL.md`.
+//! The binary protocol: the wire format ([`frame`]), one end of a connection ([`connection`]:
+//! buffers and end of stream) and an async pipelining client ([`client`]). The byte-level
+//! specification is `docs/PROTOCOL.md`.
 
 pub mod client;
+pub mod connection;
 pub mod frame;

@@ -7,12 +7,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::http::{error, json, read_body, Resp};
+use super::reply::{error, json, read_body, Resp};
 use super::AppState;
-use crate::backend::Backend;
-use crate::engine::EngineError;
 use crate::keys::record::{KeyInfo, Usage};
 use crate::keys::{KeyId, KeyUpdate, NewKey};
+use crate::store::{KeyQuery, Store, StoreError};
 use crate::tiers::{LimitSpec, TierSpec};
 
 /// Formats Unix seconds as RFC 3339 (UTC).
@@ -115,7 +114,7 @@ impl KeyJson {
 }
 
 impl UsageJson {
-    /// From engine usage.
+    /// From store usage.
     pub fn from_usage(u: &Usage) -> Self {
         UsageJson {
             limits: u
@@ -215,7 +214,7 @@ fn json_of<T: Serialize>(status: u16, value: &T, rid: &str) -> Resp {
     }
 }
 
-fn engine_error(e: &EngineError, rid: &str) -> Resp {
+fn store_error(e: &StoreError, rid: &str) -> Resp {
     let (status, code) = match e.code() {
         "not_found" => (404, "not_found"),
         "conflict" => (409, "conflict"),
@@ -268,7 +267,12 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Handles `/admin/v1/{rest}`.
-pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &str) -> Resp {
+pub async fn handle<S: Store>(
+    state: &AppState<S>,
+    req: Request<Incoming>,
+    rest: &str,
+    rid: &str,
+) -> Resp {
     let authorized = req
         .headers()
         .get("authorization")
@@ -286,7 +290,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
         Ok(b) => b,
         Err(m) => return error(400, "bad_request", &m, rid),
     };
-    let engine = &state.backend;
+    let store = &state.store;
     let not_allowed = |allow: &str| {
         let mut r = error(405, "method_not_allowed", &format!("Allowed: {allow}"), rid);
         if let Ok(v) = hyper::header::HeaderValue::from_str(allow) {
@@ -296,8 +300,8 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
     };
     match segs.as_slice() {
         ["keys"] => match method {
-            Method::POST => create_key(engine, &body, rid).await,
-            Method::GET => list_keys(engine, query.as_deref(), rid).await,
+            Method::POST => create_key(store, &body, rid).await,
+            Method::GET => list_keys(store, query.as_deref(), rid).await,
             _ => not_allowed("GET, POST"),
         },
         ["keys", id] => {
@@ -305,8 +309,8 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 return error(404, "not_found", "unknown key id", rid);
             };
             match method {
-                Method::GET => show_key(engine, id, rid).await,
-                Method::PATCH => patch_key(engine, id, &body, rid).await,
+                Method::GET => show_key(store, id, rid).await,
+                Method::PATCH => patch_key(store, id, &body, rid).await,
                 _ => not_allowed("GET, PATCH"),
             }
         }
@@ -318,12 +322,12 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                 return not_allowed("POST");
             }
             if *action == "revoke" {
-                match engine.revoke_key(id).await {
+                match store.revoke_key(id).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, "key revoked");
                         json_of(200, &KeyJson::from_info(&k), rid)
                     }
-                    Err(e) => engine_error(&e, rid),
+                    Err(e) => store_error(&e, rid),
                 }
             } else {
                 let r: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
@@ -335,20 +339,20 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                     }
                 };
                 let grace = r.grace_seconds.unwrap_or(0);
-                match engine.rotate_key(id, grace).await {
+                match store.rotate_key(id, grace).await {
                     Ok(k) => {
                         tracing::info!(key_id = %id, grace_seconds = grace, "key rotated");
                         let mut j = KeyJson::from_info(&k.info);
                         j.key = Some(k.raw);
                         json_of(200, &j, rid)
                     }
-                    Err(e) => engine_error(&e, rid),
+                    Err(e) => store_error(&e, rid),
                 }
             }
         }
         ["tiers"] => match method {
             Method::GET => {
-                let tiers = engine.tiers();
+                let tiers = store.tiers();
                 json(200, serde_json::json!({ "tiers": tiers }).to_string(), rid)
             }
             Method::PUT => {
@@ -357,16 +361,16 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                     Err(m) => return error(400, "bad_request", &m, rid),
                 };
                 let names: Vec<String> = p.tiers.iter().map(|t| t.name.clone()).collect();
-                match engine.apply_tiers(p.tiers).await {
+                match store.apply_tiers(p.tiers).await {
                     Ok(()) => {
                         tracing::info!(tiers = ?names, "tier set replaced");
                         json(
                             200,
-                            serde_json::json!({ "tiers": engine.tiers() }).to_string(),
+                            serde_json::json!({ "tiers": store.tiers() }).to_string(),
                             rid,
                         )
                     }
-                    Err(e) => engine_error(&e, rid),
+                    Err(e) => store_error(&e, rid),
                 }
             }
             _ => not_allowed("GET, PUT"),
@@ -374,7 +378,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
         ["tiers", name] => {
             let name = name.to_string();
             match method {
-                Method::GET => match engine.tiers().into_iter().find(|t| t.name == name) {
+                Method::GET => match store.tiers().into_iter().find(|t| t.name == name) {
                     Some(t) => json_of(200, &t, rid),
                     None => error(404, "not_found", &format!("unknown tier {name:?}"), rid),
                 },
@@ -389,20 +393,20 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
                         monthly_quota: p.monthly_quota,
                         scopes: p.scopes,
                     };
-                    match engine.put_tier(spec).await {
+                    match store.put_tier(spec).await {
                         Ok(t) => {
                             tracing::info!(tier = %name, "tier set");
                             json_of(200, &t, rid)
                         }
-                        Err(e) => engine_error(&e, rid),
+                        Err(e) => store_error(&e, rid),
                     }
                 }
-                Method::DELETE => match engine.delete_tier(name.clone()).await {
+                Method::DELETE => match store.delete_tier(name.clone()).await {
                     Ok(()) => {
                         tracing::info!(tier = %name, "tier deleted");
                         json(200, serde_json::json!({"deleted": name}).to_string(), rid)
                     }
-                    Err(e) => engine_error(&e, rid),
+                    Err(e) => store_error(&e, rid),
                 },
                 _ => not_allowed("GET, PUT, DELETE"),
             }
@@ -416,7 +420,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, rest: &str, rid: &
     }
 }
 
-async fn create_key(engine: &Backend, body: &[u8], rid: &str) -> Resp {
+async fn create_key<S: Store>(store: &S, body: &[u8], rid: &str) -> Resp {
     let c: CreateKey = match parse_json(body) {
         Ok(c) => c,
         Err(m) => return error(400, "bad_request", &m, rid),
@@ -434,18 +438,18 @@ async fn create_key(engine: &Backend, body: &[u8], rid: &str) -> Resp {
         name: c.name,
         prefix: c.prefix,
     };
-    match engine.create_key(new).await {
+    match store.create_key(new).await {
         Ok(k) => {
             tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, "key created");
             let mut j = KeyJson::from_info(&k.info);
             j.key = Some(k.raw);
             json_of(201, &j, rid)
         }
-        Err(e) => engine_error(&e, rid),
+        Err(e) => store_error(&e, rid),
     }
 }
 
-async fn list_keys(engine: &Backend, query: Option<&str>, rid: &str) -> Resp {
+async fn list_keys<S: Store>(store: &S, query: Option<&str>, rid: &str) -> Resp {
     let mut consumer = None;
     let mut tier = None;
     let mut limit = 100usize;
@@ -486,12 +490,17 @@ async fn list_keys(engine: &Backend, query: Option<&str>, rid: &str) -> Resp {
             }
         }
     }
-    let (keys, next) = match engine
-        .list_keys(consumer.as_deref(), tier.as_deref(), cursor, limit)
+    let (keys, next) = match store
+        .list_keys(KeyQuery {
+            consumer: consumer.as_deref(),
+            tier: tier.as_deref(),
+            after: cursor,
+            limit,
+        })
         .await
     {
         Ok(p) => p,
-        Err(e) => return engine_error(&e, rid),
+        Err(e) => return store_error(&e, rid),
     };
     let keys: Vec<KeyJson> = keys.iter().map(KeyJson::from_info).collect();
     json(
@@ -501,21 +510,21 @@ async fn list_keys(engine: &Backend, query: Option<&str>, rid: &str) -> Resp {
     )
 }
 
-async fn show_key(engine: &Backend, id: KeyId, rid: &str) -> Resp {
-    let info = match engine.key(id).await {
+async fn show_key<S: Store>(store: &S, id: KeyId, rid: &str) -> Resp {
+    let info = match store.key(id).await {
         Ok(i) => i,
-        Err(e) => return engine_error(&e, rid),
+        Err(e) => return store_error(&e, rid),
     };
-    let usage = match engine.usage(id).await {
+    let usage = match store.usage(id).await {
         Ok(u) => u,
-        Err(e) => return engine_error(&e, rid),
+        Err(e) => return store_error(&e, rid),
     };
     let mut j = KeyJson::from_info(&info);
     j.usage = Some(UsageJson::from_usage(&usage));
     json_of(200, &j, rid)
 }
 
-async fn patch_key(engine: &Backend, id: KeyId, body: &[u8], rid: &str) -> Resp {
+async fn patch_key<S: Store>(store: &S, id: KeyId, body: &[u8], rid: &str) -> Resp {
     let p: PatchKey = match parse_json(body) {
         Ok(p) => p,
         Err(m) => return error(400, "bad_request", &m, rid),
@@ -535,11 +544,11 @@ async fn patch_key(engine: &Backend, id: KeyId, body: &[u8], rid: &str) -> Resp 
         monthly_quota: p.monthly_quota,
         name: p.name,
     };
-    match engine.update_key(id, upd).await {
+    match store.update_key(id, upd).await {
         Ok(k) => {
             tracing::info!(key_id = %id, "key updated");
             json_of(200, &KeyJson::from_info(&k), rid)
         }
-        Err(e) => engine_error(&e, rid),
+        Err(e) => store_error(&e, rid),
     }
 }

@@ -1,25 +1,27 @@
 //! The binary protocol server over TCP and Unix sockets (`docs/PROTOCOL.md`).
 //!
-//! Per connection: read whatever the socket has, decode every complete frame in the buffer, decide
-//! each against the shared store (on Redis, all of a read's checks concurrently), append every answer to one output buffer, and write it with one
-//! call. A framing error is answered with an ERROR frame and the connection is closed; other
-//! connections are unaffected. A connection limit and an idle timeout bound what clients can hold.
+//! Per connection: read whatever the socket has, decode every complete frame in the buffer, ask
+//! the store to decide all of the read's checks as one batch (the local store decides them in
+//! order at one clock reading; Redis has them all in flight at once), append every answer in
+//! frame order to one output buffer, and write it with one call. A framing error is answered
+//! with an ERROR frame and the connection is closed; other connections are unaffected. A
+//! connection limit and an idle timeout bound what clients can hold.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Semaphore};
 
 use super::AppState;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
-use crate::engine::Engine;
 use crate::metrics::{Stopwatch, Tally, Transport};
+use crate::protocol::connection::Connection;
 use crate::protocol::frame::{
     self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame, WireResult,
 };
+use crate::store::{CheckRequest, Store};
 
 /// Binary listener settings.
 #[derive(Debug, Clone)]
@@ -41,9 +43,9 @@ impl Default for BinaryConfig {
 
 /// Serves the binary protocol on `listener` until `shutdown`; then stops accepting, lets open
 /// connections finish the requests they have sent (up to `drain`), and returns.
-pub async fn run<L: super::Accept>(
+pub async fn run<L: super::Accept, S: Store>(
     listener: L,
-    state: Arc<AppState>,
+    state: Arc<AppState<S>>,
     permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -55,7 +57,7 @@ pub async fn run<L: super::Accept>(
         &listener,
         &permits,
         &mut shutdown,
-        &state,
+        &state.metrics,
         Transport::Binary,
         || {
             let mut out = Vec::new();
@@ -125,242 +127,204 @@ pub fn to_wire(d: &Decision) -> WireResult {
     }
 }
 
-/// One check's key, scope and cost, as read from its frame.
-type Parsed<'a> = (Option<&'a str>, Option<&'a str>, u64);
-
-/// The key, scope and cost of one check; `Err` is a request-level error (bad scope) that keeps
-/// the connection.
-fn parse_req<'a>(req: &CheckReq<'a>) -> Result<Parsed<'a>, &'static str> {
+/// One check as read from its frame; `Err` is a request-level error (bad scope) that keeps the
+/// connection.
+fn parse_req<'a>(req: &CheckReq<'a>) -> Result<CheckRequest<'a>, &'static str> {
     let scope = match std::str::from_utf8(req.scope) {
         Ok("") => None,
         Ok(s) if crate::tiers::valid_scope(s) => Some(s),
         _ => return Err("invalid scope"),
     };
-    // A key that is not UTF-8 cannot be one of ours: let the engine call it malformed.
+    // A key that is not UTF-8 cannot be one of ours: let the store call it malformed.
     let key = match req.key {
         [] => None,
         k => Some(std::str::from_utf8(k).unwrap_or("\u{fffd}")),
     };
-    Ok((key, scope, u64::from(req.cost.max(1))))
+    Ok(CheckRequest {
+        key,
+        scope,
+        cost: u64::from(req.cost.max(1)),
+    })
 }
 
-/// Decides one check on this node's engine at `now` (read once for all the checks of a read),
-/// counting it in `tally` (the caller times the read's checks together), and appends its 40-byte
-/// answer body to `out`. The answer is written from the decision where it was made: no decision or
-/// answer value is returned and copied (see `Engine::check_at_with`).
-fn decide(
-    tally: &mut Tally,
-    engine: &Engine,
-    now: u64,
-    (key, scope, cost): Parsed<'_>,
-    out: &mut Vec<u8>,
-) {
-    engine.check_at_with(key, scope, cost, now, |d| {
-        tally.count_decision(d.verdict);
-        to_wire(d).put(out);
-    });
+/// One frame's part of the answers to a read, in frame order.
+enum Item {
+    /// Bytes ready (a control answer or an error): `ready[range]`.
+    Ready(std::ops::Range<usize>),
+    /// The next `n` checks of the read's batch, answered as one RESULT (`batch` false) or one
+    /// BATCH_RESULT.
+    Checks { id: u64, batch: bool, n: usize },
 }
 
-/// Appends the answer to a HELLO or PING; returns false for other frames.
-fn answer_control(f: &Frame<'_>, out: &mut Vec<u8>) -> bool {
-    match *f {
-        Frame::Hello { id, .. } => frame::put_hello_ok(out, id),
-        Frame::Ping { id, payload } => frame::put_pong(out, id, payload),
-        _ => return false,
-    }
-    true
+/// What one read asks: its checks as one batch for the store, and the frame order to answer in.
+#[derive(Default)]
+struct Plan<'a> {
+    reqs: Vec<CheckRequest<'a>>,
+    items: Vec<Item>,
+    /// Answers that need no decision.
+    ready: Vec<u8>,
 }
 
-/// Appends the answer to one decoded frame, decided on this node's engine at `now`; its checks
-/// are counted in `tally`.
-fn answer(
-    state: &AppState,
-    tally: &mut Tally,
-    (engine, now): (&Engine, u64),
-    f: &Frame<'_>,
-    out: &mut Vec<u8>,
-) {
-    if answer_control(f, out) {
-        return;
-    }
-    match *f {
-        Frame::Hello { .. } | Frame::Ping { .. } => {}
-        Frame::Check { id, req } => match parse_req(&req) {
-            Ok(p) => {
-                frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
-                decide(tally, engine, now, p, out);
+impl<'a> Plan<'a> {
+    /// Adds the answer-to-be of one decoded frame.
+    fn push<S>(&mut self, state: &AppState<S>, f: &Frame<'a>) {
+        let at = self.ready.len();
+        let (id, batch, n) = match *f {
+            Frame::Hello { id, .. } => {
+                frame::put_hello_ok(&mut self.ready, id);
+                return self.items.push(Item::Ready(at..self.ready.len()));
             }
+            Frame::Ping { id, payload } => {
+                frame::put_pong(&mut self.ready, id, payload);
+                return self.items.push(Item::Ready(at..self.ready.len()));
+            }
+            Frame::Check { id, req } => match parse_req(&req) {
+                Ok(r) => {
+                    self.reqs.push(r);
+                    (id, false, Ok(1))
+                }
+                Err(m) => (id, false, Err(m)),
+            },
+            // A batch with a bad check is refused whole: none of its checks is decided.
+            Frame::Batch { id, count, body } => {
+                let first = self.reqs.len();
+                let mut n = Ok(0);
+                for r in BatchIter::new(body, count) {
+                    match parse_req(&r) {
+                        Ok(r) => self.reqs.push(r),
+                        Err(m) => {
+                            self.reqs.truncate(first);
+                            n = Err(m);
+                            break;
+                        }
+                    }
+                }
+                (id, true, n.map(|_: usize| self.reqs.len() - first))
+            }
+        };
+        match n {
+            Ok(n) => self.items.push(Item::Checks { id, batch, n }),
             Err(m) => {
                 state.metrics.record_bad_request(Transport::Binary);
-                frame::put_error(out, id, ErrorCode::BadFrame, m);
-            }
-        },
-        Frame::Batch { id, count, body } => {
-            // A batch with a bad check is refused whole: none of its checks is decided.
-            let parsed: Result<Vec<Parsed<'_>>, _> =
-                BatchIter::new(body, count).map(|r| parse_req(&r)).collect();
-            let parsed = match parsed {
-                Ok(p) => p,
-                Err(m) => {
-                    state.metrics.record_bad_request(Transport::Binary);
-                    frame::put_error(out, id, ErrorCode::BadFrame, m);
-                    return;
-                }
-            };
-            frame::put_batch_result_header(out, id, parsed.len());
-            // Keep the next checks' entries loading while one is decided: on a large key table
-            // each is a cache miss, and these overlap instead of following each other.
-            for p in parsed.iter().take(AHEAD) {
-                engine.prefetch_entry(p.0.unwrap_or("").as_bytes());
-            }
-            for (i, &p) in parsed.iter().enumerate() {
-                if let Some(next) = parsed.get(i + AHEAD) {
-                    engine.prefetch_entry(next.0.unwrap_or("").as_bytes());
-                }
-                decide(tally, engine, now, p, out);
+                frame::put_error(&mut self.ready, id, ErrorCode::BadFrame, m);
+                self.items.push(Item::Ready(at..self.ready.len()));
             }
         }
     }
 }
 
-/// How many checks ahead of the one being decided have their key's entry loading.
-const AHEAD: usize = 8;
-
-/// A second cursor over the frames of one read decided on this node's engine, kept up to `AHEAD`
-/// frames in front of the frame being answered, starting each CHECK's key entry loading
-/// (`Engine::prefetch_entry`) so that on a large key table their cache misses overlap instead of
-/// following each other. Frames are decoded twice, once by each cursor (a few ns each), rather
-/// than decoded once and held in a queue: copying a decoded frame into a queue and out again read
-/// back, wide, fields just stored narrow, and each such load waited for the stores to reach the
-/// cache (see docs/PERFORMANCE.md).
-struct Scout {
-    /// Where in the read buffer the next frame to look at starts.
-    pos: usize,
-    /// Frames looked at and not yet answered.
-    lead: usize,
-    /// No complete, valid frame follows `pos`.
-    done: bool,
+/// Writes a read's answers in frame order while the store hands over its decisions in check
+/// order: before each check's result, every answer of the frames before it (and its frame's
+/// header) goes out.
+struct Emitter<'p> {
+    items: &'p [Item],
+    ready: &'p [u8],
+    next: usize,
+    /// Checks of the current item still to come.
+    left: usize,
 }
 
-impl Scout {
-    fn new() -> Self {
-        Scout {
-            pos: 0,
-            lead: 0,
-            done: false,
+impl<'p> Emitter<'p> {
+    fn new(items: &'p [Item], ready: &'p [u8]) -> Self {
+        Emitter {
+            items,
+            ready,
+            next: 0,
+            left: 0,
         }
     }
 
-    /// Moves up to `AHEAD` frames in front of the frame about to be answered.
-    #[inline]
-    fn run(&mut self, engine: &Engine, buf: &[u8]) {
-        while !self.done && self.lead < AHEAD {
-            match buf.get(self.pos..).map(frame::decode) {
-                Some(Ok((f, len))) => {
-                    if let Frame::Check { req, .. } = f {
-                        engine.prefetch_entry(req.key);
-                    }
-                    self.pos += len;
-                    self.lead += 1;
-                }
-                _ => self.done = true,
-            }
+    /// Writes what comes before the next check's result.
+    fn before_check(&mut self, out: &mut Vec<u8>) {
+        while self.left == 0 && self.next < self.items.len() {
+            self.emit_next(out);
+        }
+        self.left = self.left.saturating_sub(1);
+    }
+
+    /// Writes what is left once every check was answered.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        while self.next < self.items.len() {
+            self.emit_next(out);
         }
     }
 
-    /// One frame (looked at before) was answered.
-    #[inline]
-    fn answered(&mut self) {
-        self.lead = self.lead.saturating_sub(1);
-    }
-}
-
-/// One frame's answer on the shared store: ready bytes, or checks still to decide.
-enum Job {
-    Ready(Vec<u8>),
-    Checks {
-        id: u64,
-        batch: bool,
-        reqs: Vec<(Option<String>, Option<String>, u64)>,
-    },
-}
-
-fn shared_job(state: &AppState, f: &Frame<'_>) -> Job {
-    let mut out = Vec::new();
-    if answer_control(f, &mut out) {
-        return Job::Ready(out);
-    }
-    let own = |req: &CheckReq<'_>| {
-        parse_req(req).map(|(k, s, c)| (k.map(str::to_string), s.map(str::to_string), c))
-    };
-    let (id, batch, reqs) = match *f {
-        Frame::Check { id, req } => (id, false, own(&req).map(|r| vec![r])),
-        Frame::Batch { id, count, body } => (
-            id,
-            true,
-            BatchIter::new(body, count).map(|r| own(&r)).collect(),
-        ),
-        Frame::Hello { .. } | Frame::Ping { .. } => return Job::Ready(out),
-    };
-    match reqs {
-        Ok(reqs) => Job::Checks { id, batch, reqs },
-        Err(m) => {
-            // A batch with a bad check is refused whole: none of its checks is decided.
-            state.metrics.record_bad_request(Transport::Binary);
-            frame::put_error(&mut out, id, ErrorCode::BadFrame, m);
-            Job::Ready(out)
-        }
-    }
-}
-
-/// Decides every check of `jobs` concurrently (they pipeline on the Redis connections) and
-/// appends the answers to `out` in frame order.
-async fn run_jobs(state: &AppState, jobs: &mut Vec<Job>, out: &mut Vec<u8>) {
-    let backend = &state.backend;
-    let checks = jobs.iter().flat_map(|j| match j {
-        Job::Ready(_) => &[][..],
-        Job::Checks { reqs, .. } => &reqs[..],
-    });
-    let decided = futures_util::future::join_all(checks.map(|(k, s, c)| async move {
-        let start = Stopwatch::start();
-        let d = backend.check(k.as_deref(), s.as_deref(), *c).await;
-        state
-            .metrics
-            .record_check(Transport::Binary, d.verdict, start.elapsed_ns());
-        to_wire(&d)
-    }))
-    .await;
-    let mut results = decided.into_iter();
-    for job in jobs.drain(..) {
-        match job {
-            Job::Ready(b) => out.extend_from_slice(&b),
-            Job::Checks { id, batch, reqs } => {
+    fn emit_next(&mut self, out: &mut Vec<u8>) {
+        match self.items[self.next] {
+            Item::Ready(ref r) => out.extend_from_slice(&self.ready[r.clone()]),
+            Item::Checks { id, batch, n } => {
                 if batch {
-                    frame::put_batch_result_header(out, id, reqs.len());
+                    frame::put_batch_result_header(out, id, n);
                 } else {
                     frame::put_header(out, op::RESULT, id, frame::RESULT_LEN);
                 }
-                for _ in 0..reqs.len() {
-                    if let Some(r) = results.next() {
-                        r.put(out);
+                self.left = n;
+            }
+        }
+        self.next += 1;
+    }
+}
+
+/// The message of a fatal framing error.
+fn fatal_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::TooLarge => "frame larger than 65536 bytes",
+        ErrorCode::UnknownOp => "unknown op",
+        ErrorCode::BadVersion => "bad magic: not a quotad client",
+        ErrorCode::KeyTooLong => "key longer than 256 bytes or scope longer than 64",
+        ErrorCode::BatchTooLarge => "batch larger than 1024 checks",
+        _ => "malformed frame",
+    }
+}
+
+/// A framing error that ends the connection: the frame id, the code and the message.
+type Fatal = (u64, ErrorCode, &'static str);
+
+/// Decodes every complete frame of `buf` into `plan`; returns the bytes used and the fatal
+/// error that stopped decoding, if any.
+fn plan_read<'a, S>(
+    state: &AppState<S>,
+    buf: &'a [u8],
+    hello: &mut bool,
+    plan: &mut Plan<'a>,
+) -> (usize, Option<Fatal>) {
+    let mut used = 0;
+    loop {
+        match frame::decode(&buf[used..]) {
+            Ok((f, len)) => {
+                used += len;
+                match f {
+                    Frame::Hello { id, version } if version != frame::VERSION => {
+                        let m = "unsupported protocol version; this server speaks 1";
+                        return (used, Some((id, ErrorCode::BadVersion, m)));
                     }
+                    Frame::Hello { .. } => *hello = true,
+                    _ if !*hello => {
+                        return (
+                            used,
+                            Some((f.id(), ErrorCode::HelloRequired, "send HELLO first")),
+                        )
+                    }
+                    _ => {}
                 }
+                plan.push(state, &f);
+            }
+            Err(DecodeError::Incomplete) => return (used, None),
+            Err(DecodeError::Fatal { code, id }) => {
+                return (used, Some((id, code, fatal_message(code))))
             }
         }
     }
 }
 
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: S,
-    state: &AppState,
+async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &AppState<St>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut conn = Connection::new(stream);
     let mut hello = false;
     let idle = state.binary.idle_timeout;
-    let local = state.backend.local().cloned();
-    let mut jobs: Vec<Job> = Vec::new();
     let mut tally = Tally::default();
     // One idle timer and one stop waiter for the connection's life, not one of each per read:
     // registering a timer and a waiter on every request costs more than deciding it. The timer is
@@ -371,12 +335,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::pin!(idle_timer);
     let mut last_read = tokio::time::Instant::now();
     loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        let n = tokio::select! {
+        let open = tokio::select! {
             biased;
-            r = conn.read_buf(&mut buf) => r?,
+            r = conn.fill() => r?,
             _ = &mut stopping => return Ok(()),
             _ = &mut idle_timer => {
                 if last_read.elapsed() >= idle {
@@ -386,85 +347,36 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
         };
-        if n == 0 {
+        if !open {
             return Ok(());
         }
         last_read = tokio::time::Instant::now();
         state.busy_poll.touch();
         let timer = Stopwatch::start();
-        // The frames of one read arrived together: one clock reading decides them all.
-        let here = local.as_ref().map(|e| (&**e, e.clock().now_ns()));
-        let mut scout = Scout::new();
-        let mut used = 0;
-        let mut fatal = None;
-        loop {
-            if let Some((e, _)) = here {
-                scout.run(e, &buf);
-            }
-            match frame::decode(&buf[used..]) {
-                Ok((f, len)) => {
-                    used += len;
-                    scout.answered();
-                    match f {
-                        Frame::Hello { id, version } => {
-                            if version != frame::VERSION {
-                                fatal = Some((
-                                    id,
-                                    ErrorCode::BadVersion,
-                                    "unsupported protocol version; this server speaks 1",
-                                ));
-                                break;
-                            }
-                            hello = true;
-                            match here {
-                                Some(e) => answer(state, &mut tally, e, &f, &mut out),
-                                None => jobs.push(shared_job(state, &f)),
-                            }
-                        }
-                        _ if !hello => {
-                            fatal = Some((f.id(), ErrorCode::HelloRequired, "send HELLO first"));
-                            break;
-                        }
-                        _ => match here {
-                            Some(e) => answer(state, &mut tally, e, &f, &mut out),
-                            None => jobs.push(shared_job(state, &f)),
-                        },
-                    }
-                }
-                Err(DecodeError::Incomplete) => break,
-                Err(DecodeError::Fatal { code, id }) => {
-                    let msg = match code {
-                        ErrorCode::TooLarge => "frame larger than 65536 bytes",
-                        ErrorCode::UnknownOp => "unknown op",
-                        ErrorCode::BadVersion => "bad magic: not a quotad client",
-                        ErrorCode::KeyTooLong => {
-                            "key longer than 256 bytes or scope longer than 64"
-                        }
-                        ErrorCode::BatchTooLarge => "batch larger than 1024 checks",
-                        _ => "malformed frame",
-                    };
-                    fatal = Some((id, code, msg));
-                    break;
-                }
-            }
+        let (buf, out) = conn.split_buffers();
+        let mut plan = Plan::default();
+        let (used, fatal) = plan_read(state, buf, &mut hello, &mut plan);
+        let mut emit = Emitter::new(&plan.items, &plan.ready);
+        if !plan.reqs.is_empty() {
+            state
+                .store
+                .check_batch(&plan.reqs, &mut |_, d| {
+                    tally.count_decision(d.verdict);
+                    emit.before_check(out);
+                    to_wire(d).put(out);
+                })
+                .await;
         }
-        buf.advance(used);
+        emit.finish(out);
         // Counted before the answers go out, so a client that has its answers sees them counted.
         tally.time_batch(timer.elapsed_ns());
         state.metrics.add_tally(Transport::Binary, &mut tally);
-        if !jobs.is_empty() {
-            run_jobs(state, &mut jobs, &mut out).await;
-        }
+        conn.consume(used);
         if let Some((id, code, msg)) = fatal {
             state.metrics.record_bad_request(Transport::Binary);
-            frame::put_error(&mut out, id, code, msg);
-            conn.write_all(&out).await?;
-            let _ = conn.shutdown().await;
-            return Ok(());
+            frame::put_error(conn.out(), id, code, msg);
+            return conn.close().await;
         }
-        if !out.is_empty() {
-            conn.write_all(&out).await?;
-            out.clear();
-        }
+        conn.flush().await?;
     }
 }

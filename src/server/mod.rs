@@ -1,15 +1,18 @@
-//! The daemon's transports around one shared [`Backend`]: the HTTP server ([`http`], with the
-//! admin API in [`admin`]), and the store's periodic upkeep ([`upkeep_loop`]: msync, or catalog
-//! poll and lease expiry).
+//! The daemon's transports around one shared [`Store`]: the HTTP server ([`http`], with the
+//! admin API in [`admin`]), the binary protocol ([`binary`]), and the store's periodic upkeep
+//! ([`upkeep_loop`]). A transport parses, asks the store, renders; it never knows which store it
+//! has and never computes a limit.
 //!
 //! Servers take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
 pub mod admin;
 pub mod binary;
 pub mod busy_poll;
+mod check;
 pub mod http;
 pub mod openapi;
 pub mod render;
+pub mod reply;
 pub mod token;
 
 use std::future::Future;
@@ -20,14 +23,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::Backend;
 use crate::metrics::{Metrics, Transport};
+use crate::store::Store;
 
 /// What every request handler shares.
 #[derive(Debug)]
-pub struct AppState {
-    /// The store: this node's engine, or Redis shared with other nodes.
-    pub backend: Backend,
+pub struct AppState<S> {
+    /// The store: this node's files, or Redis shared with other nodes.
+    pub store: S,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The admin token.
@@ -36,8 +39,6 @@ pub struct AppState {
     pub http: http::HttpConfig,
     /// Binary protocol settings.
     pub binary: binary::BinaryConfig,
-    /// How often counters are msynced.
-    pub msync_interval: Duration,
     /// Busy polling after requests (off unless `--busy-poll-us`).
     pub busy_poll: busy_poll::BusyPoll,
 }
@@ -74,7 +75,7 @@ pub(crate) async fn accept_admitted<L: Accept>(
     listener: &L,
     permits: &Arc<Semaphore>,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-    state: &AppState,
+    metrics: &Metrics,
     transport: Transport,
     refusal: impl Fn() -> Vec<u8>,
 ) -> Option<(L::Conn, OwnedSemaphorePermit)> {
@@ -93,7 +94,7 @@ pub(crate) async fn accept_admitted<L: Accept>(
         match permits.clone().try_acquire_owned() {
             Ok(permit) => return Some((conn, permit)),
             Err(_) => {
-                state.metrics.record_rejected_connection(transport);
+                metrics.record_rejected_connection(transport);
                 let bytes = refusal();
                 tokio::spawn(async move {
                     let _ = conn.write_all(&bytes).await;
@@ -104,14 +105,10 @@ pub(crate) async fn accept_admitted<L: Accept>(
     }
 }
 
-/// Runs [`Backend::upkeep`] every `interval` until `shutdown` completes. The final upkeep is the
-/// caller's, once the servers have stopped.
-pub async fn upkeep_loop(
-    backend: Backend,
-    interval: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut tick = tokio::time::interval(interval);
+/// Runs [`Store::upkeep`] every [`Store::upkeep_interval`] until `shutdown` completes. The final
+/// upkeep is the caller's, once the servers have stopped.
+pub async fn upkeep_loop<S: Store>(store: &S, shutdown: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(store.upkeep_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
@@ -119,7 +116,7 @@ pub async fn upkeep_loop(
             _ = tick.tick() => {}
             _ = &mut shutdown => break,
         }
-        if let Err(err) = backend.upkeep(false).await {
+        if let Err(err) = store.upkeep(false).await {
             tracing::error!(error = %err, "periodic upkeep (msync) failed");
         }
     }

@@ -1,80 +1,245 @@
-//! Where state lives: the memory-mapped segment files ([`arena`], laid out by [`layout`]), the
-//! catalog of tiers and scopes ([`catalog_file`]), and the data directory that holds them
-//! ([`datadir`]); and the shared Redis store for several nodes ([`redis`]).
+//! Where state lives, behind one seam: the [`Store`] trait. A transport holds a store, asks it
+//! to check and to administer keys and tiers, and never knows which one it has.
+//!
+//! - [`local`]: one node, memory-mapped files in a data directory (the default).
+//! - [`redis`]: several nodes sharing Redis or a Redis Cluster.
+//!
+//! Both decide with the same policy (`crate::engine`): a store authenticates the key against its
+//! record, fills an [`admission::KeyView`](crate::engine::admission::KeyView), runs the gate and
+//! the limits phase, and saves the counters the policy returns.
 
-pub mod arena;
-pub mod catalog_file;
-pub mod datadir;
-pub mod layout;
+pub mod local;
 pub mod redis;
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// A fault in the data directory. Every variant names the file.
+use crate::engine::catalog::CatalogError;
+use crate::engine::clock::Clock;
+use crate::engine::decision::Decision;
+use crate::engine::PolicyError;
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::KeyId;
+use crate::tiers::TierSpec;
+
+pub use self::local::{DataDirError, LocalOptions, LocalStore};
+pub use self::redis::{RedisOptions, RedisStore};
+
+/// One check as a transport asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckRequest<'a> {
+    /// The raw API key (`None`: none was presented).
+    pub key: Option<&'a str>,
+    /// The scope the route needs (`None`: any key may call it).
+    pub scope: Option<&'a str>,
+    /// Requests this call counts as, 1 to [`crate::engine::MAX_COST`] (larger values are
+    /// clamped; transports refuse them first).
+    pub cost: u64,
+}
+
+/// Who an admitted check was: lent by [`Store::check`] for the answer's identity fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The key's id.
+    pub id: KeyId,
+    /// The key's consumer.
+    pub consumer: &'a str,
+    /// The name of the key's tier.
+    pub tier: &'a str,
+}
+
+/// A filter and page of [`Store::list_keys`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyQuery<'a> {
+    /// Only keys of this consumer.
+    pub consumer: Option<&'a str>,
+    /// Only keys on this tier.
+    pub tier: Option<&'a str>,
+    /// Start after this key id (the previous page's cursor).
+    pub after: Option<KeyId>,
+    /// At most this many keys.
+    pub limit: usize,
+}
+
+/// One gauge or counter a store adds to `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    /// Metric name.
+    pub name: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// The value, formatted.
+    pub value: String,
+}
+
+/// What a store says of itself on `/health`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether it can decide checks (false: Redis unreachable; the answer is 503).
+    pub ok: bool,
+    /// Store-specific fields of the health document (`keys`, `persistence`, ...).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A failed store operation. Denials are not errors: they are [`Decision`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// An I/O error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+    /// No key with that id.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// No tier with that name.
+    #[error("unknown tier {0:?}")]
+    UnknownTier(String),
+    /// The tier is used by keys.
+    #[error("tier {tier:?} is used by {keys} key(s)")]
+    TierInUse {
+        /// The tier.
+        tier: String,
+        /// How many keys use it.
+        keys: u64,
     },
-    /// A file whose content fails its checks.
-    #[error("{path}: corrupt: {detail}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A file shorter or longer than its header says.
-    #[error("{path}: truncated or wrong size: expected {expected} bytes, found {found}")]
-    Size {
-        /// The file.
-        path: PathBuf,
-        /// Expected length.
-        expected: u64,
-        /// Actual length.
-        found: u64,
-    },
-    /// A file written by another format version.
-    #[error("{path}: unsupported format version {found} (this quotad reads version {expected})")]
-    Version {
-        /// The file.
-        path: PathBuf,
-        /// Version in the file.
-        found: u32,
-        /// Version understood.
-        expected: u32,
-    },
-    /// Another process holds the data directory.
-    #[error("{path}: the data directory is in use by another quotad process")]
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// The data directory is full (no more segments).
-    #[error("{path}: no room for more keys")]
-    Full {
-        /// The directory.
-        path: PathBuf,
-    },
+    /// A bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// A bad tier or catalog change.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A fault in the data directory (the local store); it names the file.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The shared store (Redis) could not be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            path: path.into(),
-            source,
+    /// A stable code for transports: `not_found`, `bad_request`, `conflict`, `storage` or
+    /// `unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::UnknownKey | StoreError::UnknownTier(_) => "not_found",
+            StoreError::TierInUse { .. } => "conflict",
+            StoreError::Invalid(_) | StoreError::Catalog(_) => "bad_request",
+            StoreError::DataDir(_) => "storage",
+            StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<PolicyError> for StoreError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::UnknownTier(t) => StoreError::UnknownTier(t),
+            PolicyError::TierInUse { tier, keys } => StoreError::TierInUse { tier, keys },
+            PolicyError::Invalid(m) => StoreError::Invalid(m),
+            PolicyError::Catalog(c) => StoreError::Catalog(c),
+        }
+    }
+}
+
+/// Keys, tiers and counters: what every transport asks. Implemented by [`LocalStore`] and
+/// [`RedisStore`]; one behaviour suite (`tests/engine.rs`) runs against both.
+pub trait Store: Send + Sync + 'static {
+    /// The store's clock.
+    fn clock(&self) -> &Arc<dyn Clock>;
+
+    /// Decides one check. For an admitted check, `admitted` is lent the key's identity before
+    /// this returns (denials do not call it). A denied check consumes nothing.
+    fn check(
+        &self,
+        req: CheckRequest<'_>,
+        admitted: &mut (dyn FnMut(Identity<'_>) + Send),
+    ) -> impl Future<Output = Decision> + Send;
+
+    /// Decides checks that arrived together, in order, calling `each(i, decision)` for the
+    /// `i`-th. Each is decided as [`Store::check`] would; a batch is not atomic.
+    fn check_batch(
+        &self,
+        reqs: &[CheckRequest<'_>],
+        each: &mut (dyn FnMut(usize, &Decision) + Send),
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Creates keys; each is durable before this returns. The raw keys are in the result and
+    /// nowhere else.
+    fn create_keys(
+        &self,
+        news: Vec<NewKey>,
+    ) -> impl Future<Output = Result<Vec<CreatedKey>, StoreError>> + Send;
+
+    /// Creates one key.
+    fn create_key(
+        &self,
+        new: NewKey,
+    ) -> impl Future<Output = Result<CreatedKey, StoreError>> + Send {
+        async move {
+            self.create_keys(vec![new])
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Invalid("no key created".into()))
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        StoreError::Corrupt {
-            path: path.into(),
-            detail: detail.into(),
-        }
-    }
+    /// The record of one key.
+    fn key(&self, id: KeyId) -> impl Future<Output = Result<KeyInfo, StoreError>> + Send;
+
+    /// A page of keys in id order, and the cursor of the next page (`None`: the last page).
+    fn list_keys(
+        &self,
+        query: KeyQuery<'_>,
+    ) -> impl Future<Output = Result<(Vec<KeyInfo>, Option<KeyId>), StoreError>> + Send;
+
+    /// Changes tier, scopes, expiry, quota override or name; in force from the next check.
+    fn update_key(
+        &self,
+        id: KeyId,
+        upd: KeyUpdate,
+    ) -> impl Future<Output = Result<KeyInfo, StoreError>> + Send;
+
+    /// Revokes a key: its next check is 401.
+    fn revoke_key(&self, id: KeyId) -> impl Future<Output = Result<KeyInfo, StoreError>> + Send;
+
+    /// Gives a key a new secret; the old one works `grace_secs` more seconds. Usage is kept.
+    fn rotate_key(
+        &self,
+        id: KeyId,
+        grace_secs: u64,
+    ) -> impl Future<Output = Result<CreatedKey, StoreError>> + Send;
+
+    /// A key's live usage (nothing is consumed).
+    fn usage(&self, id: KeyId) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+
+    /// Number of keys (live, revoked and expired).
+    fn key_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every tier in force.
+    fn tiers(&self) -> Vec<TierSpec>;
+
+    /// Creates or replaces a tier; counters are kept.
+    fn put_tier(&self, spec: TierSpec)
+        -> impl Future<Output = Result<TierSpec, StoreError>> + Send;
+
+    /// Deletes a tier no key uses.
+    fn delete_tier(&self, name: String) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces the whole set of tiers (a tiers file); deleting one that keys use is refused.
+    fn apply_tiers(
+        &self,
+        specs: Vec<TierSpec>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How often [`Store::upkeep`] should run.
+    fn upkeep_interval(&self) -> Duration;
+
+    /// Periodic upkeep (the local store msyncs its counters; the Redis store polls the catalog
+    /// and gives back expired leases). With `last`, at shutdown once no check runs any more.
+    fn upkeep(&self, last: bool) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The store's part of `/health`.
+    fn health(&self) -> impl Future<Output = Health> + Send;
+
+    /// The store's gauges and counters for `/metrics`.
+    fn gauges(&self) -> Vec<Gauge>;
 }

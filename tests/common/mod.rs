@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod blocking;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};

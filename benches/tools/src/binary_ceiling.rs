@@ -6,7 +6,7 @@
 //! beside quotad.
 //!
 //! ```sh
-//! cargo run --release --example binary_ceiling -- 127.0.0.1:9000   # then: quotad bench --addr 127.0.0.1:9000 --key-file F
+//! cargo run --release --manifest-path benches/tools/Cargo.toml --target-dir target --bin binary_ceiling -- 127.0.0.1:9000   # then: quotad bench --addr 127.0.0.1:9000 --key-file F
 //! ```
 //!
 //! One tokio worker thread, as `quotad serve --threads 1`.

@@ -18,8 +18,8 @@ use memmap2::{MmapMut, MmapOptions};
 use parking_lot::Mutex;
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::datadir::DataDirError;
 use super::layout::{SegmentHeader, FORMAT_VERSION, HEADER_LEN, SLOTS_PER_SEGMENT};
-use super::StoreError;
 
 /// The most segments an arena may have (2^14 × 65,536 slots = 2^30 keys).
 pub const MAX_SEGMENTS: usize = 1 << 14;
@@ -74,7 +74,7 @@ impl Arena {
     }
 
     /// Opens every existing segment (0, 1, … until one is missing), checking each header.
-    pub fn open(dir: &Path, kind: ArenaKind, data_dir_id: u64) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, kind: ArenaKind, data_dir_id: u64) -> Result<Self, DataDirError> {
         let segments: Box<[OnceLock<Segment>]> =
             (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let arena = Arena {
@@ -102,7 +102,7 @@ impl Arena {
         // A gap (e.g. segment 3 present, 2 missing) means a file was lost.
         let stray = Self::segment_path(dir, &kind, n + 1);
         if stray.exists() {
-            return Err(StoreError::corrupt(
+            return Err(DataDirError::corrupt(
                 Self::segment_path(dir, &kind, n),
                 format!("missing, but {} exists", stray.display()),
             ));
@@ -114,15 +114,18 @@ impl Arena {
         HEADER_LEN as u64 + u64::from(SLOTS_PER_SEGMENT) * self.kind.slot_size as u64
     }
 
-    fn open_segment(&self, path: &Path, n: usize) -> Result<Segment, StoreError> {
+    fn open_segment(&self, path: &Path, n: usize) -> Result<Segment, DataDirError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| StoreError::io(path, e))?;
-        let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+            .map_err(|e| DataDirError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| DataDirError::io(path, e))?
+            .len();
         if len < HEADER_LEN as u64 {
-            return Err(StoreError::Size {
+            return Err(DataDirError::Size {
                 path: path.into(),
                 expected: self.segment_len(),
                 found: len,
@@ -131,12 +134,12 @@ impl Arena {
         // SAFETY: the file is ours (the data directory is locked); nothing else truncates it while
         // mapped.
         let map = unsafe { MmapOptions::new().populate().map_mut(&file) }
-            .map_err(|e| StoreError::io(path, e))?;
+            .map_err(|e| DataDirError::io(path, e))?;
         let header = SegmentHeader::read_from_prefix(&map[..])
-            .map_err(|_| StoreError::corrupt(path, "unreadable header"))?
+            .map_err(|_| DataDirError::corrupt(path, "unreadable header"))?
             .0;
         if header.magic != self.kind.magic {
-            return Err(StoreError::corrupt(
+            return Err(DataDirError::corrupt(
                 path,
                 format!(
                     "bad magic {:?}: not a quotad {} file",
@@ -146,10 +149,10 @@ impl Arena {
             ));
         }
         if header.crc != header.compute_crc() {
-            return Err(StoreError::corrupt(path, "header checksum mismatch"));
+            return Err(DataDirError::corrupt(path, "header checksum mismatch"));
         }
         if header.version != FORMAT_VERSION {
-            return Err(StoreError::Version {
+            return Err(DataDirError::Version {
                 path: path.into(),
                 found: header.version,
                 expected: FORMAT_VERSION,
@@ -159,7 +162,7 @@ impl Arena {
             || header.slots != SLOTS_PER_SEGMENT
             || header.segment as usize != n
         {
-            return Err(StoreError::corrupt(
+            return Err(DataDirError::corrupt(
                 path,
                 format!(
                     "header describes segment {} of {} slots of {} bytes; expected segment {n} of {} slots of {} bytes",
@@ -168,13 +171,13 @@ impl Arena {
             ));
         }
         if header.data_dir_id != self.data_dir_id {
-            return Err(StoreError::corrupt(
+            return Err(DataDirError::corrupt(
                 path,
                 "belongs to another data directory (data directory id differs from catalog.json)",
             ));
         }
         if len != self.segment_len() {
-            return Err(StoreError::Size {
+            return Err(DataDirError::Size {
                 path: path.into(),
                 expected: self.segment_len(),
                 found: len,
@@ -189,7 +192,7 @@ impl Arena {
         })
     }
 
-    fn create_segment(&self, n: usize) -> Result<Segment, StoreError> {
+    fn create_segment(&self, n: usize) -> Result<Segment, DataDirError> {
         let path = Self::segment_path(&self.dir, &self.kind, n);
         let tmp = path.with_extension("qd.tmp");
         let header = {
@@ -211,14 +214,14 @@ impl Arena {
             h
         };
         {
-            let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+            let mut f = File::create(&tmp).map_err(|e| DataDirError::io(&tmp, e))?;
             f.set_len(self.segment_len())
-                .map_err(|e| StoreError::io(&tmp, e))?;
+                .map_err(|e| DataDirError::io(&tmp, e))?;
             f.write_all(header.as_bytes())
-                .map_err(|e| StoreError::io(&tmp, e))?;
-            f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+                .map_err(|e| DataDirError::io(&tmp, e))?;
+            f.sync_all().map_err(|e| DataDirError::io(&tmp, e))?;
         }
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| DataDirError::io(&path, e))?;
         super::datadir::sync_dir(&self.dir)?;
         self.open_segment(&path, n)
     }
@@ -234,7 +237,7 @@ impl Arena {
     }
 
     /// Makes sure slot `slot` exists, creating segment files as needed.
-    pub fn ensure(&self, slot: u32) -> Result<(), StoreError> {
+    pub fn ensure(&self, slot: u32) -> Result<(), DataDirError> {
         let seg = (slot / SLOTS_PER_SEGMENT) as usize;
         if seg < self.segment_count() {
             return Ok(());
@@ -243,7 +246,7 @@ impl Arena {
         while self.segment_count() <= seg {
             let n = self.segment_count();
             if n >= MAX_SEGMENTS {
-                return Err(StoreError::Full {
+                return Err(DataDirError::Full {
                     path: self.dir.clone(),
                 });
             }
@@ -275,7 +278,7 @@ impl Arena {
     }
 
     /// Synchronously writes slot `slot`'s pages to disk (`msync`).
-    pub fn flush_slot(&self, slot: u32) -> Result<(), StoreError> {
+    pub fn flush_slot(&self, slot: u32) -> Result<(), DataDirError> {
         let Some(seg) = self
             .segments
             .get((slot / SLOTS_PER_SEGMENT) as usize)
@@ -286,16 +289,16 @@ impl Arena {
         let off = HEADER_LEN + (slot % SLOTS_PER_SEGMENT) as usize * self.kind.slot_size;
         seg.map
             .flush_range(off, self.kind.slot_size)
-            .map_err(|e| StoreError::io(&seg.path, e))
+            .map_err(|e| DataDirError::io(&seg.path, e))
     }
 
     /// Synchronously writes every mapped page to disk (`msync`).
-    pub fn flush_all(&self) -> Result<(), StoreError> {
+    pub fn flush_all(&self) -> Result<(), DataDirError> {
         for s in self.segments[..self.segment_count()]
             .iter()
             .filter_map(|s| s.get())
         {
-            s.map.flush().map_err(|e| StoreError::io(&s.path, e))?;
+            s.map.flush().map_err(|e| DataDirError::io(&s.path, e))?;
         }
         Ok(())
     }

@@ -14,9 +14,9 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::catalog::Catalog;
-use super::month::MonthWindow;
-use crate::store::layout::CounterHalf;
+use super::layout::CounterHalf;
+use crate::engine::catalog::Catalog;
+use crate::engine::month::MonthWindow;
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 256;
@@ -188,14 +188,6 @@ impl Shards {
     #[inline]
     pub fn locate(slot: u32) -> (usize, usize) {
         (slot as usize % SHARDS, slot as usize / SHARDS)
-    }
-
-    /// The address of the lock of the shard holding `slot`, for a prefetch.
-    #[inline]
-    pub fn lock_ptr(&self, slot: u32) -> *const u8 {
-        // SAFETY: only the address is taken; the mutex is not touched.
-        let raw = unsafe { self.shards[slot as usize % SHARDS].0.raw() };
-        raw as *const parking_lot::RawMutex as *const u8
     }
 
     /// Locks the shard holding `slot`.

@@ -1,12 +1,14 @@
 //! The limits phase of a check as one pure function: given a key's counter state (one GCRA TAT
 //! per burst limit, the month's usage), `now` and a cost, decide and compute the figures every
-//! transport renders. Both stores call it: the memory-mapped engine on its mapped slot, the Redis
+//! transport renders. Both stores call it: the memory-mapped store on its mapped slot, the Redis
 //! store on the state its script returns, so one key gets the same answer from either.
 
-use super::bucket::{evaluate, Limit};
+use super::bucket::{evaluate, reexpress, Limit};
+use super::catalog::CompiledTier;
 use super::clock::NANOS_PER_SEC;
 use super::decision::{Decision, LimitKind, LimitStatus, Verdict};
 use super::month::{self, MonthWindow};
+use crate::keys::record::LimitUsage;
 use crate::tiers::MAX_LIMITS;
 
 fn ceil_secs(ns: u64) -> u64 {
@@ -112,4 +114,47 @@ pub fn decide(
     }
     d.set_primary(tightest.1);
     Some(next)
+}
+
+/// The monthly quota a key is held to: its own override, else its tier's (`None`: unlimited).
+#[inline]
+pub fn quota_of(quota_override: Option<u64>, tier: &CompiledTier) -> Option<u64> {
+    quota_override.or(tier.spec.monthly_quota)
+}
+
+/// The month's usage so far, from a counter last written in month `stored_month`.
+#[inline]
+pub fn used_this_month(stored_month: u32, used: u64, month: &MonthWindow) -> u64 {
+    if stored_month == month.id {
+        used
+    } else {
+        0
+    }
+}
+
+/// The live figures of one bucket (TAT `tat`) of limit `l` at `now`, nothing consumed.
+pub fn limit_usage(tat: u64, now: u64, l: &Limit) -> LimitUsage {
+    let e = evaluate(tat, now, 1, l);
+    LimitUsage {
+        requests: l.requests(),
+        period_seconds: l.period_secs(),
+        remaining: if e.allowed { e.remaining + 1 } else { 0 },
+        reset: ceil_secs(tat.clamp(now, now + l.interval_ns() * l.requests())),
+    }
+}
+
+/// Re-expresses buckets written under limits `old` (the tier's limits changed, or the key moved
+/// to another tier) in the limits `new`: the tokens a bucket owed stay owed, counted in the new
+/// limit's interval, for each limit whose period is unchanged (a limit unchanged altogether keeps
+/// its bucket exactly); limits with a new period start full.
+pub fn reexpress_buckets(tat: &[u64], old: &[Limit], new: &[Limit], now: u64) -> [u64; MAX_LIMITS] {
+    let mut out = [0u64; MAX_LIMITS];
+    for (j, n) in new.iter().enumerate().take(MAX_LIMITS) {
+        let Some(i) = old.iter().position(|o| o.period_secs() == n.period_secs()) else {
+            continue;
+        };
+        let t = tat.get(i).copied().unwrap_or(0);
+        out[j] = reexpress(t, now, old[i].interval_ns(), n.interval_ns());
+    }
+    out
 }

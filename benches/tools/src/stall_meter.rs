@@ -3,7 +3,7 @@
 //! and counts every gap between two reads above 10 µs.
 //!
 //! ```sh
-//! taskset -c 0 cargo run --release --example stall_meter -- 5      # seconds (default 5)
+//! taskset -c 0 cargo run --release --manifest-path benches/tools/Cargo.toml --target-dir target --bin stall_meter -- 5      # seconds (default 5)
 //! ```
 //!
 //! A latency tail can be no better than this floor: on a virtual machine whose vCPUs stop for

@@ -1,5 +1,6 @@
-//! The bodies of the fuzz targets, shared by `fuzz/` (cargo-fuzz) and `tests/fuzz_corpus.rs`,
-//! which replays the committed corpora on every `cargo test`.
+//! The bodies of the fuzz targets, shared by the cargo-fuzz targets (`fuzz_targets/`) and
+//! `tests/fuzz_corpus.rs` (which includes this file as a module and replays the committed corpora
+//! on every `cargo test`). Uses only quotad's public API.
 //!
 //! - [`frame_decoder`]: arbitrary bytes through the binary protocol decoder, the way a connection
 //!   reads them. It must never panic, never read outside the buffer and never allocate.
@@ -10,10 +11,38 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::{Engine, EngineOptions};
-use crate::keys::NewKey;
-use crate::protocol::frame::{self, BatchIter, DecodeError, Frame};
-use crate::FakeClock;
+use quotad::keys::NewKey;
+use quotad::protocol::frame::{self, BatchIter, DecodeError, Frame};
+use quotad::store::KeyQuery;
+use quotad::{CheckRequest, FakeClock, LocalOptions, LocalStore, Store};
+
+/// Runs a store call that never waits (the local store's checks and reads) to completion.
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// A runtime for the store's admin calls (they run on tokio's blocking pool).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn check(s: &LocalStore, key: &str, scope: &str) {
+    let req = CheckRequest {
+        key: Some(key),
+        scope: Some(scope),
+        cost: 1,
+    };
+    let _ = now(s.check(req, &mut |_| {}));
+}
 
 /// Decodes every frame in `data` as the server does, checking the decoder's invariants.
 pub fn frame_decoder(data: &[u8]) {
@@ -66,20 +95,21 @@ fn template() -> &'static Template {
         let _ = std::fs::remove_dir_all(&dir);
         let clock = FakeClock::at_secs(1_780_000_000);
         let key = {
-            let e =
-                Engine::open(EngineOptions::new(&dir), Arc::new(clock.clone())).expect("template");
+            let e = LocalStore::open(LocalOptions::new(&dir), Arc::new(clock.clone()))
+                .expect("template");
+            let rt = runtime();
             let mut keys = Vec::new();
             for i in 0..3 {
-                let k = e
-                    .create_key(NewKey {
+                let k = rt
+                    .block_on(e.create_key(NewKey {
                         consumer: format!("c{i}"),
                         tier: "free".into(),
                         scopes: vec!["a:read".into()],
                         ..Default::default()
-                    })
+                    }))
                     .expect("key");
                 for _ in 0..=i {
-                    e.check(Some(&k.raw), Some("a:read"), 1);
+                    check(&e, &k.raw, "a:read");
                 }
                 keys.push(k.raw);
             }
@@ -136,11 +166,14 @@ pub fn data_files(data: &[u8]) {
         }
     }
     let clock = FakeClock::at_secs(1_780_000_100);
-    match Engine::open(EngineOptions::new(&t.dir), Arc::new(clock)) {
+    match LocalStore::open(LocalOptions::new(&t.dir), Arc::new(clock)) {
         Ok(e) => {
             // Whatever survived must still answer.
-            let _ = e.check(Some(&t.key), Some("a:read"), 1);
-            let _ = e.list_keys(None, None, None, 10);
+            check(&e, &t.key, "a:read");
+            let _ = now(e.list_keys(KeyQuery {
+                limit: 10,
+                ..KeyQuery::default()
+            }));
         }
         Err(err) => {
             let msg = err.to_string();

@@ -1,0 +1,105 @@
+//! What a key must satisfy to be created or changed, and the new secret of a rotation: the
+//! rules both stores apply before they write anything.
+
+use super::clock::NANOS_PER_SEC;
+use super::PolicyError;
+use crate::keys::format as keyfmt;
+use crate::keys::record::{NewKey, MAX_CONSUMER_LEN, MAX_KEY_NAME_LEN, MAX_KEY_SCOPES};
+use crate::keys::KeyId;
+use crate::tiers;
+
+/// 64 random bits from the OS.
+pub fn random_u64() -> Result<u64, PolicyError> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| PolicyError::Invalid(format!("OS random source failed: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Checks a new key's consumer, name, scopes and prefix.
+pub fn validate_new(k: &NewKey) -> Result<(), PolicyError> {
+    if k.consumer.is_empty() || k.consumer.len() > MAX_CONSUMER_LEN || k.consumer.contains('\0') {
+        return Err(PolicyError::Invalid(format!(
+            "consumer must be 1-{MAX_CONSUMER_LEN} bytes without NUL"
+        )));
+    }
+    validate_name(k.name.as_deref())?;
+    validate_scopes(&k.scopes)?;
+    if let Some(p) = &k.prefix {
+        if !keyfmt::valid_prefix(p) {
+            return Err(PolicyError::Invalid(format!(
+                "prefix must be at most {} characters of A-Z a-z 0-9 _ -",
+                keyfmt::MAX_PREFIX_LEN
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a key's scope list.
+pub fn validate_scopes(scopes: &[String]) -> Result<(), PolicyError> {
+    if scopes.len() > MAX_KEY_SCOPES {
+        return Err(PolicyError::Invalid(format!(
+            "at most {MAX_KEY_SCOPES} scopes per key"
+        )));
+    }
+    if let Some(bad) = scopes.iter().find(|s| !tiers::valid_scope(s)) {
+        return Err(PolicyError::Invalid(format!(
+            "invalid scope {bad:?}: use 1-64 characters of A-Z a-z 0-9 _ - . : /"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a key's optional display name.
+pub fn validate_name(name: Option<&str>) -> Result<(), PolicyError> {
+    match name {
+        Some(n) if n.len() > MAX_KEY_NAME_LEN || n.contains('\0') => Err(PolicyError::Invalid(
+            format!("name must be at most {MAX_KEY_NAME_LEN} bytes without NUL"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A new key's raw secret (returned once) and what its record keeps of it.
+#[derive(Debug)]
+pub struct NewSecret {
+    /// The raw key: handed to the caller, never stored.
+    pub raw: String,
+    /// Its SHA-256.
+    pub hash: [u8; 32],
+    /// The prefix shown in listings.
+    pub display_prefix: String,
+    /// Until when the previous secret still works (0 = not at all).
+    pub previous_valid_until_ns: u64,
+}
+
+impl NewSecret {
+    /// A fresh secret for key `id` with `prefix`.
+    pub fn generate(prefix: &str, id: KeyId) -> Result<Self, PolicyError> {
+        let raw = keyfmt::generate(prefix, id)
+            .map_err(|e| PolicyError::Invalid(format!("OS random source failed: {e}")))?;
+        Ok(NewSecret {
+            hash: keyfmt::hash(&raw),
+            display_prefix: keyfmt::display_prefix(&raw),
+            previous_valid_until_ns: 0,
+            raw,
+        })
+    }
+
+    /// A new secret for key `id` with the prefix its current one has (read from its display
+    /// prefix), the old one honoured `grace_secs` from `now`.
+    pub fn for_rotation(
+        display_prefix: &str,
+        id: KeyId,
+        grace_secs: u64,
+        now: u64,
+    ) -> Result<Self, PolicyError> {
+        let mut s = Self::generate(keyfmt::prefix_of_display(display_prefix), id)?;
+        if grace_secs != 0 {
+            s.previous_valid_until_ns =
+                now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC));
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,397 @@
+//! The hot path: one check under one shard lock, and a batch of checks with their key entries
+//! loading ahead of the one being decided. The policy (`engine::admission`, `engine::limits`)
+//! decides; this file finds the key, authenticates it, fills the policy's view of it and writes
+//! the counters it returns into the key's mapped slot.
+//!
+//! The speed work stays here, private, each piece measured (docs/PERFORMANCE.md, DESIGN.md):
+//! prefetching a key's entry (and, where the CPU has `prefetchw`, taking its lines for writing)
+//! while the key is hashed, and keeping the next checks' entries of a batch loading.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use subtle::ConstantTimeEq;
+
+use super::layout::{
+    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, FLAG_REVOKED, NO_OVERRIDE,
+};
+use super::shards::{Grace, ShardData, Shards};
+use super::{secs, Local};
+use crate::engine::admission::{self, Grants, KeyView};
+use crate::engine::catalog::{Catalog, CompiledTier};
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
+use crate::engine::limits::{self, Terms};
+use crate::engine::month::MonthWindow;
+use crate::engine::MAX_COST;
+use crate::keys::format as keyfmt;
+use crate::keys::KeyId;
+use crate::store::{CheckRequest, Identity};
+
+/// Offsets in a record slot of the lines a check lending the key's identity reads: each half's
+/// `seq` (which half is newest) and its consumer (64 bytes from offset 136: two lines).
+const RECORD_IDENTITY_LINES: [usize; 6] = {
+    const H: usize = std::mem::size_of::<RecordHalf>();
+    const C: usize = std::mem::offset_of!(RecordHalf, consumer);
+    [0, C, C + 63, H, H + C, H + C + 63]
+};
+const _: () = assert!(2 * std::mem::size_of::<RecordHalf>() == 512);
+const _: () = assert!(layout::BUCKETS == crate::tiers::MAX_LIMITS);
+
+/// How many checks of a batch ahead of the one being decided have their key's entry loading.
+const AHEAD: usize = 8;
+
+/// What an admitted check lends its identity to.
+type IdentityFn<'a> = &'a mut (dyn FnMut(Identity<'_>) + Send);
+
+impl Local {
+    /// # Safety
+    /// The caller holds the lock of the shard owning `slot`, and `slot` has a record.
+    // The shard lock, not `&mut self`, is what makes this access exclusive.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub(super) unsafe fn counter_slot(&self, slot: u32) -> Option<&mut CounterSlot> {
+        self.counters
+            .slot_ptr(slot)
+            .map(|p| &mut *(p as *mut CounterSlot))
+    }
+
+    /// # Safety
+    /// The caller holds the lock of the shard owning `slot`.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub(super) unsafe fn record_slot(&self, slot: u32) -> Option<&mut RecordSlot> {
+        self.records
+            .slot_ptr(slot)
+            .map(|p| &mut *(p as *mut RecordSlot))
+    }
+
+    /// One check, lending an admitted key's identity to `admitted` (read under the same shard
+    /// lock as the decision).
+    pub(super) fn check_one(&self, req: CheckRequest<'_>, admitted: IdentityFn<'_>) -> Decision {
+        if let Some(slot) = keyfmt::slot_hint(req.key.unwrap_or("").as_bytes()) {
+            self.prefetch_entry_of(slot);
+            // The record's lines the identity is read from; they load while the key is hashed.
+            if let Some(p) = self.records.slot_ptr(slot) {
+                for off in RECORD_IDENTITY_LINES {
+                    prefetch(p.wrapping_add(off) as *const u8);
+                }
+            }
+            // And the counter slot, for writing: in a server whose workers share keys its line
+            // was often written last by another core, and the check's store into it would wait.
+            if self.prefetch_exclusive {
+                if let Some(c) = self.counters.slot_ptr(slot) {
+                    prefetch_write(c);
+                    prefetch_write(c.wrapping_add(64));
+                }
+            }
+        }
+        let now = self.clock.now_ns();
+        let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
+        self.decide_into(req, now, Some(admitted), &mut d);
+        d
+    }
+
+    /// Checks that arrived together, decided at one clock reading, each given to `each` where it
+    /// was made (no decision is copied out). The next checks' entries load meanwhile: on a large
+    /// key table each is a cache miss, and these overlap instead of following each other.
+    pub(super) fn check_batch(
+        &self,
+        reqs: &[CheckRequest<'_>],
+        each: &mut (dyn FnMut(usize, &Decision) + Send),
+    ) {
+        let now = self.clock.now_ns();
+        for r in reqs.iter().take(AHEAD) {
+            self.prefetch_entry(r.key);
+        }
+        for (i, &r) in reqs.iter().enumerate() {
+            if let Some(next) = reqs.get(i + AHEAD) {
+                self.prefetch_entry(next.key);
+            }
+            let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
+            self.decide_into(r, now, None, &mut d);
+            each(i, &d);
+        }
+    }
+
+    /// Starts loading the in-memory entry of the key `raw_key` names, without waiting for it.
+    #[inline]
+    fn prefetch_entry(&self, raw_key: Option<&str>) {
+        if let Some(slot) = keyfmt::slot_hint(raw_key.unwrap_or("").as_bytes()) {
+            self.prefetch_entry_of(slot);
+        }
+    }
+
+    #[inline]
+    fn prefetch_entry_of(&self, slot: u32) {
+        if let Some(p) = self.shards.entry_ptr(slot) {
+            let p = p as *const u8;
+            // The check writes the entry: ask for the lines in exclusive state where the CPU can,
+            // so that a line last written by another core arrives once, not shared and then
+            // again for the write.
+            if self.prefetch_exclusive {
+                prefetch_write(p);
+                prefetch_write(p.wrapping_add(64));
+            } else {
+                prefetch(p);
+                prefetch(p.wrapping_add(64));
+            }
+        }
+    }
+
+    /// The check itself, into `d` (a bare decision on entry).
+    ///
+    /// Time never goes back for a key: each shard keeps the latest `now` it decided at and
+    /// decides an older one at that time instead (a `now` read by another thread just before a
+    /// month began could otherwise file the key's usage under the old month).
+    #[inline(always)]
+    fn decide_into(
+        &self,
+        req: CheckRequest<'_>,
+        now: u64,
+        identity: Option<IdentityFn<'_>>,
+        d: &mut Decision,
+    ) {
+        let CheckRequest { key, scope, cost } = req;
+        let first_now_s = secs(now);
+        let unauthorized = |d: &mut Decision, why, id, tier| {
+            d.reset(Verdict::Unauthorized(why), id, tier, first_now_s);
+        };
+        let Some(raw) = key.filter(|k| !k.is_empty()) else {
+            return unauthorized(d, AuthFailure::Missing, None, None);
+        };
+        // Only the characters of the id are validated here: a key whose digest then equals the
+        // cached digest of a verified key is that key, and only well-formed keys are verified.
+        // A key refused before that point is validated whole by the policy, to say why.
+        let Some(id) = keyfmt::id_hint(raw.as_bytes()) else {
+            return unauthorized(d, AuthFailure::Malformed, None, None);
+        };
+        let refuse = |d: &mut Decision, id: Option<KeyId>| match admission::presented(Some(raw)) {
+            Ok(_) => unauthorized(d, AuthFailure::Unknown, id, None),
+            Err(why) => unauthorized(d, why, None, None),
+        };
+        let cost = cost.clamp(1, MAX_COST);
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
+            return refuse(d, None);
+        }
+        if self.shards.entry_ptr(slot).is_none() {
+            return refuse(d, None);
+        }
+        // The entry's lines are on their way (prefetched from the same characters of the key
+        // that `id_hint` decoded the slot from): hash the key meanwhile.
+        let fast = self.digest.of(raw);
+        let (_, idx) = Shards::locate(slot);
+        let mut guard = self.shards.lock(slot);
+        let gen = self.catalog_gen.load(Ordering::Acquire);
+        if guard.catalog_gen != gen || guard.catalog.is_none() {
+            guard.catalog = Some(self.catalog.load_full());
+            guard.catalog_gen = gen;
+        }
+        let ShardData {
+            grace,
+            month: shard_month,
+            catalog,
+            latest_ns,
+            ..
+        } = &mut *guard;
+        let now = now.max(*latest_ns);
+        *latest_ns = now;
+        let now_s = secs(now);
+        let Some(catalog) = catalog.as_deref() else {
+            return refuse(d, None);
+        };
+        // SAFETY: we hold the shard lock; slots below key_count have entries.
+        let entry = unsafe { *self.shards.entry(slot) };
+        if entry.id != id.0 {
+            return refuse(d, None);
+        }
+        if (entry.fast != fast || entry.fast == 0)
+            && self
+                .authenticate_slow(grace, idx, slot, raw, fast, now)
+                .is_err()
+        {
+            return refuse(d, Some(id));
+        }
+        let tier_ix = entry.tier;
+        let view = KeyView {
+            revoked: entry.flags & FLAG_REVOKED != 0,
+            expires_at_ns: entry.expires_at_ns,
+            grants: Grants::Ids(catalog.scope_set(entry.scope_set)),
+        };
+        let tier = match admission::admit(&view, catalog.tier(tier_ix), catalog, scope, now) {
+            Ok(t) => t,
+            Err(v) => {
+                let at = if matches!(v, Verdict::Unauthorized(_)) {
+                    first_now_s
+                } else {
+                    now_s
+                };
+                return d.reset(v, Some(id), admission::reported_tier(v, tier_ix), at);
+            }
+        };
+
+        if !shard_month.contains(now) {
+            *shard_month = MonthWindow::containing(now);
+        }
+        let month = *shard_month;
+        let mut cur = entry.counters;
+        if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
+            convert_buckets(&mut cur, catalog, tier_ix, tier, now);
+        }
+        let quota_override = (entry.quota_override != NO_OVERRIDE).then_some(entry.quota_override);
+        let used = limits::used_this_month(cur.month, cur.month_used, &month);
+        d.reset(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+        let terms = Terms {
+            limits: &tier.limits,
+            quota: limits::quota_of(quota_override, tier),
+            month: &month,
+        };
+        let Some(tat) = limits::decide(&cur.tat, used, now, cost, &terms, d) else {
+            return;
+        };
+        let next = CounterHalf::successor(
+            entry.counters.seq,
+            &CounterHalf {
+                seq: 0,
+                crc: 0,
+                key_tag: (entry.id >> 32) as u32,
+                tier: tier_ix,
+                limits_version: tier.version,
+                tat,
+                month_used: used + cost,
+                month: month.id,
+                last_used_s: now_s.min(u64::from(u32::MAX)) as u32,
+            },
+        );
+        let into = 1 - usize::from(entry.newest & 1);
+        // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
+        let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
+            return unauthorized(d, AuthFailure::Unknown, Some(id), None);
+        };
+        // The identity is handed out before the durable write below: that store may wait for
+        // its line, later stores queue behind it, and a load of what they wrote (the caller
+        // reading back the names it just copied) would wait as long.
+        if let Some(f) = identity {
+            // SAFETY: shard lock held.
+            if let Some(rs) = unsafe { self.record_slot(slot) } {
+                let r = &rs[layout::newest(rs)];
+                f(Identity {
+                    id,
+                    consumer: layout::get_str(&r.consumer).unwrap_or(""),
+                    tier: &tier.spec.name,
+                });
+            }
+        }
+        // The durable write: a 64-byte store into the older half of the mapped slot.
+        cs[into] = next;
+        // SAFETY: shard lock held.
+        let hot = unsafe { self.shards.entry(slot) };
+        hot.counters = next;
+        hot.newest = into as u8;
+    }
+
+    /// Verifies `raw` against the stored SHA-256 (current secret, or the previous one during a
+    /// rotation grace period) and caches its fast digest. Runs once per key per process, and for
+    /// every wrong secret.
+    #[cold]
+    fn authenticate_slow(
+        &self,
+        grace: &mut HashMap<u32, Grace>,
+        idx: usize,
+        slot: u32,
+        raw: &str,
+        fast: u64,
+        now: u64,
+    ) -> Result<(), AuthFailure> {
+        if let Some(g) = grace.get(&(idx as u32)).copied() {
+            if g.fast == fast && g.fast != 0 {
+                return if now < g.until_ns {
+                    Ok(())
+                } else {
+                    Err(AuthFailure::Unknown)
+                };
+            }
+        }
+        // SAFETY: we hold the shard lock of `slot`.
+        let Some(rs) = (unsafe { self.record_slot(slot) }) else {
+            return Err(AuthFailure::Unknown);
+        };
+        let rec = rs[layout::newest(rs)];
+        let h = keyfmt::hash(raw);
+        if bool::from(h.ct_eq(&rec.hash_current)) {
+            // SAFETY: shard lock held (the caller's `shard`).
+            unsafe { self.shards.entry(slot) }.fast = fast;
+            return Ok(());
+        }
+        if rec.previous_valid_until_ns != 0 && bool::from(h.ct_eq(&rec.hash_previous)) {
+            if let Some(g) = grace.get_mut(&(idx as u32)) {
+                g.fast = fast;
+            }
+            return if now < rec.previous_valid_until_ns {
+                Ok(())
+            } else {
+                Err(AuthFailure::Unknown)
+            };
+        }
+        Err(AuthFailure::Unknown)
+    }
+}
+
+/// Re-expresses a counter written under other limits in the tier's current ones (the policy's
+/// `reexpress_buckets`). If the old limits are no longer remembered the buckets keep their
+/// "full again at" instants.
+#[cold]
+pub(super) fn convert_buckets(
+    c: &mut CounterHalf,
+    catalog: &Catalog,
+    tier_ix: u16,
+    tier: &CompiledTier,
+    now: u64,
+) {
+    let Some(old) = catalog.limits_at(c.tier, c.limits_version) else {
+        return;
+    };
+    c.tat = limits::reexpress_buckets(&c.tat, old, &tier.limits, now);
+    c.tier = tier_ix;
+    c.limits_version = tier.version;
+}
+
+/// Whether the CPU has `prefetchw` (CPUID 8000_0001h ECX bit 8, "3DNowPrefetch"/PRFCHW: AMD
+/// since K8, Intel since Broadwell). Where it lacks it the instruction is a no-op, so the
+/// store then prefetches for reading instead.
+pub(super) fn has_prefetch_write() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86-64 CPU; leaf 8000_0001h is read only when the
+    // highest extended leaf reaches it.
+    unsafe {
+        use std::arch::x86_64::__cpuid;
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Starts loading the line at `p` for writing (exclusive state); a no-op on CPUs without
+/// `prefetchw` (see [`has_prefetch_write`]).
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address; it touches no register or flag.
+    unsafe {
+        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -1,0 +1,413 @@
+//! Key and tier administration on the local store: each change is written durably (record
+//! slots msynced, `catalog.json` replaced atomically) under the admin mutex, then published to
+//! the hot path under the key's shard lock.
+
+use std::sync::atomic::Ordering;
+
+use super::check::convert_buckets;
+use super::layout::{self, CounterHalf, RecordHalf, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE};
+use super::shards::{Grace, Shards};
+use super::{hot_from_record, secs, AdminState, Local};
+use crate::engine::catalog::{Catalog, CatalogError};
+use crate::engine::catalog_doc::{self, intern_scope_set, CatalogDoc};
+use crate::engine::clock::NANOS_PER_SEC;
+use crate::engine::key_rules::{self, random_u64, NewSecret};
+use crate::engine::limits;
+use crate::engine::month::MonthWindow;
+use crate::engine::MAX_KEYS;
+use crate::keys::format as keyfmt;
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::KeyId;
+use crate::store::local::catalog_file;
+use crate::store::local::datadir::DataDirError;
+use crate::store::{KeyQuery, StoreError};
+use crate::tiers::TierSpec;
+
+impl Local {
+    /// Creates many keys with one `msync` at the end (bulk import, load generation).
+    pub(super) fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, StoreError> {
+        for k in &news {
+            key_rules::validate_new(k)?;
+        }
+        let mut admin = self.admin.lock();
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        let mut plan = Vec::with_capacity(news.len());
+        for k in &news {
+            let tier = catalog
+                .tier_index(&k.tier)
+                .ok_or_else(|| StoreError::Invalid(format!("unknown tier {:?}", k.tier)))?;
+            let set = intern_scope_set(&mut doc, &k.scopes)?;
+            plan.push((tier, set));
+        }
+        if u64::from(admin.key_count) + news.len() as u64 > MAX_KEYS {
+            return Err(DataDirError::Full {
+                path: self.data_dir.clone(),
+            }
+            .into());
+        }
+        if doc != *catalog.doc() {
+            let compiled = Catalog::compile(doc)?;
+            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.publish_catalog(compiled);
+        }
+        let now = self.clock.now_ns();
+        let first = admin.key_count;
+        let last = first + news.len() as u32;
+        if last > first {
+            self.records.ensure(last - 1)?;
+            self.counters.ensure(last - 1)?;
+        }
+        // A few keys: msync each record; a bulk import: one msync of everything at the end.
+        let sync_each = self.sync_records && news.len() <= 64;
+        let mut out = Vec::with_capacity(news.len());
+        for (i, (k, (tier, set))) in news.into_iter().zip(plan).enumerate() {
+            let slot = first + i as u32;
+            let tag = random_u64()? as u32;
+            let id = KeyId::new(slot, tag);
+            let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
+            let secret = NewSecret::generate(prefix, id)?;
+            let raw = secret.raw;
+            let rec = RecordHalf {
+                seq: 0,
+                crc: 0,
+                id: id.0,
+                hash_current: secret.hash,
+                hash_previous: [0; 32],
+                previous_valid_until_ns: 0,
+                created_at_s: secs(now),
+                expires_at_s: k.expires_at.unwrap_or(0),
+                monthly_quota: k.monthly_quota.unwrap_or(NO_OVERRIDE),
+                tier,
+                flags: FLAG_LIVE,
+                scope_set: set,
+                display_prefix: layout::put_str(&secret.display_prefix),
+                consumer: layout::put_str(&k.consumer),
+                name: layout::put_str(k.name.as_deref().unwrap_or("")),
+            };
+            {
+                let g = self.shards.lock(slot);
+                // SAFETY: shard lock held; `ensure` created the slot.
+                let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
+                // Both halves, so that a damaged copy of a key never updated since can be told
+                // apart from an interrupted creation.
+                layout::write_next(rs, rec);
+                layout::write_next(rs, rec);
+                // SAFETY: shard lock held; the entry exists once ensured, and checks see the slot
+                // only after `key_count` is published below.
+                self.shards.ensure(slot);
+                unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
+                drop(g);
+            }
+            if sync_each {
+                self.records.flush_slot(slot)?;
+            }
+            admin.tier_use[usize::from(tier)] += 1;
+            out.push((slot, raw));
+        }
+        if self.sync_records && !sync_each {
+            self.records.flush_all()?;
+        }
+        admin.key_count = last;
+        self.key_count.store(u64::from(last), Ordering::Release);
+        drop(admin);
+        out.into_iter()
+            .map(|(slot, raw)| {
+                let info = self.info_by_slot(slot)?;
+                Ok(CreatedKey { info, raw })
+            })
+            .collect()
+    }
+
+    fn read_record(&self, id: KeyId) -> Result<RecordHalf, StoreError> {
+        let slot = id.slot();
+        if u64::from(slot) >= self.key_count() {
+            return Err(StoreError::UnknownKey);
+        }
+        let _g = self.shards.lock(slot);
+        // SAFETY: shard lock held.
+        let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
+        let r = rs[layout::newest(rs)];
+        if r.id != id.0 {
+            return Err(StoreError::UnknownKey);
+        }
+        Ok(r)
+    }
+
+    fn info_by_slot(&self, slot: u32) -> Result<KeyInfo, StoreError> {
+        let _g = self.shards.lock(slot);
+        // SAFETY: shard lock held.
+        let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
+        let r = rs[layout::newest(rs)];
+        drop(_g);
+        Ok(self.info_from(&r))
+    }
+
+    fn info_from(&self, r: &RecordHalf) -> KeyInfo {
+        let cat = self.catalog.load();
+        KeyInfo {
+            id: KeyId(r.id),
+            prefix: layout::get_str(&r.display_prefix).unwrap_or("").to_string(),
+            consumer: layout::get_str(&r.consumer).unwrap_or("").to_string(),
+            tier: cat
+                .tier(r.tier)
+                .map(|t| t.spec.name.clone())
+                .unwrap_or_default(),
+            scopes: cat.scope_names(r.scope_set),
+            expires_at: (r.expires_at_s != 0).then_some(r.expires_at_s),
+            monthly_quota: (r.monthly_quota != NO_OVERRIDE).then_some(r.monthly_quota),
+            name: layout::get_str(&r.name)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            created_at: r.created_at_s,
+            revoked: r.flags & FLAG_REVOKED != 0,
+            previous_valid_until: (r.previous_valid_until_ns != 0)
+                .then_some(r.previous_valid_until_ns.div_ceil(NANOS_PER_SEC)),
+        }
+    }
+
+    /// The record of key `id`.
+    pub(super) fn key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        let r = self.read_record(id)?;
+        Ok(self.info_from(&r))
+    }
+
+    /// Keys in id order starting after `after`, filtered by consumer and tier, at most `limit`.
+    /// Returns the page and whether more may follow.
+    pub(super) fn list_keys(&self, q: KeyQuery<'_>) -> (Vec<KeyInfo>, Option<KeyId>) {
+        let KeyQuery {
+            consumer,
+            tier,
+            after,
+            limit,
+        } = q;
+        let start = after.map(|a| a.slot() + 1).unwrap_or(0);
+        let n = self.key_count() as u32;
+        let mut out = Vec::new();
+        for slot in start..n {
+            let Ok(info) = self.info_by_slot(slot) else {
+                continue;
+            };
+            if consumer.is_some_and(|c| c != info.consumer) || tier.is_some_and(|t| t != info.tier)
+            {
+                continue;
+            }
+            if out.len() == limit {
+                let cursor = out.last().map(|k: &KeyInfo| k.id);
+                return (out, cursor);
+            }
+            out.push(info);
+        }
+        (out, None)
+    }
+
+    /// Applies `f` to key `id`'s record under the admin lock, writes it durably and publishes it.
+    fn modify(
+        &self,
+        id: KeyId,
+        f: impl FnOnce(
+            &mut RecordHalf,
+            &mut CatalogDoc,
+            &Catalog,
+            &mut AdminState,
+        ) -> Result<(), StoreError>,
+    ) -> Result<RecordHalf, StoreError> {
+        let mut admin = self.admin.lock();
+        let old = self.read_record(id)?;
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        let mut rec = old;
+        f(&mut rec, &mut doc, &catalog, &mut admin)?;
+        if doc != *catalog.doc() {
+            let compiled = Catalog::compile(doc)?;
+            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.publish_catalog(compiled);
+        }
+        let slot = id.slot();
+        {
+            let mut g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
+            layout::write_next(rs, rec);
+            let (_, idx) = Shards::locate(slot);
+            let keep_fast = rec.hash_current == old.hash_current;
+            // SAFETY: shard lock held.
+            let entry = unsafe { self.shards.entry(slot) };
+            let fast = entry.fast;
+            let (counters, newest) = (entry.counters, entry.newest);
+            *entry = hot_from_record(&rec);
+            entry.counters = counters;
+            entry.newest = newest;
+            if keep_fast {
+                entry.fast = fast;
+            }
+            if rec.previous_valid_until_ns != 0 {
+                g.grace.insert(
+                    idx as u32,
+                    Grace {
+                        fast: if keep_fast { 0 } else { fast },
+                        until_ns: rec.previous_valid_until_ns,
+                    },
+                );
+            } else {
+                g.grace.remove(&(idx as u32));
+            }
+        }
+        if self.sync_records {
+            self.records.flush_slot(slot)?;
+        }
+        if rec.tier != old.tier {
+            admin.tier_use[usize::from(old.tier)] -= 1;
+            admin.tier_use[usize::from(rec.tier)] += 1;
+        }
+        Ok(rec)
+    }
+
+    /// Changes tier, scopes, expiry, quota override or name; in force from the next check.
+    pub(super) fn update_key(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, StoreError> {
+        if let Some(s) = &upd.scopes {
+            key_rules::validate_scopes(s)?;
+        }
+        if let Some(n) = &upd.name {
+            key_rules::validate_name(n.as_deref())?;
+        }
+        let rec = self.modify(id, |r, doc, cat, admin| {
+            if let Some(t) = &upd.tier {
+                let ix = cat
+                    .tier_index(t)
+                    .ok_or_else(|| StoreError::Invalid(format!("unknown tier {t:?}")))?;
+                if admin.tier_use.len() <= usize::from(ix) {
+                    admin.tier_use.resize(usize::from(ix) + 1, 0);
+                }
+                r.tier = ix;
+            }
+            if let Some(s) = &upd.scopes {
+                r.scope_set = intern_scope_set(doc, s)?;
+            }
+            if let Some(e) = upd.expires_at {
+                r.expires_at_s = e.unwrap_or(0);
+            }
+            if let Some(q) = upd.monthly_quota {
+                r.monthly_quota = q.unwrap_or(NO_OVERRIDE);
+            }
+            if let Some(n) = &upd.name {
+                r.name = layout::put_str(n.as_deref().unwrap_or(""));
+            }
+            Ok(())
+        })?;
+        Ok(self.info_from(&rec))
+    }
+
+    /// Revokes key `id`: its next check is 401.
+    pub(super) fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        let rec = self.modify(id, |r, _, _, _| {
+            r.flags |= FLAG_REVOKED;
+            r.previous_valid_until_ns = 0;
+            Ok(())
+        })?;
+        Ok(self.info_from(&rec))
+    }
+
+    /// Gives key `id` a new secret; the old one works for `grace_secs` more seconds. Usage is kept.
+    pub(super) fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, StoreError> {
+        let mut raw = String::new();
+        let now = self.clock.now_ns();
+        let rec = self.modify(id, |r, _, _, _| {
+            if r.flags & FLAG_REVOKED != 0 {
+                return Err(StoreError::Invalid(
+                    "a revoked key cannot be rotated".into(),
+                ));
+            }
+            let new = NewSecret::for_rotation(
+                layout::get_str(&r.display_prefix).unwrap_or(""),
+                KeyId(r.id),
+                grace_secs,
+                now,
+            )?;
+            r.hash_previous = r.hash_current;
+            r.hash_current = new.hash;
+            r.previous_valid_until_ns = new.previous_valid_until_ns;
+            r.display_prefix = layout::put_str(&new.display_prefix);
+            raw = new.raw;
+            Ok(())
+        })?;
+        Ok(CreatedKey {
+            info: self.info_from(&rec),
+            raw,
+        })
+    }
+
+    /// Live usage of key `id` (nothing is consumed).
+    pub(super) fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
+        let rec = self.read_record(id)?;
+        let cat = self.catalog.load();
+        let tier = cat
+            .tier(rec.tier)
+            .ok_or_else(|| StoreError::UnknownTier(format!("#{}", rec.tier)))?;
+        let now = self.clock.now_ns();
+        let slot = id.slot();
+        let mut c: CounterHalf = {
+            let _g = self.shards.lock(slot);
+            // SAFETY: shard lock held.
+            unsafe { self.counter_slot(slot) }
+                .map(|cs| cs[layout::newest(cs)])
+                .unwrap_or_default()
+        };
+        if c.seq != 0 && (c.tier != rec.tier || c.limits_version != tier.version) {
+            convert_buckets(&mut c, &cat, rec.tier, tier, now);
+        }
+        let limits = tier
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| limits::limit_usage(c.tat[i], now, l))
+            .collect();
+        let month = MonthWindow::containing(now);
+        Ok(Usage {
+            limits,
+            monthly_used: if c.month == month.id { c.month_used } else { 0 },
+            monthly_quota: if rec.monthly_quota != NO_OVERRIDE {
+                Some(rec.monthly_quota)
+            } else {
+                tier.spec.monthly_quota
+            },
+            last_used_at: (c.last_used_s != 0).then_some(u64::from(c.last_used_s)),
+        })
+    }
+
+    // ----- admin: tiers ----------------------------------------------------------------------
+
+    /// Creates or replaces a tier; durable, and in force from the next check. Counters are kept.
+    pub(super) fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
+        let spec = spec.normalized();
+        spec.validate().map_err(CatalogError::from)?;
+        self.change_catalog(|doc, _| Ok(catalog_doc::put_tier_in(doc, &spec)?))?;
+        Ok(spec)
+    }
+
+    /// Deletes a tier no key uses.
+    pub(super) fn delete_tier(&self, name: &str) -> Result<(), StoreError> {
+        self.change_catalog(|doc, use_| Ok(catalog_doc::delete_tier_in(doc, use_, name)?))
+    }
+
+    /// Replaces the whole set of tiers (a tiers file): tiers not in `specs` are deleted, which is
+    /// refused while keys use them.
+    pub(super) fn apply_tiers(&self, specs: Vec<TierSpec>) -> Result<(), StoreError> {
+        self.change_catalog(|doc, use_| Ok(catalog_doc::replace_tiers(doc, use_, specs)?))
+    }
+
+    fn change_catalog(
+        &self,
+        f: impl FnOnce(&mut CatalogDoc, &[u64]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut admin = self.admin.lock();
+        let catalog = self.catalog.load_full();
+        let mut doc = catalog.doc().clone();
+        f(&mut doc, &admin.tier_use)?;
+        let compiled = Catalog::compile(doc)?;
+        catalog_file::store(&self.data_dir, compiled.doc())?;
+        admin.tier_use.resize(compiled.doc().tiers.len(), 0);
+        self.publish_catalog(compiled);
+        Ok(())
+    }
+}

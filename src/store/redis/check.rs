@@ -1,0 +1,274 @@
+//! A check on Redis: the node's cached record authenticates the key and runs the policy's gate;
+//! one script call (or a lease) takes the cost; the policy's limits phase renders the figures
+//! from the state the script returns, and checks that the script decided the same.
+
+use std::sync::atomic::Ordering;
+
+use redis::Value;
+
+use super::conn::{int, RedisError};
+use super::lease::Lease;
+use super::options::{FailPolicy, Mode};
+use super::record::Rec;
+use super::{RedisStore, RECORD_RECHECK};
+use crate::engine::admission::{self, Grants, KeyView};
+use crate::engine::bucket::Limit;
+use crate::engine::clock::NANOS_PER_SEC;
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
+use crate::engine::limits::{self, Terms};
+use crate::engine::month::MonthWindow;
+use crate::engine::MAX_COST;
+use crate::keys::KeyId;
+use crate::tiers::MAX_LIMITS;
+
+enum Outcome {
+    Missing,
+    Stale,
+    State {
+        granted: u64,
+        used: u64,
+        tat: [u64; MAX_LIMITS],
+    },
+}
+
+impl RedisStore {
+    pub(super) fn on_error(
+        &self,
+        e: &RedisError,
+        id: KeyId,
+        tier: Option<u16>,
+        now_s: u64,
+        known: bool,
+    ) -> Decision {
+        tracing::debug!(error = %e, key_id = %id, "check could not reach redis");
+        if self.opts.fail == FailPolicy::Open && known {
+            self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
+            return Decision::bare(Verdict::Allowed, Some(id), tier, now_s);
+        }
+        let mut d = Decision::bare(Verdict::Unavailable, Some(id), tier, now_s);
+        d.retry_after = Some(1);
+        d
+    }
+
+    /// Decides whether `raw_key` may make a call needing `scope` at `cost`: the same order and
+    /// figures as the local store, counted in Redis.
+    pub(super) async fn check_one(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+    ) -> Decision {
+        let now_ns = self.clock.now_ns();
+        // Microsecond resolution throughout, so Rust and the script see the same instants.
+        let now_us = now_ns / 1_000;
+        let now = now_us * 1_000;
+        let now_s = now / NANOS_PER_SEC;
+        let unauthorized =
+            |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
+        let (raw, id) = match admission::presented(raw_key) {
+            Ok(p) => p,
+            Err(why) => return unauthorized(why, None, None),
+        };
+        let cost = cost.clamp(1, MAX_COST);
+        let fast = self.digest.of(raw);
+        let mut refreshed = false;
+        for _ in 0..4 {
+            let cached = self.cache.get(&id.0).map(|e| (e.rec.clone(), e.fetched_ns));
+            let (rec, fetched) = match cached {
+                Some(c) => c,
+                None => match self.fetch_or_answer(id, None, now_s, false).await {
+                    Ok(r) => {
+                        refreshed = true;
+                        (r, now_ns)
+                    }
+                    Err(d) => return d,
+                },
+            };
+            // A denial decided from a copy older than RECORD_RECHECK re-reads it first.
+            let stale =
+                !refreshed && now_ns.saturating_sub(fetched) >= RECORD_RECHECK.as_nanos() as u64;
+            let mut cat_arc = self.catalog.load_full();
+            if cat_arc.1.tier_index(&rec.tier).is_none() {
+                // A tier created on another node since our last poll: read the catalog now.
+                if let Err(e) = self.poll_catalog().await {
+                    return self.on_error(
+                        &RedisError::Reply(e.to_string()),
+                        id,
+                        None,
+                        now_s,
+                        false,
+                    );
+                }
+                cat_arc = self.catalog.load_full();
+            }
+            let cat = &cat_arc.1;
+            let tier_ix = cat.tier_index(&rec.tier);
+            let view = KeyView {
+                revoked: rec.revoked,
+                expires_at_ns: if rec.expires_at_s == 0 {
+                    u64::MAX
+                } else {
+                    rec.expires_at_s.saturating_mul(NANOS_PER_SEC)
+                },
+                grants: Grants::Names(&rec.scopes),
+            };
+            let gate = if !self.authenticate(id, &rec, raw, fast, now) {
+                Err(Verdict::Unauthorized(AuthFailure::Unknown))
+            } else {
+                admission::admit(&view, tier_ix.and_then(|t| cat.tier(t)), cat, scope, now)
+            };
+            let tier = match gate {
+                Ok(t) => t,
+                Err(v) => {
+                    if stale && !matches!(v, Verdict::Unauthorized(AuthFailure::Revoked)) {
+                        if let Err(d) = self.fetch_or_answer(id, tier_ix, now_s, false).await {
+                            return d;
+                        }
+                        refreshed = true;
+                        continue;
+                    }
+                    let tier = tier_ix.and_then(|t| admission::reported_tier(v, t));
+                    return Decision::bare(v, Some(id), tier, now_s);
+                }
+            };
+            let Some(tier_ix) = tier_ix else {
+                return unauthorized(AuthFailure::Unknown, Some(id), None);
+            };
+            let quota = limits::quota_of(rec.quota, tier);
+            let month = MonthWindow::containing(now);
+            if let Mode::Lease { .. } = self.opts.mode {
+                if let Some(d) =
+                    self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
+                {
+                    return d;
+                }
+            }
+            // The tier's limits at the script's resolution: sent to it and used to decide.
+            let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
+            match self
+                .run_check(id, &rec, &limits, cost, now_us, quota, month.id)
+                .await
+            {
+                Err(e) => return self.on_error(&e, id, Some(tier_ix), now_s, true),
+                Ok(Outcome::Missing) => {
+                    self.cache.remove(&id.0);
+                    return unauthorized(AuthFailure::Unknown, None, None);
+                }
+                Ok(Outcome::Stale) => {
+                    self.stats.stale_records.fetch_add(1, Ordering::Relaxed);
+                    if let Err(d) = self.fetch_or_answer(id, Some(tier_ix), now_s, true).await {
+                        return d;
+                    }
+                    refreshed = true;
+                    continue;
+                }
+                Ok(Outcome::State { granted, used, tat }) => {
+                    let mut tat_ns = [0u64; MAX_LIMITS];
+                    for (d, s) in tat_ns.iter_mut().zip(tat) {
+                        *d = s.saturating_mul(1_000);
+                    }
+                    let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+                    let terms = Terms {
+                        limits: &limits,
+                        quota,
+                        month: &month,
+                    };
+                    if granted <= cost {
+                        let admitted = limits::decide(&tat_ns, used, now, cost, &terms, &mut d);
+                        if admitted.is_some() != (granted > 0) {
+                            // The script and `spend::decide` implement one rule; a difference is
+                            // a bug, reported rather than hidden.
+                            tracing::error!(key_id = %id, granted, "redis script and engine disagree");
+                        }
+                        return d;
+                    }
+                    // A lease: the figures count the tokens this node holds as available (to this
+                    // node), i.e. as if only this request's cost had left Redis; each local spend
+                    // then subtracts its cost from them.
+                    limits::decide(&tat_ns, used, now, cost, &terms, &mut d);
+                    let left = granted - cost;
+                    self.stats.leases_taken.fetch_add(1, Ordering::Relaxed);
+                    if let Mode::Lease { ttl, .. } = self.opts.mode {
+                        if let Some(mut e) = self.cache.get_mut(&id.0) {
+                            let old = e.lease.take();
+                            e.lease = Some(Lease {
+                                left,
+                                month: month.id,
+                                until_ns: now.saturating_add(ttl.as_nanos() as u64),
+                                tier: tier_ix,
+                                version: tier.version,
+                                template: d,
+                                spent: 0,
+                            });
+                            drop(e);
+                            self.leased.lock().insert(id.0);
+                            if let Some(old) = old.filter(|o| o.left > 0) {
+                                self.give_back(id, &old).await;
+                            }
+                        }
+                    }
+                    return d;
+                }
+            }
+        }
+        // The record kept changing between read and check: say so rather than guess.
+        self.on_error(
+            &RedisError::Reply("key record changed during the check".into()),
+            id,
+            None,
+            now_s,
+            false,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_check(
+        &self,
+        id: KeyId,
+        rec: &Rec,
+        limits: &[Limit],
+        cost: u64,
+        now_us: u64,
+        quota: Option<u64>,
+        month: u32,
+    ) -> Result<Outcome, RedisError> {
+        let want = match self.opts.mode {
+            Mode::Exact => cost,
+            Mode::Lease { size, .. } => size.max(cost),
+        };
+        let mut inv = self.check.key(self.k_key(id.slot()));
+        inv.arg(rec.version)
+            .arg(now_us)
+            .arg(cost)
+            .arg(want)
+            .arg(month)
+            .arg(quota.map_or(-1i64, |q| q.min(i64::MAX as u64) as i64))
+            .arg(limits.len());
+        for l in limits {
+            inv.arg(l.period_secs())
+                .arg(l.interval_ns() / 1_000)
+                .arg(l.requests());
+        }
+        let mut c = self.conn.clone();
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut c)).await?;
+        let bad = || RedisError::Reply(format!("check script returned {v:?}"));
+        match v.first().and_then(int) {
+            Some(0) => Ok(Outcome::Missing),
+            Some(1) => Ok(Outcome::Stale),
+            Some(2) => {
+                let granted = v.get(1).and_then(int).ok_or_else(bad)?;
+                let used = v.get(2).and_then(int).ok_or_else(bad)?;
+                let mut tat = [0u64; MAX_LIMITS];
+                for (i, t) in tat.iter_mut().enumerate().take(limits.len()) {
+                    *t = v.get(3 + i).and_then(int).ok_or_else(bad)?.max(0) as u64;
+                }
+                Ok(Outcome::State {
+                    granted: granted.max(0) as u64,
+                    used: used.max(0) as u64,
+                    tat,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}

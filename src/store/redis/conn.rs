@@ -1,0 +1,257 @@
+//! Connections to Redis (one server or a cluster), the calls made over them with a timeout and
+//! the reachability state they keep, and the wait for replicas after an admin change.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, RedisFuture, Value};
+
+use super::options::RedisOptions;
+use super::RedisStore;
+use crate::store::StoreError;
+
+/// A connection to one Redis server (reconnecting) or to a cluster (following slot moves and
+/// failovers). Both multiplex: clones share one socket per server, and concurrent calls pipeline.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// A failed Redis call.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the timeout.
+    #[error("redis: no answer within {0:?}")]
+    Timeout(Duration),
+    /// A reply of the wrong shape.
+    #[error("redis: unexpected reply: {0}")]
+    Reply(String),
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Awaits `f` for at most `within`.
+async fn within_timeout<T>(
+    within: Duration,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(within, f).await {
+        Ok(r) => r.map_err(RedisError::Redis),
+        Err(_) => Err(RedisError::Timeout(within)),
+    }
+}
+
+pub(super) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+impl RedisStore {
+    /// One multiplexed connection to the server or cluster of `opts.url`, whose replies may take
+    /// up to `reply_within`.
+    pub(super) async fn open(
+        opts: &RedisOptions,
+        reply_within: Duration,
+    ) -> Result<Conn, StoreError> {
+        let bad = |m: String| StoreError::Invalid(format!("--store {}: {m}", opts.url));
+        let down = |m: String| StoreError::Unavailable(format!("{}: {m}", opts.url));
+        Ok(
+            if let Some(rest) = opts.url.strip_prefix("redis-cluster://") {
+                let nodes: Vec<String> = rest
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|n| format!("redis://{n}"))
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(bad("no cluster node given".into()));
+                }
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(reply_within)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                let c = tokio::time::timeout(opts.timeout * 4, client.get_async_connection())
+                    .await
+                    .map_err(|_| down("no cluster node answered".into()))?
+                    .map_err(|e| down(e.to_string()))?;
+                Conn::Cluster(c)
+            } else if opts.url.starts_with("redis://") {
+                let client =
+                    redis::Client::open(opts.url.as_str()).map_err(|e| bad(e.to_string()))?;
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.timeout))
+                    .set_response_timeout(Some(reply_within))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let c = tokio::time::timeout(
+                    opts.timeout * 4,
+                    redis::aio::ConnectionManager::new_with_config(client, cfg),
+                )
+                .await
+                .map_err(|_| down("no answer".into()))?
+                .map_err(|e| down(e.to_string()))?;
+                Conn::Single(c)
+            } else {
+                return Err(bad(
+                    "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT".into(),
+                ));
+            },
+        )
+    }
+
+    pub(super) fn k_catalog(&self) -> String {
+        format!("{}:{{meta}}:catalog", self.opts.namespace)
+    }
+    pub(super) fn k_next(&self) -> String {
+        format!("{}:{{meta}}:next", self.opts.namespace)
+    }
+    pub(super) fn k_tier_use(&self) -> String {
+        format!("{}:{{meta}}:tier_use", self.opts.namespace)
+    }
+    pub(super) fn k_key(&self, slot: u32) -> String {
+        format!("{}:{{{slot}}}", self.opts.namespace)
+    }
+
+    /// Runs one Redis call with the store's timeout, keeping the reachability state.
+    pub(super) async fn call<T, F>(&self, f: F) -> Result<T, RedisError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_within(self.opts.timeout, f).await
+    }
+
+    /// Runs one write on the admin connection, which may be queued behind another admin call's
+    /// wait for replicas: its timeout includes that wait.
+    pub(super) async fn admin_call<T, F>(&self, f: F) -> Result<T, RedisError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_within(self.opts.admin_within(), f).await
+    }
+
+    async fn call_within<T, F>(&self, within: Duration, f: F) -> Result<T, RedisError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let r = within_timeout(within, f).await;
+        match &r {
+            Ok(_) => {
+                self.stats.reachable.store(true, Ordering::Relaxed);
+                self.stats
+                    .last_ok_ns
+                    .store(self.clock.now_ns(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if self.stats.reachable.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, store = %self.opts.url, "redis unreachable");
+                }
+            }
+        }
+        r
+    }
+
+    /// Waits until [`RedisOptions::replica_acks`] replicas of the masters holding `keys` have
+    /// every admin write made so far (Redis `WAIT` on the admin connection, which made them). A
+    /// shortfall leaves the writes in place on the master: it is logged and counted, not failed,
+    /// since the change has been made and a retry would make it twice.
+    pub(super) async fn replicated(&self, keys: &[String]) {
+        let want = self.opts.replica_acks;
+        if want == 0 || keys.is_empty() {
+            return;
+        }
+        let ms = self.opts.replica_wait.as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want).arg(ms);
+        let within = self.opts.admin_within();
+        let mut keys: Vec<&String> = keys.iter().collect();
+        keys.sort();
+        keys.dedup();
+        let acks: Vec<Result<i64, RedisError>> = match &self.admin {
+            // On a cluster, a few keys: ask the masters holding them.
+            Conn::Cluster(c) if keys.len() <= 8 => {
+                let asks = keys.iter().map(|k| {
+                    let mut c = c.clone();
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::with_key(k.as_bytes(), SlotAddr::Master),
+                    ));
+                    let wait = wait.clone();
+                    async move {
+                        within_timeout(within, async {
+                            let v = c.route_command(wait, route).await?;
+                            redis::from_redis_value::<i64>(v).map_err(Into::into)
+                        })
+                        .await
+                    }
+                });
+                futures_util::future::join_all(asks).await
+            }
+            // One server; or, on a cluster, many keys (a bulk creation): ask every master, which
+            // answers with the fewest acknowledgements any of them got.
+            conn => {
+                let mut c = conn.clone();
+                vec![within_timeout(within, wait.query_async::<i64>(&mut c)).await]
+            }
+        };
+        // One change, counted once however many masters fell short.
+        let short: Vec<String> = acks
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(n) if n >= i64::from(want) => None,
+                Ok(n) => Some(n.to_string()),
+                Err(e) => Some(e.to_string()),
+            })
+            .collect();
+        if !short.is_empty() {
+            self.stats.unreplicated.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                wanted = want,
+                acknowledged = %short.join(", "),
+                waited_ms = ms,
+                "an admin change is on its master but not yet on a replica: a failover now could undo it"
+            );
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Lease mode: a node takes several tokens of a key at once, spends them locally until they run
+//! out or expire, and gives back what it did not spend (`docs/SCALING.md` has the bounds).
+
+use std::sync::atomic::Ordering;
+
+use super::options::Mode;
+use super::RedisStore;
+use crate::engine::catalog::CompiledTier;
+use crate::engine::clock::NANOS_PER_SEC;
+use crate::engine::decision::Decision;
+use crate::keys::KeyId;
+
+/// Tokens a node holds for one key (lease mode).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lease {
+    /// Tokens not yet spent.
+    pub(super) left: u64,
+    /// The month they were taken in (they are never spent in another).
+    pub(super) month: u32,
+    /// Spend-by instant, ns.
+    pub(super) until_ns: u64,
+    /// The tier whose limits they were taken under.
+    pub(super) tier: u16,
+    pub(super) version: u16,
+    /// The decision at the grant, figures counting the whole lease as still available.
+    pub(super) template: Decision,
+    /// Tokens spent from it so far (subtracted from the template's figures).
+    pub(super) spent: u64,
+}
+
+impl RedisStore {
+    /// Gives back the unspent tokens of expired leases (all leases when `all`).
+    pub(super) async fn return_leases(&self, all: bool) {
+        if !matches!(self.opts.mode, Mode::Lease { .. }) {
+            return;
+        }
+        let now = self.clock.now_ns();
+        let mut back = Vec::new();
+        // Only the keys holding a lease are visited, not the whole cache.
+        let held: Vec<u64> = self.leased.lock().iter().copied().collect();
+        for id in held {
+            let Some(mut e) = self.cache.get_mut(&id) else {
+                self.leased.lock().remove(&id);
+                continue;
+            };
+            match e.lease {
+                Some(l) if all || now >= l.until_ns => {
+                    e.lease = None;
+                    drop(e);
+                    self.leased.lock().remove(&id);
+                    if l.left > 0 {
+                        back.push((id, l));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    drop(e);
+                    self.leased.lock().remove(&id);
+                }
+            }
+        }
+        for (id, l) in back {
+            self.give_back(KeyId(id), &l).await;
+        }
+    }
+
+    pub(super) async fn give_back(&self, id: KeyId, l: &Lease) {
+        // The buckets the lease was taken from: (period s, interval µs) of each limit then.
+        let buckets: Vec<(u64, u64)> = {
+            let cat = self.catalog.load();
+            match cat.1.tier(l.tier).and_then(|t| t.limits_at(l.version)) {
+                Some(limits) => limits
+                    .iter()
+                    .map(|lim| {
+                        let m = lim.to_micros();
+                        (m.period_secs(), m.interval_ns() / 1_000)
+                    })
+                    .collect(),
+                None => return,
+            }
+        };
+        let mut inv = self.give_back.key(self.k_key(id.slot()));
+        inv.arg(l.left).arg(l.month).arg(buckets.len());
+        for (period, interval_us) in buckets {
+            inv.arg(period).arg(interval_us);
+        }
+        let mut c = self.conn.clone();
+        match self.call(inv.invoke_async::<i64>(&mut c)).await {
+            Ok(_) => {
+                self.stats
+                    .leases_returned_tokens
+                    .fetch_add(l.left, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(key_id = %id, tokens = l.left, error = %e, "could not give back a lease; its tokens stay spent")
+            }
+        }
+    }
+
+    /// Spends `cost` from this node's lease on the key, if it holds enough of a current one.
+    pub(super) fn spend_lease(
+        &self,
+        id: KeyId,
+        version: u64,
+        (tier_ix, tier): (u16, &CompiledTier),
+        cost: u64,
+        now: u64,
+        month: u32,
+    ) -> Option<Decision> {
+        let mut e = self.cache.get_mut(&id.0)?;
+        if e.rec.version != version {
+            return None;
+        }
+        let l = e.lease.as_mut()?;
+        if l.left < cost
+            || now >= l.until_ns
+            || l.month != month
+            || l.tier != tier_ix
+            || l.version != tier.version
+        {
+            return None;
+        }
+        l.left -= cost;
+        l.spent += cost;
+        let mut d = l.template;
+        d.sub_remaining(l.spent);
+        d.now_s = now / NANOS_PER_SEC;
+        self.stats.local_spends.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+}

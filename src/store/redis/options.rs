@@ -1,0 +1,86 @@
+//! How to reach Redis and how to behave on it: exact or lease mode, fail-closed or fail-open,
+//! timeouts, and the replica acknowledgements admin changes wait for.
+
+use std::time::Duration;
+
+use crate::tiers::TierSpec;
+
+/// How checks use Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every check is one script call: never more than the limits, across any number of nodes.
+    Exact,
+    /// A node takes up to `size` tokens at once and spends them locally for at most `ttl`.
+    Lease {
+        /// Most tokens one lease takes.
+        size: u64,
+        /// How long a node may spend a lease before giving back the rest.
+        ttl: Duration,
+    },
+}
+
+/// What a check does when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// Deny with `unavailable` (HTTP 503).
+    Closed,
+    /// Admit keys this node has authenticated before (counted in `quotad_store_fail_open_total`).
+    Open,
+}
+
+/// How to reach Redis and behave on it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…`.
+    pub url: String,
+    /// Key-name prefix, so that several deployments can share one Redis.
+    pub namespace: String,
+    /// Exact or lease.
+    pub mode: Mode,
+    /// Fail closed or open.
+    pub fail: FailPolicy,
+    /// Timeout of one Redis call.
+    pub timeout: Duration,
+    /// How often the catalog revision is polled (and Redis's reachability probed).
+    pub poll: Duration,
+    /// Tiers to put in force at start-up (a tiers file), replacing the stored ones.
+    pub tiers: Option<Vec<TierSpec>>,
+    /// Replicas that must acknowledge an admin change (key or tier) before the call returns
+    /// (Redis `WAIT`); 0 = none. Default: 1 on a cluster, 0 on one server.
+    pub replica_acks: u32,
+    /// How long an admin change waits for those acknowledgements. If they do not come, the
+    /// change stands on the master, the call succeeds, and the shortfall is logged and counted
+    /// in `quotad_store_unreplicated_changes_total`.
+    pub replica_wait: Duration,
+}
+
+impl RedisOptions {
+    /// Defaults for `url`: namespace `quotad`, exact, fail-closed, 500 ms timeout, 250 ms poll;
+    /// on a cluster, admin changes wait up to 1 s for one replica.
+    pub fn new(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        let replica_acks = u32::from(url.starts_with("redis-cluster://"));
+        RedisOptions {
+            url,
+            namespace: "quotad".into(),
+            mode: Mode::Exact,
+            fail: FailPolicy::Closed,
+            timeout: Duration::from_millis(500),
+            poll: Duration::from_millis(250),
+            tiers: None,
+            replica_acks,
+            replica_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// How long a call on the admin connection may take: its own timeout, plus the wait for
+    /// replicas that it (a `WAIT`) or an admin call queued before it (on the same connection)
+    /// may spend.
+    pub(super) fn admin_within(&self) -> Duration {
+        if self.replica_acks > 0 {
+            self.timeout + self.replica_wait
+        } else {
+            self.timeout
+        }
+    }
+}

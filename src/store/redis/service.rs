@@ -1,0 +1,194 @@
+//! [`Store`] for [`RedisStore`]: every call is one or a few Redis round trips, awaited; a batch's
+//! checks are all in flight at once and pipeline on the connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::options::{FailPolicy, Mode};
+use super::RedisStore;
+use crate::engine::clock::Clock;
+use crate::engine::decision::Decision;
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::KeyId;
+use crate::store::{CheckRequest, Gauge, Health, Identity, KeyQuery, Store, StoreError};
+use crate::tiers::TierSpec;
+
+impl Store for RedisStore {
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn check(
+        &self,
+        req: CheckRequest<'_>,
+        admitted: &mut (dyn FnMut(Identity<'_>) + Send),
+    ) -> Decision {
+        let d = self.check_one(req.key, req.scope, req.cost).await;
+        if let (true, Some(id)) = (d.verdict.is_allowed(), d.key_id) {
+            self.lend_identity(id, admitted);
+        }
+        d
+    }
+
+    async fn check_batch(
+        &self,
+        reqs: &[CheckRequest<'_>],
+        each: &mut (dyn FnMut(usize, &Decision) + Send),
+    ) {
+        let decided = futures_util::future::join_all(
+            reqs.iter().map(|r| self.check_one(r.key, r.scope, r.cost)),
+        )
+        .await;
+        for (i, d) in decided.iter().enumerate() {
+            each(i, d);
+        }
+    }
+
+    async fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, StoreError> {
+        self.create_keys_in(news).await
+    }
+
+    async fn key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        self.key_info(id).await
+    }
+
+    async fn list_keys(
+        &self,
+        query: KeyQuery<'_>,
+    ) -> Result<(Vec<KeyInfo>, Option<KeyId>), StoreError> {
+        self.list(query).await
+    }
+
+    async fn update_key(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, StoreError> {
+        self.update(id, upd).await
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
+        self.revoke(id).await
+    }
+
+    async fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, StoreError> {
+        self.rotate(id, grace_secs).await
+    }
+
+    async fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
+        self.usage_of(id).await
+    }
+
+    async fn key_count(&self) -> Result<u64, StoreError> {
+        self.count_keys().await
+    }
+
+    fn tiers(&self) -> Vec<TierSpec> {
+        self.catalog.load().1.specs()
+    }
+
+    async fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
+        self.put_tier_spec(spec).await
+    }
+
+    async fn delete_tier(&self, name: String) -> Result<(), StoreError> {
+        self.delete_tier_named(&name).await
+    }
+
+    async fn apply_tiers(&self, specs: Vec<TierSpec>) -> Result<(), StoreError> {
+        self.replace_all_tiers(specs).await
+    }
+
+    fn upkeep_interval(&self) -> Duration {
+        self.opts.poll
+    }
+
+    async fn upkeep(&self, last: bool) -> Result<(), StoreError> {
+        if !last {
+            if let Err(e) = self.poll_catalog().await {
+                tracing::debug!(error = %e, "catalog poll failed");
+            }
+        }
+        self.return_leases(last).await;
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        let keys = self.count_keys().await.ok();
+        let st = &self.stats;
+        let now = self.clock.now_ns();
+        let last_ok = st.last_ok_ns();
+        let ok = st.reachable();
+        let o = &self.opts;
+        let mut fields = serde_json::Map::new();
+        fields.insert("keys".into(), serde_json::json!(keys));
+        fields.insert(
+            "persistence".into(),
+            serde_json::json!({
+                "store": if o.url.starts_with("redis-cluster://") { "redis-cluster" } else { "redis" },
+                "reachable": ok,
+                "lastOkAgeSeconds": (last_ok != 0).then(|| (now.saturating_sub(last_ok) as f64 / 1e6).round() / 1e3),
+                "mode": match o.mode { Mode::Exact => "exact", Mode::Lease { .. } => "lease" },
+                "failPolicy": match o.fail { FailPolicy::Closed => "fail-closed", FailPolicy::Open => "fail-open" },
+                "catalogRevision": self.catalog.load().0,
+            }),
+        );
+        Health { ok, fields }
+    }
+
+    fn gauges(&self) -> Vec<Gauge> {
+        let st = &self.stats;
+        let g = |name, kind, help, v: u64| Gauge {
+            name,
+            kind,
+            help,
+            value: v.to_string(),
+        };
+        vec![
+            g(
+                "quotad_store_reachable",
+                "gauge",
+                "1 when the last Redis call succeeded.",
+                u64::from(st.reachable()),
+            ),
+            g(
+                "quotad_store_errors_total",
+                "counter",
+                "Redis calls that failed or timed out.",
+                st.errors(),
+            ),
+            g(
+                "quotad_store_fail_open_total",
+                "counter",
+                "Checks admitted without Redis by the fail-open policy.",
+                st.fail_open(),
+            ),
+            g(
+                "quotad_store_stale_records_total",
+                "counter",
+                "Checks that found this node's copy of a key record stale (changed on another node).",
+                st.stale_records(),
+            ),
+            g(
+                "quotad_store_leases_total",
+                "counter",
+                "Leases taken from Redis (lease mode).",
+                st.leases_taken(),
+            ),
+            g(
+                "quotad_store_lease_tokens_returned_total",
+                "counter",
+                "Unspent lease tokens given back to Redis.",
+                st.leases_returned_tokens(),
+            ),
+            g(
+                "quotad_store_local_checks_total",
+                "counter",
+                "Checks answered from a lease without a Redis call.",
+                st.local_spends(),
+            ),
+            g(
+                "quotad_store_unreplicated_changes_total",
+                "counter",
+                "Key or tier changes that returned before the wanted replicas acknowledged them.",
+                st.unreplicated(),
+            ),
+        ]
+    }
+}
