@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use quotad::protocol::client::{Check, Client};
-use quotad::protocol::frame::WireResult;
+use quotad::protocol::result::WireResult;
 
 /// The scope each route needs (method, path prefix, scope); other routes need none.
 const ROUTES: &[(&str, &str, &str)] = &[

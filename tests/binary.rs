@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::Daemon;
 use quotad::protocol::client::{Check, Client, ClientError};
-use quotad::protocol::frame::{self, op, ErrorCode, WireResult};
+use quotad::protocol::frame::{self, op, ErrorCode};
+use quotad::protocol::result::WireResult;
 use serde_json::json;
 
 fn check(key: &str) -> Check<'_> {

@@ -2,9 +2,11 @@
 
 pub mod admin_client;
 pub mod bench;
+pub mod keys_cmd;
 pub mod ops;
 pub mod serve;
 pub mod stamped;
+pub mod tiers_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -43,7 +45,7 @@ pub enum Command {
         admin: ops::AdminArgs,
         /// What to do.
         #[command(subcommand)]
-        cmd: ops::KeysCmd,
+        cmd: keys_cmd::KeysCmd,
     },
     /// Manage plan tiers (through the admin API).
     Tiers {
@@ -52,7 +54,7 @@ pub enum Command {
         admin: ops::AdminArgs,
         /// What to do.
         #[command(subcommand)]
-        cmd: ops::TiersCmd,
+        cmd: tiers_cmd::TiersCmd,
     },
     /// One key's live usage.
     Usage {
@@ -99,9 +101,9 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Keys { admin, cmd } => ops::keys(cmd, &admin),
-        Command::Tiers { admin, cmd } => ops::tiers(cmd, &admin),
-        Command::Usage { admin, id } => ops::usage(id, &admin),
+        Command::Keys { admin, cmd } => keys_cmd::keys(cmd, &admin),
+        Command::Tiers { admin, cmd } => tiers_cmd::tiers(cmd, &admin),
+        Command::Usage { admin, id } => keys_cmd::usage(id, &admin),
         Command::Inspect { data_dir, json } => ops::inspect(data_dir, json),
     };
     match result {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::bucket::Limit;
-use super::catalog_doc::CatalogDoc;
+use super::catalog_doc::{CatalogDoc, CatalogError};
 use crate::tiers::TierSpec;
 
 /// A tier ready for checks.
@@ -45,20 +45,6 @@ pub struct Catalog {
     /// Looked up on every check that names a scope: foldhash, not SipHash (the map is built
     /// from operator-defined names, not attacker input).
     scope_ids: HashMap<String, u16, foldhash::fast::RandomState>,
-}
-
-/// Why a catalog could not be compiled or changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CatalogError {
-    /// A tier's description is invalid.
-    #[error(transparent)]
-    Tier(#[from] crate::tiers::TierError),
-    /// Two tiers with one name.
-    #[error("tier {0:?} is defined twice")]
-    DuplicateTier(String),
-    /// Too many scopes, tiers or scope sets.
-    #[error("too many {0}")]
-    Full(&'static str),
 }
 
 impl Catalog {

@@ -5,9 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::CatalogError;
 use super::PolicyError;
 use crate::tiers::TierSpec;
+
+/// Why a catalog could not be compiled or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A tier's description is invalid.
+    #[error(transparent)]
+    Tier(#[from] crate::tiers::TierError),
+    /// Two tiers with one name.
+    #[error("tier {0:?} is defined twice")]
+    DuplicateTier(String),
+    /// Too many scopes, tiers or scope sets.
+    #[error("too many {0}")]
+    Full(&'static str),
+}
 
 /// The catalog as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

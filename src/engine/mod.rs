@@ -19,7 +19,7 @@ pub mod key_rules;
 pub mod limits;
 pub mod month;
 
-use self::catalog::CatalogError;
+use self::catalog_doc::CatalogError;
 
 /// The most keys one store holds (key ids carry a 32-bit slot).
 pub const MAX_KEYS: u64 = u32::MAX as u64;

@@ -1,4 +1,4 @@
-//! API keys: the raw key's format, generation and hashing ([`format`]), and the public view of a
+//! API keys: the raw key's format, generation and hashing ([`mod@format`]), and the public view of a
 //! key record ([`record`]).
 
 pub mod format;

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{self, op, DecodeError, ErrorCode, WireResult};
+use super::connection::Connection;
+use super::frame::{self, op, DecodeError, ErrorCode};
+use super::result::WireResult;
 
 /// A client error.
 #[derive(Debug, thiserror::Error)]
@@ -191,39 +193,35 @@ fn server_error(payload: &[u8]) -> ClientError {
 }
 
 async fn writer<W: AsyncWrite + Unpin>(
-    mut w: W,
+    w: W,
     mut rx: mpsc::UnboundedReceiver<(u64, Vec<u8>, oneshot::Sender<Answer>)>,
     pending: Pending,
 ) {
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut conn = Connection::new(w);
     while let Some((id, bytes, tx)) = rx.recv().await {
         pending.lock().insert(id, tx);
-        buf.extend_from_slice(&bytes);
+        conn.out().extend_from_slice(&bytes);
         // Everything queued meanwhile goes out in the same write.
-        while buf.len() < 256 * 1024 {
+        while conn.out().len() < 256 * 1024 {
             match rx.try_recv() {
                 Ok((id, bytes, tx)) => {
                     pending.lock().insert(id, tx);
-                    buf.extend_from_slice(&bytes);
+                    conn.out().extend_from_slice(&bytes);
                 }
                 Err(_) => break,
             }
         }
-        if w.write_all(&buf).await.is_err() {
+        if conn.flush().await.is_err() {
             break;
         }
-        buf.clear();
     }
     pending.lock().clear();
 }
 
-async fn reader<R: AsyncRead + Unpin>(mut r: R, pending: Pending) {
-    let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
-    loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+async fn reader<R: AsyncRead + Unpin>(r: R, pending: Pending) {
+    let mut conn = Connection::new(r);
+    while let Ok(true) = conn.fill().await {
+        let buf = conn.buffered();
         let mut used = 0;
         loop {
             match frame::decode_any(&buf[used..]) {
@@ -246,7 +244,7 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, pending: Pending) {
                 }
             }
         }
-        bytes::Buf::advance(&mut buf, used);
+        conn.consume(used);
     }
     pending.lock().clear();
 }

@@ -18,9 +18,8 @@ use super::AppState;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::metrics::{Stopwatch, Tally, Transport};
 use crate::protocol::connection::Connection;
-use crate::protocol::frame::{
-    self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame, WireResult,
-};
+use crate::protocol::frame::{self, op, BatchIter, CheckReq, DecodeError, ErrorCode, Frame};
+use crate::protocol::result::WireResult;
 use crate::store::{CheckRequest, Store};
 
 /// Binary listener settings.

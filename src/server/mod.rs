@@ -1,18 +1,18 @@
 //! The daemon's transports around one shared [`Store`]: the HTTP server ([`http`], with the
-//! admin API in [`admin`]), the binary protocol ([`binary`]), and the store's periodic upkeep
+//! admin API in `admin`), the binary protocol ([`binary`]), and the store's periodic upkeep
 //! ([`upkeep_loop`]). A transport parses, asks the store, renders; it never knows which store it
 //! has and never computes a limit.
 //!
 //! Servers take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod binary;
 pub mod busy_poll;
 mod check;
 pub mod http;
-pub mod openapi;
-pub mod render;
-pub mod reply;
+mod openapi;
+mod render;
+mod reply;
 pub mod token;
 
 use std::future::Future;

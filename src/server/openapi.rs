@@ -1,28 +1,8 @@
-//! The OpenAPI 3.1 document served at `GET /docs`. [`ROUTES`] lists every (method, path) the
-//! HTTP server answers; a test checks that the document and this list agree and that each route
-//! answers on a real server, so the document cannot drift from the code.
+//! The OpenAPI 3.1 document served at `GET /docs`. The tests below list every (method, path)
+//! the HTTP server answers and check that the document and that list agree, so the document
+//! cannot drift from the code.
 
 use serde_json::{json, Value};
-
-/// Every route: (method, OpenAPI path). `/v1/check` also answers any method and any path below it.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/v1/check"),
-    ("post", "/v1/check"),
-    ("get", "/health"),
-    ("get", "/metrics"),
-    ("get", "/docs"),
-    ("post", "/admin/v1/keys"),
-    ("get", "/admin/v1/keys"),
-    ("get", "/admin/v1/keys/{id}"),
-    ("patch", "/admin/v1/keys/{id}"),
-    ("post", "/admin/v1/keys/{id}/revoke"),
-    ("post", "/admin/v1/keys/{id}/rotate"),
-    ("get", "/admin/v1/tiers"),
-    ("put", "/admin/v1/tiers"),
-    ("get", "/admin/v1/tiers/{name}"),
-    ("put", "/admin/v1/tiers/{name}"),
-    ("delete", "/admin/v1/tiers/{name}"),
-];
 
 fn error_response(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
@@ -182,6 +162,26 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route: (method, OpenAPI path). `/v1/check` also answers any method and any path below it.
+    const ROUTES: &[(&str, &str)] = &[
+        ("get", "/v1/check"),
+        ("post", "/v1/check"),
+        ("get", "/health"),
+        ("get", "/metrics"),
+        ("get", "/docs"),
+        ("post", "/admin/v1/keys"),
+        ("get", "/admin/v1/keys"),
+        ("get", "/admin/v1/keys/{id}"),
+        ("patch", "/admin/v1/keys/{id}"),
+        ("post", "/admin/v1/keys/{id}/revoke"),
+        ("post", "/admin/v1/keys/{id}/rotate"),
+        ("get", "/admin/v1/tiers"),
+        ("put", "/admin/v1/tiers"),
+        ("get", "/admin/v1/tiers/{name}"),
+        ("put", "/admin/v1/tiers/{name}"),
+        ("delete", "/admin/v1/tiers/{name}"),
+    ];
 
     #[test]
     fn every_route_is_documented_and_every_documented_route_is_listed() {

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::catalog::CatalogError;
+use crate::engine::catalog_doc::CatalogError;
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
 use crate::engine::PolicyError;

@@ -12,7 +12,8 @@
 //! One tokio worker thread, as `quotad serve --threads 1`.
 
 use bytes::{Buf, BytesMut};
-use quotad::protocol::frame::{self, op, BatchIter, DecodeError, ErrorCode, Frame, WireResult};
+use quotad::protocol::frame::{self, op, BatchIter, DecodeError, ErrorCode, Frame};
+use quotad::protocol::result::WireResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -262,7 +262,7 @@ impl Arena {
     ///
     /// The memory is valid for the arena's lifetime and `slot_size` bytes long, aligned to 64.
     #[inline]
-    pub fn slot_ptr(&self, slot: u32) -> Option<*mut u8> {
+    pub(super) fn slot_ptr(&self, slot: u32) -> Option<*mut u8> {
         let seg = self
             .segments
             .get((slot / SLOTS_PER_SEGMENT) as usize)?

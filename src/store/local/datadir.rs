@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DirLock {
@@ -39,12 +38,7 @@ impl DirLock {
             }
             return Err(DataDirError::io(&path, err));
         }
-        Ok(DirLock { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(DirLock { _file: file })
     }
 }
 

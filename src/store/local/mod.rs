@@ -1,7 +1,7 @@
 //! The local store: one node's keys, tiers and counters in memory-mapped files.
 //!
-//! - [`datadir`]: the directory and its lock; [`arena`]: segment files of fixed slots, laid out
-//!   by [`layout`]; [`catalog_file`]: `catalog.json`.
+//! - `datadir`: the directory and its lock; `arena`: segment files of fixed slots, laid out
+//!   by `layout`; `catalog_file`: `catalog.json`.
 //! - `load`: opening, checking and repairing a data directory, and [`inspect`].
 //! - `check`: the hot path (a check under one shard lock), with its private speed work.
 //! - `registry`: key and tier administration.
@@ -14,11 +14,11 @@
 //! write nothing. Admin operations are serialized by one mutex, write the record or catalog
 //! durably (`msync` / `fsync`) and then publish the change to the hot path.
 
-pub mod arena;
-pub mod catalog_file;
+mod arena;
+pub(crate) mod catalog_file;
 mod check;
-pub mod datadir;
-pub mod layout;
+mod datadir;
+mod layout;
 mod load;
 mod registry;
 mod service;

@@ -165,7 +165,7 @@ impl Shards {
     /// The address of `slot`'s entry, if its segment exists. Computing it needs no lock;
     /// dereferencing it does.
     #[inline]
-    pub fn entry_ptr(&self, slot: u32) -> Option<*mut HotEntry> {
+    pub(super) fn entry_ptr(&self, slot: u32) -> Option<*mut HotEntry> {
         let seg = self.table[slot as usize / SEGMENT].get()?;
         // SAFETY: in bounds of the segment; the mapping is page-aligned, so entries are aligned.
         Some(unsafe { seg.base.add(slot as usize % SEGMENT) })

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::RedisStore;
-use crate::engine::catalog::{Catalog, CatalogError};
+use crate::engine::catalog::Catalog;
+use crate::engine::catalog_doc::CatalogError;
 use crate::engine::catalog_doc::{self, CatalogDoc};
 use crate::engine::key_rules::random_u64;
 use crate::store::StoreError;

@@ -1,8 +1,8 @@
 //! The shared store: keys, tiers and counters in Redis (one server, `redis://`, or a Redis
 //! Cluster, `redis-cluster://`), so that several quotad nodes enforce one set of limits.
 //!
-//! - **Keys**: one hash per key ([`record`]) holding the record and its counters under one hash
-//!   tag, so one check is one `EVALSHA` of [`scripts::CHECK`] on one master.
+//! - **Keys**: one hash per key (`record.rs`) holding the record and its counters under one hash
+//!   tag, so one check is one `EVALSHA` of the check script (`scripts.rs`) on one master.
 //! - **Changes between nodes: versioned records.** A node caches the records it has seen and
 //!   sends the cached version with every check; the script refuses a stale version (consuming
 //!   nothing) and the node re-reads the record and asks again. So a revoke, scope, tier or quota
@@ -33,8 +33,8 @@ mod check;
 mod conn;
 mod lease;
 mod options;
-pub mod record;
-pub mod scripts;
+mod record;
+mod scripts;
 mod service;
 mod stats;
 
