@@ -156,7 +156,6 @@ enum Item {
 }
 
 /// What one read asks: its checks as one batch for the store, and the frame order to answer in.
-#[derive(Default)]
 struct Plan<'a> {
     reqs: Vec<CheckRequest<'a>>,
     items: Vec<Item>,
@@ -325,6 +324,7 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
     let mut hello = false;
     let idle = state.binary.idle_timeout;
     let mut tally = Tally::default();
+    let (mut items, mut ready) = (Vec::new(), Vec::new());
     // One idle timer and one stop waiter for the connection's life, not one of each per read:
     // registering a timer and a waiter on every request costs more than deciding it. The timer is
     // pushed back only once it fires, to the last read plus the idle timeout.
@@ -353,7 +353,13 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
         state.busy_poll.touch();
         let timer = Stopwatch::start();
         let (buf, out) = conn.split_buffers();
-        let mut plan = Plan::default();
+        // The item and answer buffers are kept from read to read; only the requests, which
+        // borrow this read's bytes, are new.
+        let mut plan = Plan {
+            reqs: Vec::with_capacity(16),
+            items: std::mem::take(&mut items),
+            ready: std::mem::take(&mut ready),
+        };
         let (used, fatal) = plan_read(state, buf, &mut hello, &mut plan);
         let mut emit = Emitter::new(&plan.items, &plan.ready);
         if !plan.reqs.is_empty() {
@@ -367,6 +373,9 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
                 .await;
         }
         emit.finish(out);
+        (items, ready) = (plan.items, plan.ready);
+        items.clear();
+        ready.clear();
         // Counted before the answers go out, so a client that has its answers sees them counted.
         tally.time_batch(timer.elapsed_ns());
         state.metrics.add_tally(Transport::Binary, &mut tally);

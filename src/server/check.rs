@@ -14,7 +14,7 @@ use crate::engine::decision::{Decision, Verdict};
 use crate::engine::MAX_COST;
 use crate::keys::KeyId;
 use crate::metrics::{Stopwatch, Transport};
-use crate::store::{CheckRequest, Store};
+use crate::store::{CheckRequest, Identity, Store};
 
 /// The longest value accepted in a header quotad reads.
 pub const MAX_HEADER_VALUE: usize = 1024;
@@ -140,17 +140,18 @@ pub(super) async fn check<S: Store, B>(state: &AppState<S>, req: &Request<B>) ->
         Err(m) => return bad_check(state, &m, &buf[..rid]),
     };
     let mut admitted = None;
+    let mut lend = |who: Identity<'_>| {
+        admitted = Some(push_admitted(
+            &mut buf,
+            Some(who.id),
+            who.consumer,
+            who.tier,
+        ));
+    };
     let start = Stopwatch::start();
     let d = state
         .store
-        .check(CheckRequest { key, scope, cost }, &mut |who| {
-            admitted = Some(push_admitted(
-                &mut buf,
-                Some(who.id),
-                who.consumer,
-                who.tier,
-            ));
-        })
+        .check(CheckRequest { key, scope, cost }, Some(&mut lend))
         .await;
     answered(state, &d, buf, rid, admitted, start, scope)
 }

@@ -146,12 +146,13 @@ pub trait Store: Send + Sync + 'static {
     /// The store's clock.
     fn clock(&self) -> &Arc<dyn Clock>;
 
-    /// Decides one check. For an admitted check, `admitted` is lent the key's identity before
-    /// this returns (denials do not call it). A denied check consumes nothing.
+    /// Decides one check. A denied check consumes nothing. With `identity`, an admitted check
+    /// lends the key's identity to it before this returns (denials do not call it); without,
+    /// the store does not read it.
     fn check(
         &self,
         req: CheckRequest<'_>,
-        admitted: &mut (dyn FnMut(Identity<'_>) + Send),
+        identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
     ) -> impl Future<Output = Decision> + Send;
 
     /// Decides checks that arrived together, in order, calling `each(i, decision)` for the

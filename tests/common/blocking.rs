@@ -5,7 +5,7 @@ use quotad::keys::record::{CreatedKey, KeyInfo, Usage};
 use quotad::keys::{KeyId, KeyUpdate, NewKey};
 use quotad::store::KeyQuery;
 use quotad::tiers::TierSpec;
-use quotad::{CheckRequest, Decision, Store, StoreError};
+use quotad::{CheckRequest, Decision, Identity, Store, StoreError};
 
 /// An admitted key's identity as [`Store::check`] lent it: id, consumer, tier.
 pub type Who = (KeyId, String, String);
@@ -35,8 +35,10 @@ impl<S: Store> Blocking<S> {
         self.rt.block_on(f)
     }
 
+    /// A check that asks for no identity.
     pub fn check(&self, key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
-        self.identified(key, scope, cost).0
+        let req = CheckRequest { key, scope, cost };
+        self.rt.block_on(self.store.check(req, None))
     }
 
     /// A check and the identity it lent (admitted checks only).
@@ -47,12 +49,11 @@ impl<S: Store> Blocking<S> {
         cost: u64,
     ) -> (Decision, Option<Who>) {
         let mut who = None;
-        let d = self.rt.block_on(
-            self.store
-                .check(CheckRequest { key, scope, cost }, &mut |i| {
-                    who = Some((i.id, i.consumer.to_string(), i.tier.to_string()))
-                }),
-        );
+        let mut lend = |i: Identity<'_>| {
+            who = Some((i.id, i.consumer.to_string(), i.tier.to_string()));
+        };
+        let req = CheckRequest { key, scope, cost };
+        let d = self.rt.block_on(self.store.check(req, Some(&mut lend)));
         (d, who)
     }
 

@@ -65,19 +65,27 @@ impl Local {
             .map(|p| &mut *(p as *mut RecordSlot))
     }
 
-    /// One check, lending an admitted key's identity to `admitted` (read under the same shard
-    /// lock as the decision).
-    pub(super) fn check_one(&self, req: CheckRequest<'_>, admitted: IdentityFn<'_>) -> Decision {
-        if let Some(slot) = keyfmt::slot_hint(req.key.unwrap_or("").as_bytes()) {
-            self.prefetch_entry_of(slot);
-            // The record's lines the identity is read from; they load while the key is hashed.
+    /// One check, lending an admitted key's identity to `identity` if given (read under the
+    /// same shard lock as the decision).
+    pub(super) fn check_one(
+        &self,
+        req: CheckRequest<'_>,
+        identity: Option<IdentityFn<'_>>,
+    ) -> Decision {
+        let Some(slot) = keyfmt::slot_hint(req.key.unwrap_or("").as_bytes()) else {
+            return self.check_at_now(req, identity);
+        };
+        self.prefetch_entry_of(slot);
+        // The identity's caller is the HTTP answer, whose first loads after the check wait for
+        // the check's store into the counter slot: the record's lines (the identity) and the
+        // counter slot (for writing) are started now, while the key is hashed. A check without
+        // identity (at a million keys, each of these is a TLB miss) skips them.
+        if identity.is_some() {
             if let Some(p) = self.records.slot_ptr(slot) {
                 for off in RECORD_IDENTITY_LINES {
                     prefetch(p.wrapping_add(off) as *const u8);
                 }
             }
-            // And the counter slot, for writing: in a server whose workers share keys its line
-            // was often written last by another core, and the check's store into it would wait.
             if self.prefetch_exclusive {
                 if let Some(c) = self.counters.slot_ptr(slot) {
                     prefetch_write(c);
@@ -85,9 +93,15 @@ impl Local {
                 }
             }
         }
+        self.check_at_now(req, identity)
+    }
+
+    /// [`check_one`](Self::check_one) once its prefetches are started.
+    #[inline(always)]
+    fn check_at_now(&self, req: CheckRequest<'_>, identity: Option<IdentityFn<'_>>) -> Decision {
         let now = self.clock.now_ns();
         let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
-        self.decide_into(req, now, Some(admitted), &mut d);
+        self.decide_into(req, now, identity, &mut d);
         d
     }
 

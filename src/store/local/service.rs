@@ -48,9 +48,9 @@ impl Store for LocalStore {
     async fn check(
         &self,
         req: CheckRequest<'_>,
-        admitted: &mut (dyn FnMut(Identity<'_>) + Send),
+        identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
     ) -> Decision {
-        self.inner.check_one(req, admitted)
+        self.inner.check_one(req, identity)
     }
 
     async fn check_batch(

@@ -21,11 +21,11 @@ impl Store for RedisStore {
     async fn check(
         &self,
         req: CheckRequest<'_>,
-        admitted: &mut (dyn FnMut(Identity<'_>) + Send),
+        identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
     ) -> Decision {
         let d = self.check_one(req.key, req.scope, req.cost).await;
-        if let (true, Some(id)) = (d.verdict.is_allowed(), d.key_id) {
-            self.lend_identity(id, admitted);
+        if let (true, Some(id), Some(f)) = (d.verdict.is_allowed(), d.key_id, identity) {
+            self.lend_identity(id, f);
         }
         d
     }
