@@ -151,7 +151,7 @@ pub(super) async fn check<S: Store, B>(state: &AppState<S>, req: &Request<B>) ->
     let start = Stopwatch::start();
     let d = state
         .store
-        .check(CheckRequest { key, scope, cost }, Some(&mut lend))
+        .check(CheckRequest { key, scope, cost }, Some(&mut lend), |d| *d)
         .await;
     answered(state, &d, buf, rid, admitted, start, scope)
 }

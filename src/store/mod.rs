@@ -146,14 +146,16 @@ pub trait Store: Send + Sync + 'static {
     /// The store's clock.
     fn clock(&self) -> &Arc<dyn Clock>;
 
-    /// Decides one check. A denied check consumes nothing. With `identity`, an admitted check
-    /// lends the key's identity to it before this returns (denials do not call it); without,
-    /// the store does not read it.
-    fn check(
+    /// Decides one check and returns what `finish` makes of the decision, which it is given
+    /// where it was made (`|d| *d` for a copy). A denied check consumes nothing. With
+    /// `identity`, an admitted check lends the key's identity to it first (denials do not call
+    /// it); without, the store does not read it.
+    fn check<R: Send>(
         &self,
         req: CheckRequest<'_>,
         identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
-    ) -> impl Future<Output = Decision> + Send;
+        finish: impl FnOnce(&Decision) -> R + Send,
+    ) -> impl Future<Output = R> + Send;
 
     /// Decides checks that arrived together, in order, calling `each(i, decision)` for the
     /// `i`-th. Each is decided as [`Store::check`] would; a batch is not atomic.

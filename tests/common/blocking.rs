@@ -38,7 +38,7 @@ impl<S: Store> Blocking<S> {
     /// A check that asks for no identity.
     pub fn check(&self, key: Option<&str>, scope: Option<&str>, cost: u64) -> Decision {
         let req = CheckRequest { key, scope, cost };
-        self.rt.block_on(self.store.check(req, None))
+        self.rt.block_on(self.store.check(req, None, |d| *d))
     }
 
     /// A check and the identity it lent (admitted checks only).
@@ -53,7 +53,9 @@ impl<S: Store> Blocking<S> {
             who = Some((i.id, i.consumer.to_string(), i.tier.to_string()));
         };
         let req = CheckRequest { key, scope, cost };
-        let d = self.rt.block_on(self.store.check(req, Some(&mut lend)));
+        let d = self
+            .rt
+            .block_on(self.store.check(req, Some(&mut lend), |d| *d));
         (d, who)
     }
 

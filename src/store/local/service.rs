@@ -45,12 +45,13 @@ impl Store for LocalStore {
         &self.inner.clock
     }
 
-    async fn check(
+    async fn check<R: Send>(
         &self,
         req: CheckRequest<'_>,
         identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
-    ) -> Decision {
-        self.inner.check_one(req, identity)
+        finish: impl FnOnce(&Decision) -> R + Send,
+    ) -> R {
+        self.inner.check_one(req, identity, finish)
     }
 
     async fn check_batch(

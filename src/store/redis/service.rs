@@ -18,16 +18,17 @@ impl Store for RedisStore {
         &self.clock
     }
 
-    async fn check(
+    async fn check<R: Send>(
         &self,
         req: CheckRequest<'_>,
         identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
-    ) -> Decision {
+        finish: impl FnOnce(&Decision) -> R + Send,
+    ) -> R {
         let d = self.check_one(req.key, req.scope, req.cost).await;
         if let (true, Some(id), Some(f)) = (d.verdict.is_allowed(), d.key_id, identity) {
             self.lend_identity(id, f);
         }
-        d
+        finish(&d)
     }
 
     async fn check_batch(
