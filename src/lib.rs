@@ -12,11 +12,12 @@
 //! - [`server`]: the transports (HTTP check, admin API, health, metrics, OpenAPI; binary
 //!   protocol), each holding a store.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
-//! - [`cli`]: the command line (`quotad serve`, `quotad keys`, `quotad bench`, ...).
+//! - `cli`: the command line (`quotad serve`, `quotad keys`, `quotad bench`, ...).
 
 #![warn(missing_docs)]
 #![recursion_limit = "512"]
 
+#[doc(hidden)] // the binary's command line, not an API
 pub mod cli;
 pub mod engine;
 pub mod keys;
