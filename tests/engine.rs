@@ -628,7 +628,10 @@ fn tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused(kind: Kind) {
     key_s(&e, "free");
     assert!(matches!(
         e.delete_tier("free"),
-        Err(StoreError::TierInUse { keys: 1, .. })
+        Err(StoreError::Policy(quotad::engine::PolicyError::TierInUse {
+            keys: 1,
+            ..
+        }))
     ));
     e.delete_tier("pro").unwrap();
     assert!(e.tiers().iter().all(|t| t.name != "pro"));

@@ -12,6 +12,7 @@ pub mod local;
 pub mod redis;
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,23 @@ pub struct KeyQuery<'a> {
     pub limit: usize,
 }
 
+impl KeyQuery<'_> {
+    /// Offers `k`, the next key in id order, to the page `out`: added if it passes the filter.
+    /// `Break(cursor)` once the page is full and another key passes: the page is complete and
+    /// the next one starts after `cursor`.
+    pub(crate) fn offer(&self, out: &mut Vec<KeyInfo>, k: KeyInfo) -> ControlFlow<Option<KeyId>> {
+        if self.consumer.is_some_and(|c| c != k.consumer) || self.tier.is_some_and(|t| t != k.tier)
+        {
+            return ControlFlow::Continue(());
+        }
+        if out.len() == self.limit {
+            return ControlFlow::Break(out.last().map(|k| k.id));
+        }
+        out.push(k);
+        ControlFlow::Continue(())
+    }
+}
+
 /// One gauge or counter a store adds to `/metrics`.
 #[derive(Debug, Clone)]
 pub struct Gauge {
@@ -90,23 +108,9 @@ pub enum StoreError {
     /// No key with that id.
     #[error("unknown key id")]
     UnknownKey,
-    /// No tier with that name.
-    #[error("unknown tier {0:?}")]
-    UnknownTier(String),
-    /// The tier is used by keys.
-    #[error("tier {tier:?} is used by {keys} key(s)")]
-    TierInUse {
-        /// The tier.
-        tier: String,
-        /// How many keys use it.
-        keys: u64,
-    },
-    /// A bad argument.
-    #[error("{0}")]
-    Invalid(String),
-    /// A bad tier or catalog change.
+    /// A change the policy refuses (bad argument, unknown tier, tier in use, bad catalog).
     #[error(transparent)]
-    Catalog(#[from] CatalogError),
+    Policy(#[from] PolicyError),
     /// A fault in the data directory (the local store); it names the file.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
@@ -116,27 +120,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A bad argument.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        StoreError::Policy(PolicyError::Invalid(message.into()))
+    }
+
     /// A stable code for transports: `not_found`, `bad_request`, `conflict`, `storage` or
     /// `unavailable`.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::UnknownKey | StoreError::UnknownTier(_) => "not_found",
-            StoreError::TierInUse { .. } => "conflict",
-            StoreError::Invalid(_) | StoreError::Catalog(_) => "bad_request",
+            StoreError::UnknownKey | StoreError::Policy(PolicyError::UnknownTier(_)) => "not_found",
+            StoreError::Policy(PolicyError::TierInUse { .. }) => "conflict",
+            StoreError::Policy(PolicyError::Invalid(_) | PolicyError::Catalog(_)) => "bad_request",
             StoreError::DataDir(_) => "storage",
             StoreError::Unavailable(_) => "unavailable",
         }
     }
 }
 
-impl From<PolicyError> for StoreError {
-    fn from(e: PolicyError) -> Self {
-        match e {
-            PolicyError::UnknownTier(t) => StoreError::UnknownTier(t),
-            PolicyError::TierInUse { tier, keys } => StoreError::TierInUse { tier, keys },
-            PolicyError::Invalid(m) => StoreError::Invalid(m),
-            PolicyError::Catalog(c) => StoreError::Catalog(c),
-        }
+impl From<CatalogError> for StoreError {
+    fn from(e: CatalogError) -> Self {
+        StoreError::Policy(PolicyError::Catalog(e))
     }
 }
 
@@ -181,7 +185,7 @@ pub trait Store: Send + Sync + 'static {
             self.create_keys(vec![new])
                 .await?
                 .pop()
-                .ok_or_else(|| StoreError::Invalid("no key created".into()))
+                .ok_or_else(|| StoreError::invalid("no key created"))
         }
     }
 

@@ -221,7 +221,7 @@ impl LocalStore {
             }),
             key_count: AtomicU64::new(u64::from(key_count)),
             digest: keyfmt::FastDigest::random()
-                .map_err(|e| StoreError::Invalid(format!("OS random source failed: {e}")))?,
+                .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
             data_dir: dir,
             sync_records: opts.sync_records,
             msync_interval: opts.msync_interval,

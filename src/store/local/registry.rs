@@ -2,6 +2,7 @@
 //! slots msynced, `catalog.json` replaced atomically) under the admin mutex, then published to
 //! the hot path under the key's shard lock.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use super::check::convert_buckets;
@@ -37,7 +38,7 @@ impl Local {
         for k in &news {
             let tier = catalog
                 .tier_index(&k.tier)
-                .ok_or_else(|| StoreError::Invalid(format!("unknown tier {:?}", k.tier)))?;
+                .ok_or_else(|| StoreError::invalid(format!("unknown tier {:?}", k.tier)))?;
             let set = intern_scope_set(&mut doc, &k.scopes)?;
             plan.push((tier, set));
         }
@@ -176,28 +177,16 @@ impl Local {
     /// Keys in id order starting after `after`, filtered by consumer and tier, at most `limit`.
     /// Returns the page and whether more may follow.
     pub(super) fn list_keys(&self, q: KeyQuery<'_>) -> (Vec<KeyInfo>, Option<KeyId>) {
-        let KeyQuery {
-            consumer,
-            tier,
-            after,
-            limit,
-        } = q;
-        let start = after.map(|a| a.slot() + 1).unwrap_or(0);
+        let start = q.after.map(|a| a.slot() + 1).unwrap_or(0);
         let n = self.key_count() as u32;
         let mut out = Vec::new();
         for slot in start..n {
             let Ok(info) = self.info_by_slot(slot) else {
                 continue;
             };
-            if consumer.is_some_and(|c| c != info.consumer) || tier.is_some_and(|t| t != info.tier)
-            {
-                continue;
-            }
-            if out.len() == limit {
-                let cursor = out.last().map(|k: &KeyInfo| k.id);
+            if let ControlFlow::Break(cursor) = q.offer(&mut out, info) {
                 return (out, cursor);
             }
-            out.push(info);
         }
         (out, None)
     }
@@ -276,7 +265,7 @@ impl Local {
             if let Some(t) = &upd.tier {
                 let ix = cat
                     .tier_index(t)
-                    .ok_or_else(|| StoreError::Invalid(format!("unknown tier {t:?}")))?;
+                    .ok_or_else(|| StoreError::invalid(format!("unknown tier {t:?}")))?;
                 if admin.tier_use.len() <= usize::from(ix) {
                     admin.tier_use.resize(usize::from(ix) + 1, 0);
                 }
@@ -315,9 +304,7 @@ impl Local {
         let now = self.clock.now_ns();
         let rec = self.modify(id, |r, _, _, _| {
             if r.flags & FLAG_REVOKED != 0 {
-                return Err(StoreError::Invalid(
-                    "a revoked key cannot be rotated".into(),
-                ));
+                return Err(StoreError::invalid("a revoked key cannot be rotated"));
             }
             let new = NewSecret::for_rotation(
                 layout::get_str(&r.display_prefix).unwrap_or(""),
@@ -344,7 +331,7 @@ impl Local {
         let cat = self.catalog.load();
         let tier = cat
             .tier(rec.tier)
-            .ok_or_else(|| StoreError::UnknownTier(format!("#{}", rec.tier)))?;
+            .ok_or_else(|| crate::engine::PolicyError::UnknownTier(format!("#{}", rec.tier)))?;
         let now = self.clock.now_ns();
         let slot = id.slot();
         let mut c: CounterHalf = {

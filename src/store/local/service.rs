@@ -24,7 +24,7 @@ impl LocalStore {
         async move {
             match tokio::task::spawn_blocking(move || f(&inner)).await {
                 Ok(r) => r,
-                Err(join) => Err(StoreError::Invalid(format!("admin task failed: {join}"))),
+                Err(join) => Err(StoreError::invalid(format!("admin task failed: {join}"))),
             }
         }
     }

@@ -2,6 +2,7 @@
 //! from several nodes never overwrite each other), then waited for on a replica.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::record::Rec;
@@ -40,7 +41,7 @@ impl RedisStore {
             for k in &news {
                 key_rules::validate_new(k)?;
                 if cat.1.tier_index(&k.tier).is_none() {
-                    return Err(StoreError::Invalid(format!("unknown tier {:?}", k.tier)));
+                    return Err(StoreError::invalid(format!("unknown tier {:?}", k.tier)));
                 }
             }
         }
@@ -57,7 +58,7 @@ impl RedisStore {
             )
             .await?;
         if last > MAX_KEYS {
-            return Err(StoreError::Invalid("no room for more keys".into()));
+            return Err(StoreError::invalid("no room for more keys"));
         }
         let first = last - news.len() as u64;
         let now = self.clock.now_ns();
@@ -71,7 +72,7 @@ impl RedisStore {
             let id = KeyId::new(slot, random_u64()? as u32);
             let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
             let raw = keyfmt::generate(prefix, id)
-                .map_err(|e| StoreError::Invalid(format!("OS random source failed: {e}")))?;
+                .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?;
             let rec = Rec {
                 version: 1,
                 id,
@@ -145,14 +146,8 @@ impl RedisStore {
         &self,
         q: KeyQuery<'_>,
     ) -> Result<(Vec<KeyInfo>, Option<KeyId>), StoreError> {
-        let KeyQuery {
-            consumer,
-            tier,
-            after,
-            limit,
-        } = q;
         let n = self.count_keys().await?;
-        let mut slot = after.map(|a| u64::from(a.slot()) + 1).unwrap_or(0);
+        let mut slot = q.after.map(|a| u64::from(a.slot()) + 1).unwrap_or(0);
         let mut out: Vec<KeyInfo> = Vec::new();
         while slot < n {
             let end = (slot + 256).min(n);
@@ -174,14 +169,9 @@ impl RedisStore {
                 .collect::<Result<Vec<_>, _>>()?;
             for m in maps {
                 let Ok(r) = Rec::parse(&m) else { continue };
-                if consumer.is_some_and(|c| c != r.consumer) || tier.is_some_and(|t| t != r.tier) {
-                    continue;
-                }
-                if out.len() == limit {
-                    let cursor = out.last().map(|k| k.id);
+                if let ControlFlow::Break(cursor) = q.offer(&mut out, r.info()) {
                     return Ok((out, cursor));
                 }
-                out.push(r.info());
             }
             slot = end;
         }
@@ -224,8 +214,8 @@ impl RedisStore {
                 }
             }
         }
-        Err(StoreError::Invalid(
-            "the key kept changing under us; try again".into(),
+        Err(StoreError::invalid(
+            "the key kept changing under us; try again",
         ))
     }
 
@@ -239,7 +229,7 @@ impl RedisStore {
         }
         if let Some(t) = &upd.tier {
             if self.catalog.load().1.tier_index(t).is_none() {
-                return Err(StoreError::Invalid(format!("unknown tier {t:?}")));
+                return Err(StoreError::invalid(format!("unknown tier {t:?}")));
             }
         }
         let rec = self
@@ -288,9 +278,7 @@ impl RedisStore {
         let rec = self
             .modify(id, |r| {
                 if r.revoked {
-                    return Err(StoreError::Invalid(
-                        "a revoked key cannot be rotated".into(),
-                    ));
+                    return Err(StoreError::invalid("a revoked key cannot be rotated"));
                 }
                 let new = NewSecret::for_rotation(&r.display_prefix, r.id, grace_secs, now)?;
                 r.hash_prev = r.hash;
@@ -329,7 +317,7 @@ impl RedisStore {
             .1
             .tier_index(&rec.tier)
             .and_then(|i| cat.1.tier(i))
-            .ok_or_else(|| StoreError::UnknownTier(rec.tier.clone()))?;
+            .ok_or_else(|| crate::engine::PolicyError::UnknownTier(rec.tier.clone()))?;
         let now = self.clock.now_ns() / 1_000 * 1_000;
         let num = |f: String| m.get(&f).and_then(|v| v.parse::<u64>().ok());
         let limits = tier

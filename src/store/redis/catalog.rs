@@ -40,8 +40,8 @@ impl RedisStore {
             self.catalog.store(Arc::new((rev, compiled)));
             return Ok(());
         }
-        Err(StoreError::Invalid(
-            "the catalog kept changing under us; try again".into(),
+        Err(StoreError::invalid(
+            "the catalog kept changing under us; try again",
         ))
     }
 
@@ -60,7 +60,7 @@ impl RedisStore {
         let doc = match doc {
             None => None,
             Some(d) => Some(serde_json::from_str::<CatalogDoc>(&d).map_err(|e| {
-                StoreError::Invalid(format!("redis key {key}: catalog is not valid: {e}"))
+                StoreError::invalid(format!("redis key {key}: catalog is not valid: {e}"))
             })?),
         };
         Ok((rev.unwrap_or(0), doc))
@@ -68,7 +68,7 @@ impl RedisStore {
 
     async fn cas_catalog(&self, rev: u64, doc: &CatalogDoc) -> Result<Option<u64>, StoreError> {
         let json =
-            serde_json::to_string(doc).map_err(|e| StoreError::Invalid(format!("catalog: {e}")))?;
+            serde_json::to_string(doc).map_err(|e| StoreError::invalid(format!("catalog: {e}")))?;
         let mut c = self.admin.clone();
         let r: i64 = self
             .admin_call(
@@ -140,7 +140,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         for _ in 0..10 {
             let (rev, doc) = self.read_catalog().await?;
-            let mut doc = doc.ok_or_else(|| StoreError::Invalid("no catalog in redis".into()))?;
+            let mut doc = doc.ok_or_else(|| StoreError::invalid("no catalog in redis"))?;
             let use_ = self.tier_use(&doc).await?;
             f(&mut doc, &use_)?;
             let compiled = Catalog::compile(doc.clone())?;
@@ -150,8 +150,8 @@ impl RedisStore {
                 return Ok(());
             }
         }
-        Err(StoreError::Invalid(
-            "the tiers kept changing under us; try again".into(),
+        Err(StoreError::invalid(
+            "the tiers kept changing under us; try again",
         ))
     }
 

@@ -92,7 +92,7 @@ impl RedisStore {
         opts: &RedisOptions,
         reply_within: Duration,
     ) -> Result<Conn, StoreError> {
-        let bad = |m: String| StoreError::Invalid(format!("--store {}: {m}", opts.url));
+        let bad = |m: String| StoreError::invalid(format!("--store {}: {m}", opts.url));
         let down = |m: String| StoreError::Unavailable(format!("{}: {m}", opts.url));
         Ok(
             if let Some(rest) = opts.url.strip_prefix("redis-cluster://") {

@@ -109,7 +109,7 @@ impl RedisStore {
             cache: DashMap::new(),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             digest: keyfmt::FastDigest::random()
-                .map_err(|e| StoreError::Invalid(format!("OS random source failed: {e}")))?,
+                .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
             stats: StoreStats::default(),
             check: Script::new(scripts::CHECK),
             give_back: Script::new(scripts::RETURN),
