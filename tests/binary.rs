@@ -368,3 +368,34 @@ fn the_binary_connection_limit_and_idle_timeout_hold() {
     let mut c = raw_conn(&d);
     hello(&mut c);
 }
+
+#[test]
+fn a_real_key_id_with_a_wrong_secret_is_answered_with_key_id_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let (id, key) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "free"}));
+    // The same id part, another secret (a character well inside the secret changed).
+    let mut forged = key.clone().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let rt = common::runtime();
+    let c = rt.block_on(Client::connect_tcp(d.binary)).unwrap();
+    let r = rt.block_on(c.check(check(&forged))).unwrap();
+    assert_eq!(r.code(), "unauthorized");
+    assert_eq!(r.reason, 3, "unknown");
+    assert_eq!(
+        r.key_id, 0,
+        "PROTOCOL.md: 0 when the key was not identified"
+    );
+    // The real key is identified, and so is it once revoked.
+    let r = rt.block_on(c.check(check(&key))).unwrap();
+    assert_eq!(quotad::keys::KeyId(r.key_id).to_string(), id);
+    d.client()
+        .admin(reqwest::Method::POST, &format!("/keys/{id}/revoke"), None);
+    let r = rt.block_on(c.check(check(&key))).unwrap();
+    assert_eq!((r.code(), r.reason), ("unauthorized", 4));
+    assert_eq!(quotad::keys::KeyId(r.key_id).to_string(), id);
+}

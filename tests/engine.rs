@@ -455,6 +455,11 @@ fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kin
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
     assert_eq!(why(Some(&forged)), Some(AuthFailure::Unknown));
+    assert_eq!(
+        e.check(Some(&forged), None, 1).key_id,
+        None,
+        "a key that did not authenticate names no key, though its id part is a real key's"
+    );
     // A well-formed key for a slot that does not exist.
     let ghost = quotad::keys::format::generate("qd_", quotad::keys::KeyId::new(999, 1)).unwrap();
     assert_eq!(why(Some(&ghost)), Some(AuthFailure::Unknown));
@@ -477,6 +482,11 @@ fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kin
     assert_eq!(why(Some(&raw)), None);
     e.revoke_key(id).unwrap();
     assert_eq!(why(Some(&raw)), Some(AuthFailure::Revoked));
+    assert_eq!(
+        e.check(Some(&raw), None, 1).key_id,
+        Some(id),
+        "a revoked key authenticated: its id is named"
+    );
 
     let expiring = e
         .create_key(NewKey {

@@ -24,7 +24,6 @@ use crate::engine::limits::{self, Terms};
 use crate::engine::month::MonthWindow;
 use crate::engine::MAX_COST;
 use crate::keys::format as keyfmt;
-use crate::keys::KeyId;
 use crate::store::{CheckRequest, Identity};
 
 /// Offsets in a record slot of the lines a check lending the key's identity reads: each half's
@@ -188,17 +187,19 @@ impl Local {
         let Some(id) = keyfmt::id_hint(raw.as_bytes()) else {
             return unauthorized(d, AuthFailure::Malformed, None, None);
         };
-        let refuse = |d: &mut Decision, id: Option<KeyId>| match admission::presented(Some(raw)) {
-            Ok(_) => unauthorized(d, AuthFailure::Unknown, id, None),
+        // A key refused before it is authenticated names no key: its id part may be a real
+        // key's, but nothing shows the caller holds that key.
+        let refuse = |d: &mut Decision| match admission::presented(Some(raw)) {
+            Ok(_) => unauthorized(d, AuthFailure::Unknown, None, None),
             Err(why) => unauthorized(d, why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
         let slot = id.slot();
         if u64::from(slot) >= self.key_count.load(Ordering::Acquire) {
-            return refuse(d, None);
+            return refuse(d);
         }
         if self.shards.entry_ptr(slot).is_none() {
-            return refuse(d, None);
+            return refuse(d);
         }
         // The entry's lines are on their way (prefetched from the same characters of the key
         // that `id_hint` decoded the slot from): hash the key meanwhile.
@@ -221,19 +222,19 @@ impl Local {
         *latest_ns = now;
         let now_s = secs(now);
         let Some(catalog) = catalog.as_deref() else {
-            return refuse(d, None);
+            return refuse(d);
         };
         // SAFETY: we hold the shard lock; slots below key_count have entries.
         let entry = unsafe { *self.shards.entry(slot) };
         if entry.id != id.0 {
-            return refuse(d, None);
+            return refuse(d);
         }
         if (entry.fast != fast || entry.fast == 0)
             && self
                 .authenticate_slow(grace, idx, slot, raw, fast, now)
                 .is_err()
         {
-            return refuse(d, Some(id));
+            return refuse(d);
         }
         let tier_ix = entry.tier;
         let view = KeyView {

@@ -112,7 +112,8 @@ impl RedisStore {
                 },
                 grants: Grants::Names(&rec.scopes),
             };
-            let gate = if !self.authenticate(id, &rec, raw, fast, now) {
+            let authenticated = self.authenticate(id, &rec, raw, fast, now);
+            let gate = if !authenticated {
                 Err(Verdict::Unauthorized(AuthFailure::Unknown))
             } else {
                 admission::admit(&view, tier_ix.and_then(|t| cat.tier(t)), cat, scope, now)
@@ -128,7 +129,9 @@ impl RedisStore {
                         continue;
                     }
                     let tier = tier_ix.and_then(|t| admission::reported_tier(v, t));
-                    return Decision::bare(v, Some(id), tier, now_s);
+                    // A key refused before it is authenticated names no key.
+                    let who = authenticated.then_some(id);
+                    return Decision::bare(v, who, tier, now_s);
                 }
             };
             let Some(tier_ix) = tier_ix else {
