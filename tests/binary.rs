@@ -150,9 +150,16 @@ fn hello(s: &mut TcpStream) {
     let mut f = Vec::new();
     frame::put_hello(&mut f, 1, frame::VERSION);
     s.write_all(&f).unwrap();
-    let mut h = [0u8; 16 + 12];
+    let mut h = [0u8; 16 + frame::HELLO_OK_LEN];
     s.read_exact(&mut h).unwrap();
     assert_eq!(h[4], op::HELLO_OK);
+    // The bounds, as PROTOCOL.md lays them out: max payload, batch, key, scope, cost.
+    let u16_at = |at: usize| u16::from_le_bytes([h[16 + at], h[16 + at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(h[16 + at..16 + at + 4].try_into().unwrap());
+    assert_eq!(
+        (u32_at(4), u16_at(8), u16_at(10), u16_at(12), u32_at(14)),
+        (65_536, 1_024, 256, 64, 1_000_000)
+    );
 }
 
 /// Reads frames until EOF; returns (op, id, payload) of each.
@@ -398,4 +405,51 @@ fn a_real_key_id_with_a_wrong_secret_is_answered_with_key_id_zero() {
     let r = rt.block_on(c.check(check(&key))).unwrap();
     assert_eq!((r.code(), r.reason), ("unauthorized", 4));
     assert_eq!(quotad::keys::KeyId(r.key_id).to_string(), id);
+}
+
+#[test]
+fn a_cost_above_the_maximum_is_refused_like_http_and_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let (id, key) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "free"}));
+    let rt = common::runtime();
+    let c = rt.block_on(Client::connect_tcp(d.binary)).unwrap();
+    let costly = |cost| Check {
+        key: &key,
+        scope: None,
+        cost,
+    };
+    for cost in [1_000_001, u32::MAX] {
+        let r = rt.block_on(c.check(costly(cost)));
+        assert!(
+            matches!(
+                &r,
+                Err(ClientError::Server {
+                    code: Some(ErrorCode::BadFrame),
+                    message,
+                }) if message.contains("1000000")
+            ),
+            "cost {cost}: {r:?}"
+        );
+        // HTTP refuses the same cost.
+        let cost = cost.to_string();
+        let h = d
+            .client()
+            .check(Some(&key), &[("x-quota-cost", cost.as_str())]);
+        assert_eq!(h.status, 400);
+    }
+    // A batch holding one is refused whole; the connection stays usable.
+    assert!(rt
+        .block_on(c.check_batch(&[check(&key), costly(u32::MAX)]))
+        .is_err());
+    let u = d
+        .client()
+        .admin(reqwest::Method::GET, &format!("/keys/{id}"), None);
+    assert_eq!(u.body["usage"]["monthlyUsed"], 0, "nothing was counted");
+    // The maximum itself is a cost like any other (the free tier's minute admits 60).
+    let r = rt.block_on(c.check(costly(1_000_000))).unwrap();
+    assert_eq!(r.code(), "rate_limited");
+    assert_eq!(rt.block_on(c.check(costly(1))).unwrap().code(), "allowed");
 }

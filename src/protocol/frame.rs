@@ -23,6 +23,9 @@ pub const MAX_KEY: usize = 256;
 pub const MAX_SCOPE: usize = 64;
 /// The most checks in one batch.
 pub const MAX_BATCH: usize = 1024;
+/// The largest cost one check may ask for; a check asking more is refused (BAD_FRAME,
+/// request-level).
+pub const MAX_COST: u64 = crate::engine::MAX_COST;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"QTD1";
 /// Protocol version spoken.
@@ -388,14 +391,20 @@ pub fn put_hello(out: &mut Vec<u8>, id: u64, version: u16) {
     out.extend_from_slice(&[0, 0]);
 }
 
-/// Appends the server's HELLO_OK answer: this version and the bounds it enforces.
+/// Bytes of a HELLO_OK payload.
+pub const HELLO_OK_LEN: usize = 18;
+
+/// Appends the server's HELLO_OK answer: this version and the bounds it enforces (payload, batch,
+/// key and scope lengths, and the largest cost a check may ask for).
 pub fn put_hello_ok(out: &mut Vec<u8>, id: u64) {
-    put_header(out, op::HELLO_OK, id, 12);
+    put_header(out, op::HELLO_OK, id, HELLO_OK_LEN);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
     out.extend_from_slice(&(MAX_BATCH as u16).to_le_bytes());
     out.extend_from_slice(&(MAX_KEY as u16).to_le_bytes());
+    out.extend_from_slice(&(MAX_SCOPE as u16).to_le_bytes());
+    out.extend_from_slice(&(MAX_COST as u32).to_le_bytes());
 }
 
 /// Appends a PONG echoing `payload`.

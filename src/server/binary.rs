@@ -134,6 +134,9 @@ fn parse_req<'a>(req: &CheckReq<'a>) -> Result<CheckRequest<'a>, &'static str> {
         Ok(s) if crate::tiers::valid_scope(s) => Some(s),
         _ => return Err("invalid scope"),
     };
+    if u64::from(req.cost) > frame::MAX_COST {
+        return Err("cost above the maximum of 1000000");
+    }
     // A key that is not UTF-8 cannot be one of ours: let the store call it malformed.
     let key = match req.key {
         [] => None,
