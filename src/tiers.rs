@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_LIMITS: usize = 4;
 /// The longest tier or scope name.
 pub const MAX_NAME_LEN: usize = 64;
+/// The largest monthly quota a tier or a key may have: 2^53 − 1, the largest count both stores
+/// hold exactly (the Redis store's scripts compute in Lua numbers, doubles).
+pub const MAX_QUOTA: u64 = (1 << 53) - 1;
 /// The smallest period a limit may have.
 pub const MIN_PERIOD_SECS: u64 = 1;
 /// The largest period a limit may have (a leap year).
@@ -87,6 +90,14 @@ pub enum TierError {
     /// A bad scope name.
     #[error("invalid scope {0:?}: use 1-64 characters of A-Z a-z 0-9 _ - . : /")]
     Scope(String),
+    /// A monthly quota above [`MAX_QUOTA`].
+    #[error("tier {tier:?}: monthly quota {quota} is above the maximum, {MAX_QUOTA}")]
+    Quota {
+        /// The tier.
+        tier: String,
+        /// The quota asked for.
+        quota: u64,
+    },
     /// Too many or no limits.
     #[error("tier {tier:?} has {count} limits; a tier needs between 1 and {MAX_LIMITS}")]
     LimitCount {
@@ -171,6 +182,12 @@ impl TierSpec {
             if let Some(bad) = scopes.iter().find(|s| !valid_scope(s)) {
                 return Err(TierError::Scope(bad.clone()));
             }
+        }
+        if let Some(quota) = self.monthly_quota.filter(|q| *q > MAX_QUOTA) {
+            return Err(TierError::Quota {
+                tier: self.name.clone(),
+                quota,
+            });
         }
         Ok(limits)
     }

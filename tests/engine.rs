@@ -144,7 +144,52 @@ on_both_stores!(
     a_per_key_quota_override_beats_the_tier,
     tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused,
     an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now,
+    a_monthly_quota_no_store_can_hold_exactly_is_refused_not_reinterpreted,
 );
+
+/// A quota above 2^53 − 1 would mean "no override" to the local store (u64::MAX is its "none")
+/// and be rounded by the Redis store's doubles: both refuse it, for keys and for tiers.
+fn a_monthly_quota_no_store_can_hold_exactly_is_refused_not_reinterpreted(kind: Kind) {
+    let clock = mid_march();
+    let e = Store::open(kind, &clock);
+    let max = quotad::tiers::MAX_QUOTA;
+    for quota in [u64::MAX, max + 1] {
+        let err = e
+            .create_key(NewKey {
+                monthly_quota: Some(quota),
+                ..acme("free")
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), "bad_request", "{err}");
+    }
+    let k = e
+        .create_key(NewKey {
+            monthly_quota: Some(max),
+            ..acme("free")
+        })
+        .unwrap();
+    assert_eq!(k.info.monthly_quota, Some(max));
+    let err = e
+        .update_key(
+            k.info.id,
+            KeyUpdate {
+                monthly_quota: Some(Some(u64::MAX)),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_request", "{err}");
+    assert_eq!(
+        e.key(k.info.id).unwrap().monthly_quota,
+        Some(max),
+        "unchanged"
+    );
+    let err = e
+        .put_tier(tier("huge", &[(10, 1)], Some(max + 1)))
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_request", "{err}");
+    assert!(e.tiers().iter().all(|t| t.name != "huge"));
+}
 
 /// A key for consumer `acme` on `tier`, through either store.
 fn key_s(s: &Store, tier: &str) -> (KeyId, String) {

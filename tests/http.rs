@@ -348,6 +348,10 @@ fn admin_api_refuses_bad_tokens_bad_json_and_unknown_things() {
             "{\"consumer\":\"c\",\"tier\":\"free\",\"monthlyQuota\":\"lots\"}",
             "invalid type",
         ),
+        (
+            "{\"consumer\":\"c\",\"tier\":\"free\",\"monthlyQuota\":18446744073709551615}",
+            "above the maximum",
+        ),
         ("{\"consumer\":\"c\"}", "missing field"),
         ("{\"consumer\":\"c\",\"tier\":\"gold\"}", "unknown tier"),
         (

@@ -4,7 +4,7 @@
 use super::clock::NANOS_PER_SEC;
 use super::PolicyError;
 use crate::keys::format as keyfmt;
-use crate::keys::record::{NewKey, MAX_CONSUMER_LEN, MAX_KEY_NAME_LEN, MAX_KEY_SCOPES};
+use crate::keys::record::{KeyUpdate, NewKey, MAX_CONSUMER_LEN, MAX_KEY_NAME_LEN, MAX_KEY_SCOPES};
 use crate::keys::KeyId;
 use crate::tiers;
 
@@ -25,6 +25,7 @@ pub fn validate_new(k: &NewKey) -> Result<(), PolicyError> {
     }
     validate_name(k.name.as_deref())?;
     validate_scopes(&k.scopes)?;
+    validate_quota(k.monthly_quota)?;
     if let Some(p) = &k.prefix {
         if !keyfmt::valid_prefix(p) {
             return Err(PolicyError::Invalid(format!(
@@ -34,6 +35,29 @@ pub fn validate_new(k: &NewKey) -> Result<(), PolicyError> {
         }
     }
     Ok(())
+}
+
+/// Checks what a key update changes (the tier is checked against the catalog by the store).
+pub fn validate_update(u: &KeyUpdate) -> Result<(), PolicyError> {
+    if let Some(s) = &u.scopes {
+        validate_scopes(s)?;
+    }
+    if let Some(n) = &u.name {
+        validate_name(n.as_deref())?;
+    }
+    validate_quota(u.monthly_quota.flatten())
+}
+
+/// Checks a key's monthly quota override: at most [`tiers::MAX_QUOTA`] (a larger one could not
+/// be told from "no override" by one store, nor counted exactly by the other).
+pub fn validate_quota(quota: Option<u64>) -> Result<(), PolicyError> {
+    match quota {
+        Some(q) if q > tiers::MAX_QUOTA => Err(PolicyError::Invalid(format!(
+            "monthlyQuota {q} is above the maximum, {}",
+            tiers::MAX_QUOTA
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a key's scope list.

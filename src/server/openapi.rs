@@ -124,12 +124,12 @@ pub fn document() -> Value {
                 "CreateKey": {"type": "object", "required": ["consumer", "tier"], "additionalProperties": false, "properties": {
                     "consumer": {"type": "string", "maxLength": 64}, "tier": {"type": "string"},
                     "scopes": {"type": "array", "items": {"type": "string"}},
-                    "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0},
+                    "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
                     "name": {"type": "string", "maxLength": 56}, "prefix": {"type": "string", "maxLength": 16}}},
                 "PatchKey": {"type": "object", "additionalProperties": false, "properties": {
                     "tier": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},
-                    "monthlyQuota": {"type": ["integer", "null"]}, "name": {"type": ["string", "null"]}}},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "name": {"type": ["string", "null"]}}},
                 "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0}}},
                 "Key": {"type": "object", "properties": {
                     "id": {"type": "string"}, "key": {"type": "string", "description": "Raw key: create and rotate responses only"},
@@ -152,7 +152,7 @@ pub fn document() -> Value {
                     "monthlyQuota": {"type": ["integer", "null"]}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
                 "PutTier": {"type": "object", "required": ["limits"], "additionalProperties": false, "properties": {
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
-                    "monthlyQuota": {"type": ["integer", "null"]}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
                 "TierList": {"type": "object", "properties": {"tiers": {"type": "array", "items": {"$ref": "#/components/schemas/Tier"}}}},
             }
         }

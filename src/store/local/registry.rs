@@ -255,12 +255,7 @@ impl Local {
 
     /// Changes tier, scopes, expiry, quota override or name; in force from the next check.
     pub(super) fn update_key(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, StoreError> {
-        if let Some(s) = &upd.scopes {
-            key_rules::validate_scopes(s)?;
-        }
-        if let Some(n) = &upd.name {
-            key_rules::validate_name(n.as_deref())?;
-        }
+        key_rules::validate_update(&upd)?;
         let rec = self.modify(id, |r, doc, cat, admin| {
             if let Some(t) = &upd.tier {
                 let ix = cat

@@ -221,12 +221,7 @@ impl RedisStore {
 
     /// Changes tier, scopes, expiry, quota override or name.
     pub(super) async fn update(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, StoreError> {
-        if let Some(s) = &upd.scopes {
-            key_rules::validate_scopes(s)?;
-        }
-        if let Some(n) = &upd.name {
-            key_rules::validate_name(n.as_deref())?;
-        }
+        key_rules::validate_update(&upd)?;
         if let Some(t) = &upd.tier {
             if self.catalog.load().1.tier_index(t).is_none() {
                 return Err(StoreError::invalid(format!("unknown tier {t:?}")));
