@@ -40,6 +40,17 @@ pub struct KeyView<'a> {
     pub grants: Grants<'a>,
 }
 
+/// The instant a key stored with expiry `expires_at_s` (Unix seconds, 0 = never) stops working,
+/// as [`KeyView::expires_at_ns`] holds it.
+#[inline]
+pub fn expiry_ns(expires_at_s: u64) -> u64 {
+    if expires_at_s == 0 {
+        u64::MAX
+    } else {
+        expires_at_s.saturating_mul(super::clock::NANOS_PER_SEC)
+    }
+}
+
 /// Runs the gate for an authenticated key on `tier` (as the catalog resolves it; `None` when the
 /// catalog has no such tier) asking for `scope` at `now_ns`. Returns the tier whose limits apply,
 /// or the verdict that refuses the check.

@@ -12,9 +12,7 @@ use std::sync::atomic::Ordering;
 
 use subtle::ConstantTimeEq;
 
-use super::layout::{
-    self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, FLAG_REVOKED, NO_OVERRIDE,
-};
+use super::layout::{self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, FLAG_REVOKED};
 use super::shards::{Grace, ShardData, Shards};
 use super::{secs, Local};
 use crate::engine::admission::{self, Grants, KeyView};
@@ -262,7 +260,7 @@ impl Local {
         if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
             convert_buckets(&mut cur, catalog, tier_ix, tier, now);
         }
-        let quota_override = (entry.quota_override != NO_OVERRIDE).then_some(entry.quota_override);
+        let quota_override = layout::quota_override(entry.quota_override);
         let used = limits::used_this_month(cur.month, cur.month_used, &month);
         d.reset(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
         let terms = Terms {

@@ -197,6 +197,12 @@ pub struct RecordHalf {
 
 /// `RecordHalf::monthly_quota` when the tier's quota applies.
 pub const NO_OVERRIDE: u64 = u64::MAX;
+
+/// A stored monthly quota override as the policy reads it (`None`: the tier's quota).
+#[inline]
+pub fn quota_override(stored: u64) -> Option<u64> {
+    (stored != NO_OVERRIDE).then_some(stored)
+}
 /// The key is revoked.
 pub const FLAG_REVOKED: u16 = 1;
 /// The record is in use (distinguishes a written record from zeroes).

@@ -136,11 +136,7 @@ fn hot_from_record(r: &RecordHalf) -> HotEntry {
     HotEntry {
         fast: 0,
         id: r.id,
-        expires_at_ns: if r.expires_at_s == 0 {
-            u64::MAX
-        } else {
-            r.expires_at_s.saturating_mul(NANOS_PER_SEC)
-        },
+        expires_at_ns: crate::engine::admission::expiry_ns(r.expires_at_s),
         quota_override: r.monthly_quota,
         tier: r.tier,
         flags: r.flags,

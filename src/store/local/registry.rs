@@ -157,7 +157,7 @@ impl Local {
                 .unwrap_or_default(),
             scopes: cat.scope_names(r.scope_set),
             expires_at: (r.expires_at_s != 0).then_some(r.expires_at_s),
-            monthly_quota: (r.monthly_quota != NO_OVERRIDE).then_some(r.monthly_quota),
+            monthly_quota: layout::quota_override(r.monthly_quota),
             name: layout::get_str(&r.name)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
@@ -348,12 +348,8 @@ impl Local {
         let month = MonthWindow::containing(now);
         Ok(Usage {
             limits,
-            monthly_used: if c.month == month.id { c.month_used } else { 0 },
-            monthly_quota: if rec.monthly_quota != NO_OVERRIDE {
-                Some(rec.monthly_quota)
-            } else {
-                tier.spec.monthly_quota
-            },
+            monthly_used: limits::used_this_month(c.month, c.month_used, &month),
+            monthly_quota: limits::quota_of(layout::quota_override(rec.monthly_quota), tier),
             last_used_at: (c.last_used_s != 0).then_some(u64::from(c.last_used_s)),
         })
     }

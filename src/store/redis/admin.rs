@@ -332,15 +332,14 @@ impl RedisStore {
             })
             .collect();
         let month = MonthWindow::containing(now);
-        let used = if num("m".into()) == Some(u64::from(month.id)) {
-            num("u".into()).unwrap_or(0)
-        } else {
-            0
+        let used = match num("m".into()).and_then(|m| u32::try_from(m).ok()) {
+            Some(m) => limits::used_this_month(m, num("u".into()).unwrap_or(0), &month),
+            None => 0,
         };
         Ok(Usage {
             limits,
             monthly_used: used,
-            monthly_quota: rec.quota.or(tier.spec.monthly_quota),
+            monthly_quota: limits::quota_of(rec.quota, tier),
             last_used_at: num("lu".into()).filter(|v| *v != 0),
         })
     }

@@ -105,11 +105,7 @@ impl RedisStore {
             let tier_ix = cat.tier_index(&rec.tier);
             let view = KeyView {
                 revoked: rec.revoked,
-                expires_at_ns: if rec.expires_at_s == 0 {
-                    u64::MAX
-                } else {
-                    rec.expires_at_s.saturating_mul(NANOS_PER_SEC)
-                },
+                expires_at_ns: admission::expiry_ns(rec.expires_at_s),
                 grants: Grants::Names(&rec.scopes),
             };
             let authenticated = self.authenticate(id, &rec, raw, fast, now);
