@@ -367,13 +367,14 @@ fn inspect_reports_a_healthy_directory_and_refuses_a_damaged_or_busy_one() {
         .client()
         .create_key(serde_json::json!({"consumer": "c", "tier": "free"}));
     d.client().check(Some(&key), &[]);
-    // While the daemon runs, the directory is locked.
+    // While the daemon runs, the directory is locked: exit 3, "in use", not "damaged".
     let out = Command::new(bin())
         .arg("inspect")
         .arg(&data)
         .output()
         .unwrap();
-    fails(&out, 1, "in use");
+    fails(&out, 3, "in use by a running quotad");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("IN USE"));
     assert_eq!(d.stop(), 0);
 
     let out = Command::new(bin())

@@ -158,7 +158,11 @@ fn a_key_record_damaged_in_both_copies_is_refused() {
     let slot = HEADER + 512;
     flip(&p, slot + 100);
     flip(&p, slot + 256 + 100);
-    refuses(&dir, "keys-00000.qd", "key record in slot 1");
+    refuses(
+        &dir,
+        "keys-00000.qd",
+        "slot 1: key record: both copies fail",
+    );
 }
 
 #[test]
@@ -168,15 +172,43 @@ fn a_counter_slot_damaged_in_both_copies_is_refused() {
     let slot = HEADER + 2 * 128;
     flip(&p, slot + 40);
     flip(&p, slot + 64 + 40);
-    refuses(&dir, "counters-00000.qd", "counter slot 2");
+    refuses(
+        &dir,
+        "counters-00000.qd",
+        "slot 2: counter slot: both copies fail",
+    );
 }
 
 #[test]
-fn counter_data_without_a_key_is_refused() {
+fn counter_data_past_the_last_acknowledged_key_is_cleared() {
     let (_t, dir, _) = populated();
     let p = dir.join("counters-00000.qd");
     patch(&p, HEADER + 50 * 128 + 16, &[1, 2, 3]);
-    refuses(&dir, "counters-00000.qd", "no key record");
+    let e = LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap();
+    drop(e);
+    let bytes = std::fs::read(&p).unwrap();
+    let at = (HEADER + 50 * 128) as usize;
+    assert!(bytes[at..at + 128].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_key_record_past_the_last_acknowledged_key_is_discarded() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("keys-00000.qd");
+    // A complete record in slot 3 that was never acknowledged: a creation killed before its ack.
+    let rec =
+        std::fs::read(&p).unwrap()[(HEADER + 512) as usize..(HEADER + 1024) as usize].to_vec();
+    patch(&p, HEADER + 3 * 512, &rec);
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
+    assert_eq!(e.key_count(), 3);
+}
+
+/// Sets the clean-shutdown word of `acks-00000.qd` to "open", as a killed process leaves it.
+fn mark_unclean(dir: &Path) {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&2u32.to_le_bytes());
+    let word = u64::from(crc32c::crc32c(&b)) << 32;
+    patch(&dir.join("acks-00000.qd"), 64 + 16, &word.to_le_bytes());
 }
 
 #[test]
@@ -198,23 +230,22 @@ fn a_missing_segment_before_a_present_one_is_refused() {
     refuses(&dir, "keys-00000.qd", "missing");
 }
 
+fn newest_counter_half(p: &Path) -> u64 {
+    let bytes = std::fs::read(p).unwrap();
+    let seq = |at: u64| u32::from_le_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap());
+    if seq(HEADER + 64) > seq(HEADER) {
+        1
+    } else {
+        0
+    }
+}
+
 #[test]
-fn a_torn_newest_counter_copy_falls_back_to_the_previous_state_and_is_repaired() {
+fn a_torn_newest_counter_copy_after_a_kill_falls_back_to_the_previous_state() {
     let (_t, dir, raws) = populated();
+    mark_unclean(&dir);
     let p = dir.join("counters-00000.qd");
-    // Key 0 was admitted 5 times: seq 5 is in half 0 (writes go 1→half1, 2→half0, …).
-    let bytes = std::fs::read(&p).unwrap();
-    let s0 = u32::from_le_bytes(
-        bytes[HEADER as usize..HEADER as usize + 4]
-            .try_into()
-            .unwrap(),
-    );
-    let s1 = u32::from_le_bytes(
-        bytes[HEADER as usize + 64..HEADER as usize + 68]
-            .try_into()
-            .unwrap(),
-    );
-    let newest = if s1 > s0 { 1 } else { 0 };
+    let newest = newest_counter_half(&p);
     flip(&p, HEADER + newest * 64 + 48); // inside month_used of the newest copy
     let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
     let id = quotad::keys::format::parse(&raws[0]).unwrap();
@@ -227,4 +258,17 @@ fn a_torn_newest_counter_copy_falls_back_to_the_previous_state_and_is_repaired()
     drop(e);
     let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
     assert_eq!(e.usage(id).unwrap().monthly_used, 5);
+}
+
+#[test]
+fn a_damaged_newest_counter_copy_after_a_clean_stop_is_refused() {
+    let (_t, dir, _) = populated();
+    let p = dir.join("counters-00000.qd");
+    let newest = newest_counter_half(&p);
+    flip(&p, HEADER + newest * 64 + 48);
+    refuses(
+        &dir,
+        "counters-00000.qd",
+        "slot 0: the newest counter copy fails",
+    );
 }

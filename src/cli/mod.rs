@@ -2,6 +2,7 @@
 
 pub mod admin_client;
 pub mod bench;
+pub mod datadir_cmd;
 pub mod keys_cmd;
 pub mod ops;
 pub mod serve;
@@ -64,10 +65,22 @@ pub enum Command {
         /// Key id (key_…).
         id: String,
     },
-    /// Check a data directory offline (daemon stopped): versions, checksums, counts.
+    /// Check a data directory offline (daemon stopped): versions, checksums, counts, and
+    /// whether start-up would refuse. Exit 0: starts; 1: refuses; 3: in use by a running quotad.
     Inspect {
         /// The data directory.
         data_dir: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what recovering a damaged data directory would lose; apply it with --accept-loss.
+    Repair {
+        /// The data directory.
+        data_dir: std::path::PathBuf,
+        /// Apply every recovery listed, losing what it says.
+        #[arg(long)]
+        accept_loss: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -104,10 +117,18 @@ pub fn main() -> i32 {
         Command::Keys { admin, cmd } => keys_cmd::keys(cmd, &admin),
         Command::Tiers { admin, cmd } => tiers_cmd::tiers(cmd, &admin),
         Command::Usage { admin, id } => keys_cmd::usage(id, &admin),
-        Command::Inspect { data_dir, json } => ops::inspect(data_dir, json),
+        Command::Inspect { data_dir, json } => datadir_cmd::inspect(data_dir, json),
+        Command::Repair {
+            data_dir,
+            accept_loss,
+            json,
+        } => datadir_cmd::repair(data_dir, accept_loss, json),
     };
     match result {
         Ok(()) => 0,
+        Err(e) if e.downcast_ref::<datadir_cmd::Exit>().is_some() => {
+            e.downcast_ref::<datadir_cmd::Exit>().map_or(1, |x| x.0)
+        }
         Err(e) => {
             if daemon {
                 tracing::error!("{e:#}");

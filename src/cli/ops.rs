@@ -1,5 +1,5 @@
 //! What the operator commands share: where the admin API is ([`AdminArgs`]), the client context,
-//! the table and key printers; and `quotad inspect DATA_DIR` (offline, daemon stopped). The
+//! the table and key printers. The
 //! commands themselves: `keys_cmd` (`quotad keys …`, `quotad usage ID`) and `tiers_cmd`
 //! (`quotad tiers …`), all through the admin API.
 //!
@@ -245,60 +245,4 @@ pub(super) fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Runs `quotad inspect DATA_DIR`: checks every file with the daemon stopped; changes nothing.
-pub fn inspect(dir: PathBuf, json_out: bool) -> anyhow::Result<()> {
-    if !dir
-        .join(crate::store::local::catalog_file::CATALOG_FILE)
-        .exists()
-    {
-        bail!(
-            "{}: not a quotad data directory (no catalog.json)",
-            dir.display()
-        );
-    }
-    let report = crate::store::local::inspect(&dir);
-    let (ok, v) = match report {
-        Ok(r) => (
-            true,
-            json!({
-                "verdict": "ok",
-                "dataDir": dir.display().to_string(),
-                "formatVersion": r.format_version,
-                "keys": r.keys,
-                "tiers": r.tiers,
-                "segments": r.segments,
-                "tornWritesToRepair": r.torn_writes,
-                "newestWrite": r.newest_write.and_then(crate::server::admin::rfc3339),
-            }),
-        ),
-        Err(e) => (
-            false,
-            json!({"verdict": "damaged", "dataDir": dir.display().to_string(), "error": e.to_string()}),
-        ),
-    };
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if ok {
-        println!("data directory  {}", s(&v["dataDir"]));
-        println!("format version  {}", s(&v["formatVersion"]));
-        println!("checksums       all valid");
-        println!("keys            {}", s(&v["keys"]));
-        println!("tiers           {}", s(&v["tiers"]));
-        println!("segment files   {}", s(&v["segments"]));
-        println!(
-            "torn writes     {} (repaired at the next start)",
-            s(&v["tornWritesToRepair"])
-        );
-        println!("newest msync    {}", s(&v["newestWrite"]));
-        println!("verdict         OK");
-    }
-    if !ok {
-        if !json_out {
-            println!("verdict         DAMAGED");
-        }
-        bail!("{}", s(&v["error"]));
-    }
-    Ok(())
 }

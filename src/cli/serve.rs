@@ -24,9 +24,12 @@ use crate::QuantaClock;
 /// Flags of `quotad serve` (each also settable by environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Data directory (created if missing).
+    /// Data directory (created if missing; mode 0700, files 0600).
     #[arg(long, env = "QUOTAD_DATA_DIR", default_value = "./quotad-data")]
     pub data_dir: PathBuf,
+    /// Let the directory's group read the data files (0750/0640), e.g. for a backup job.
+    #[arg(long, env = "QUOTAD_DATA_GROUP_READABLE")]
+    pub data_group_readable: bool,
     /// HTTP listen address (check endpoint, admin API, health, metrics).
     #[arg(long, env = "QUOTAD_HTTP", default_value = "127.0.0.1:8686")]
     pub http: SocketAddr,
@@ -173,6 +176,9 @@ fn open_local(
     let mut opts = LocalOptions::new(&args.data_dir);
     opts.tiers = tiers;
     opts.msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
+    if args.data_group_readable {
+        opts.modes = crate::store::local::Modes::GROUP_READ;
+    }
     let store = LocalStore::open(opts, Arc::new(QuantaClock::new()))
         .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
     tracing::info!(

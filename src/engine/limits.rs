@@ -123,13 +123,23 @@ pub fn quota_of(quota_override: Option<u64>, tier: &CompiledTier) -> Option<u64>
 }
 
 /// The month's usage so far, from a counter last written in month `stored_month`.
+///
+/// A stored month *later* than the clock's keeps its usage: the clock is behind (a VM before its
+/// time sync), and a stored month never goes back (see [`month_to_store`]). A month that moved
+/// forward starts at 0.
 #[inline]
 pub fn used_this_month(stored_month: u32, used: u64, month: &MonthWindow) -> u64 {
-    if stored_month == month.id {
+    if stored_month >= month.id {
         used
     } else {
         0
     }
+}
+
+/// The month to store with new usage: the clock's month, or the stored one if that is later.
+#[inline]
+pub fn month_to_store(stored_month: u32, month: &MonthWindow) -> u32 {
+    stored_month.max(month.id)
 }
 
 /// The live figures of one bucket (TAT `tat`) of limit `l` at `now`, nothing consumed.

@@ -220,9 +220,10 @@ fn store_error(e: &StoreError, rid: &str) -> Resp {
         "conflict" => (409, "conflict"),
         "unavailable" => (503, "unavailable"),
         "bad_request" => (400, "bad_request"),
+        "insufficient_storage" => (507, "insufficient_storage"),
         _ => (500, "internal"),
     };
-    if status == 500 {
+    if status >= 500 {
         tracing::error!(error = %e, request_id = rid, "admin operation failed");
     }
     error(status, code, &e.to_string(), rid)

@@ -125,13 +125,14 @@ impl StoreError {
         StoreError::Policy(PolicyError::Invalid(message.into()))
     }
 
-    /// A stable code for transports: `not_found`, `bad_request`, `conflict`, `storage` or
-    /// `unavailable`.
+    /// A stable code for transports: `not_found`, `bad_request`, `conflict`,
+    /// `insufficient_storage` (the data directory's disk is full), `storage` or `unavailable`.
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::UnknownKey | StoreError::Policy(PolicyError::UnknownTier(_)) => "not_found",
             StoreError::Policy(PolicyError::TierInUse { .. }) => "conflict",
             StoreError::Policy(PolicyError::Invalid(_) | PolicyError::Catalog(_)) => "bad_request",
+            StoreError::DataDir(DataDirError::NoSpace { .. }) => "insufficient_storage",
             StoreError::DataDir(_) => "storage",
             StoreError::Unavailable(_) => "unavailable",
         }

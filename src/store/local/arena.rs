@@ -9,7 +9,7 @@
 //! a killed process loses nothing. [`Arena::flush_all`] (`msync`) pushes the pages to the disk; it
 //! bounds what a power loss can cost.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -52,6 +52,8 @@ pub struct Arena {
     dir: PathBuf,
     kind: ArenaKind,
     data_dir_id: u64,
+    /// Mode of new files; `None`: opened to look only (nothing allocated or created).
+    file_mode: Option<u32>,
     segments: Box<[OnceLock<Segment>]>,
     count: std::sync::atomic::AtomicUsize,
     grow: Mutex<()>,
@@ -73,14 +75,22 @@ impl Arena {
         dir.join(format!("{}-{n:05}.qd", kind.stem))
     }
 
-    /// Opens every existing segment (0, 1, … until one is missing), checking each header.
-    pub fn open(dir: &Path, kind: ArenaKind, data_dir_id: u64) -> Result<Self, DataDirError> {
+    /// Opens every existing segment (0, 1, … until one is missing), checking each header and
+    /// allocating each file's blocks. New segments are created with `file_mode`; with `None`
+    /// the arena is only looked at (`inspect`): nothing is allocated or created.
+    pub fn open(
+        dir: &Path,
+        kind: ArenaKind,
+        data_dir_id: u64,
+        file_mode: Option<u32>,
+    ) -> Result<Self, DataDirError> {
         let segments: Box<[OnceLock<Segment>]> =
             (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let arena = Arena {
             dir: dir.to_path_buf(),
             kind,
             data_dir_id,
+            file_mode,
             segments,
             count: 0.into(),
             grow: Mutex::new(()),
@@ -133,8 +143,8 @@ impl Arena {
         }
         // SAFETY: the file is ours (the data directory is locked); nothing else truncates it while
         // mapped.
-        let map = unsafe { MmapOptions::new().populate().map_mut(&file) }
-            .map_err(|e| DataDirError::io(path, e))?;
+        let map =
+            unsafe { MmapOptions::new().map_mut(&file) }.map_err(|e| DataDirError::io(path, e))?;
         let header = SegmentHeader::read_from_prefix(&map[..])
             .map_err(|_| DataDirError::corrupt(path, "unreadable header"))?
             .0;
@@ -183,6 +193,15 @@ impl Arena {
                 found: len,
             });
         }
+        // A file written sparse (by an older quotad, or copied sparse) gets its blocks now, so
+        // that a store into the mapping can never fault on a full disk.
+        if self.file_mode.is_some() {
+            super::datadir::allocate(&file, path, len)?;
+        }
+        drop(map);
+        // SAFETY: as above; mapped again only once the blocks exist, populated.
+        let map = unsafe { MmapOptions::new().populate().map_mut(&file) }
+            .map_err(|e| DataDirError::io(path, e))?;
         let mut map = map;
         let base = map.as_mut_ptr();
         Ok(Segment {
@@ -213,15 +232,21 @@ impl Arena {
             h.crc = h.compute_crc();
             h
         };
-        {
-            let mut f = File::create(&tmp).map_err(|e| DataDirError::io(&tmp, e))?;
-            f.set_len(self.segment_len())
-                .map_err(|e| DataDirError::io(&tmp, e))?;
+        let Some(mode) = self.file_mode else {
+            return Err(DataDirError::corrupt(&path, "missing (opened read-only)"));
+        };
+        let made = (|| {
+            let mut f = super::datadir::create_file(&tmp, mode)?;
+            super::datadir::allocate(&f, &tmp, self.segment_len())?;
             f.write_all(header.as_bytes())
                 .map_err(|e| DataDirError::io(&tmp, e))?;
             f.sync_all().map_err(|e| DataDirError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| DataDirError::io(&path, e))
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &path).map_err(|e| DataDirError::io(&path, e))?;
         super::datadir::sync_dir(&self.dir)?;
         self.open_segment(&path, n)
     }
@@ -270,6 +295,47 @@ impl Arena {
         let off = HEADER_LEN + (slot % SLOTS_PER_SEGMENT) as usize * self.kind.slot_size;
         // SAFETY: `off + slot_size` is within the mapping, whose size was checked at open.
         Some(unsafe { seg.base.add(off) })
+    }
+
+    /// A pointer to the header page of segment 0 (4096 bytes), or `None` before it exists.
+    pub(super) fn header_page(&self) -> Option<*mut u8> {
+        Some(self.segments.first()?.get()?.base)
+    }
+
+    /// Synchronously writes the header page of segment 0 to disk.
+    pub fn flush_header(&self) -> Result<(), DataDirError> {
+        match self.segments.first().and_then(|s| s.get()) {
+            Some(seg) => seg
+                .map
+                .flush_range(0, HEADER_LEN)
+                .map_err(|e| DataDirError::io(&seg.path, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Synchronously writes slots `first..=last` to disk.
+    pub fn flush_slots(&self, first: u32, last: u32) -> Result<(), DataDirError> {
+        let mut slot = first;
+        while slot <= last {
+            let seg_end = (slot / SLOTS_PER_SEGMENT + 1) * SLOTS_PER_SEGMENT - 1;
+            let end = last.min(seg_end);
+            if let Some(seg) = self
+                .segments
+                .get((slot / SLOTS_PER_SEGMENT) as usize)
+                .and_then(|s| s.get())
+            {
+                let off = HEADER_LEN + (slot % SLOTS_PER_SEGMENT) as usize * self.kind.slot_size;
+                let len = (end - slot + 1) as usize * self.kind.slot_size;
+                seg.map
+                    .flush_range(off, len)
+                    .map_err(|e| DataDirError::io(&seg.path, e))?;
+            }
+            match end.checked_add(1) {
+                Some(next) => slot = next,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// The file holding slot `slot`.

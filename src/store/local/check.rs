@@ -214,6 +214,7 @@ impl Local {
             month: shard_month,
             catalog,
             latest_ns,
+            first_use,
             ..
         } = &mut *guard;
         let now = now.max(*latest_ns);
@@ -281,7 +282,7 @@ impl Local {
                 limits_version: tier.version,
                 tat,
                 month_used: used + cost,
-                month: month.id,
+                month: limits::month_to_store(cur.month, &month),
                 last_used_s: now_s.min(u64::from(u32::MAX)) as u32,
             },
         );
@@ -306,6 +307,9 @@ impl Local {
         }
         // The durable write: a 64-byte store into the older half of the mapped slot.
         cs[into] = next;
+        if entry.counters.seq == 0 {
+            first_use.push(slot);
+        }
         // SAFETY: shard lock held.
         let hot = unsafe { self.shards.entry(slot) };
         hot.counters = next;

@@ -1,291 +1,573 @@
-//! Opening a data directory: every file read and checked before anything is written, torn
-//! writes of a killed process repaired only once all have passed, and [`inspect`], the same
-//! checks with the daemon stopped.
+//! Opening a data directory: every file read and checked before anything is written. What the
+//! checks find is a list of [`Finding`]s; start-up repairs the ones that lose nothing and refuses
+//! on any other (see `recovery`).
+//!
+//! What start-up trusts (DESIGN.md, "What is durable when"):
+//! - a key record: its newest intact half, if that is at least as new as its ack word; a newer
+//!   half than the ack is a write that never returned (kept: it is complete);
+//! - slots at or past the acknowledged key count: creations that never returned (discarded);
+//! - a counter slot: its newest intact half; a newest half that fails its checksum is a torn
+//!   write only if the last process did not close cleanly, else damage;
+//! - a used key (ack `used` bit) with an empty counter slot: damage.
 
 use std::path::Path;
 
+use super::acks::{Ack, Acks, HeaderWord, ACKS};
 use super::arena::Arena;
-use super::catalog_file;
-use super::datadir::{DataDirError, DirLock};
-use super::layout::{self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, SlotState, FLAG_LIVE};
+use super::catalog_file::{self, StoredCatalog};
+use super::datadir::DataDirError;
+use super::layout::{self, CounterSlot, Half, RecordHalf, RecordSlot, SlotState, FLAG_LIVE};
+use super::recovery::{describe_key, describe_state, tombstone, Finding, Fix};
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, COUNTERS, KEYS};
 use crate::engine::catalog::Catalog;
-use crate::engine::catalog_doc::CatalogDoc;
+use crate::engine::month::MonthWindow;
 use crate::store::StoreError;
 
-/// Rewrites a slot so both halves agree with `state` and the newest half is intact (repairs a torn
-/// write left by a killed process before the hot path, which trusts sequence numbers, reads it).
-fn repair<H: layout::Half>(slot: &mut [H; 2], state: H) {
-    let seq = state.seq();
-    let mut older = state;
-    older.set_seq(seq.wrapping_sub(1));
-    older.set_crc(0);
-    let c = older.compute_crc();
-    older.set_crc(c);
-    slot[0] = older;
-    slot[1] = state;
+/// A data directory as start-up reads it: every file opened and checked, nothing written yet.
+pub(super) struct Loaded {
+    pub(super) records: Arena,
+    pub(super) counters: Arena,
+    pub(super) acks: Acks,
+    pub(super) shards: Shards,
+    /// The catalog as stored.
+    pub(super) catalog: Catalog,
+    /// Its generation.
+    pub(super) generation: u32,
+    /// Keys per tier index.
+    pub(super) tier_use: Vec<u64>,
+    /// What the checks found, in file order.
+    pub(super) findings: Vec<Finding>,
+    pub(super) key_count: u32,
+    /// The latest month a counter was written in, if later than the clock's (the clock is behind).
+    pub(super) month_ahead: Option<(u32, u32)>,
+}
+
+/// What the acks file says was acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Acknowledged {
+    /// Keys acknowledged, `None` if unknown (no acks file yet, or its count is damaged).
+    keys: Option<u32>,
+    /// Whether the last process closed cleanly (`true` if unknown: the strict reading).
+    clean: bool,
+}
+
+/// Opens and checks every file of `dir` (whose catalog is `stored`) the way start-up, `inspect`
+/// and `repair` need, writing nothing. `file_mode` is `None` for a read-only look (`inspect`):
+/// nothing is allocated or created then.
+pub(super) fn load(
+    dir: &Path,
+    stored: StoredCatalog,
+    now: u64,
+    file_mode: Option<u32>,
+) -> Result<Loaded, StoreError> {
+    let id = stored.doc.data_dir_id;
+    let records = Arena::open(dir, KEYS, id, file_mode)?;
+    let counters = Arena::open(dir, COUNTERS, id, file_mode)?;
+    let acks = Acks::open(dir, id, file_mode)?;
+    let catalog = Catalog::compile(stored.doc)
+        .map_err(|e| DataDirError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string()))?;
+    let mut findings = Vec::new();
+    let meta = CatalogMeta {
+        version: stored.version,
+        generation: stored.generation,
+    };
+    let acked = acknowledged(dir, &meta, &acks, &records, &mut findings);
+    if let Some(n) = acked.keys.filter(|&n| n > 0) {
+        let last = n - 1;
+        if records.capacity() <= u64::from(last) {
+            return Err(DataDirError::corrupt(
+                Arena::segment_path(dir, &KEYS, records.segment_count()),
+                format!(
+                    "missing, but {} acknowledges {n} keys",
+                    Acks::first_path(dir).display()
+                ),
+            )
+            .into());
+        }
+        if acks.capacity() <= u64::from(last) {
+            return Err(DataDirError::corrupt(
+                Arena::segment_path(dir, &ACKS, acks.segment_count()),
+                format!(
+                    "missing, but {} acknowledges {n} keys",
+                    Acks::first_path(dir).display()
+                ),
+            )
+            .into());
+        }
+        if counters.capacity() <= u64::from(last) {
+            let first = counters.capacity();
+            findings.push(Finding::lossy(
+                Arena::segment_path(dir, &COUNTERS, counters.segment_count()),
+                None,
+                None,
+                "missing while keys exist",
+                format!(
+                    "the usage of the keys in slots {first}..={last} reads as unused \
+                     (0 this month, full buckets): the file is created empty"
+                ),
+                Vec::new(),
+            ));
+        }
+    }
+    let shards = Shards::new(now);
+    let mut tier_use = vec![0u64; catalog.doc().tiers.len()];
+    let key_count = load_records(
+        &records,
+        &acks,
+        acked.keys,
+        &catalog,
+        &shards,
+        &mut tier_use,
+        &mut findings,
+    )?;
+    let month_ahead = check_counters(
+        &counters,
+        &acks,
+        &shards,
+        key_count,
+        acked,
+        now,
+        &mut findings,
+    )?;
+    Ok(Loaded {
+        records,
+        counters,
+        acks,
+        shards,
+        catalog,
+        generation: stored.generation,
+        tier_use,
+        findings,
+        key_count,
+        month_ahead,
+    })
+}
+
+/// The catalog's format version and generation.
+struct CatalogMeta {
+    version: u32,
+    generation: u32,
+}
+
+/// Reads the header words of the acks file, with findings for whatever is missing or damaged.
+fn acknowledged(
+    dir: &Path,
+    cat: &CatalogMeta,
+    acks: &Acks,
+    records: &Arena,
+    findings: &mut Vec<Finding>,
+) -> Acknowledged {
+    let acks_file = Acks::first_path(dir);
+    let catalog_file = dir.join(catalog_file::CATALOG_FILE);
+    if !acks.exists() {
+        if cat.version == 1 {
+            findings.push(Finding::upgrade(acks_file));
+        } else if records.segment_count() > 0 {
+            findings.push(Finding::lossy(
+                acks_file,
+                None,
+                None,
+                "missing while keys exist",
+                "start-up cannot tell a damaged key record from a torn write: every key's newest \
+                 intact record is trusted as acknowledged, and the file is rebuilt from them",
+                Vec::new(),
+            ));
+        } else {
+            return Acknowledged {
+                keys: Some(0),
+                clean: true,
+            };
+        }
+        return Acknowledged {
+            keys: None,
+            clean: false,
+        };
+    }
+    let keys = acks.header_value(HeaderWord::AckedKeys);
+    if keys.is_none() {
+        findings.push(Finding::lossy(
+            acks_file.clone(),
+            None,
+            None,
+            "the count of acknowledged keys fails its check",
+            "every intact key record is kept as acknowledged, and records past the last \
+             intact one are discarded",
+            Vec::new(),
+        ));
+    }
+    match acks.header_value(HeaderWord::CatalogGeneration) {
+        Some(g) if g > cat.generation => findings.push(Finding::lossy(
+            catalog_file,
+            None,
+            None,
+            format!(
+                "generation {} is older than the last acknowledged catalog (generation {g}): \
+                 replaced by an older copy?",
+                cat.generation
+            ),
+            format!(
+                "tier and scope changes after generation {} are lost (restore the newer \
+                 catalog.json from a backup instead if you have it)",
+                cat.generation
+            ),
+            Vec::new(),
+        )),
+        Some(_) => {}
+        None => findings.push(Finding::lossy(
+            acks_file.clone(),
+            None,
+            None,
+            "the acknowledged catalog generation fails its check",
+            "catalog.json is trusted as the latest acknowledged catalog",
+            Vec::new(),
+        )),
+    }
+    let clean = match acks.header_value(HeaderWord::Clean) {
+        Some(0) => false,
+        Some(1) => true,
+        _ => {
+            findings.push(Finding::lossy(
+                acks_file,
+                None,
+                None,
+                "the clean-shutdown mark fails its check",
+                "counter copies that fail their checksum are treated as damage, not torn writes",
+                Vec::new(),
+            ));
+            true
+        }
+    };
+    Acknowledged { keys, clean }
 }
 
 fn load_records(
     records: &Arena,
+    acks: &Acks,
+    acked: Option<u32>,
     catalog: &Catalog,
     shards: &Shards,
     tier_use: &mut [u64],
-    repairs: &mut Vec<Repair>,
+    findings: &mut Vec<Finding>,
 ) -> Result<u32, StoreError> {
-    let cap = records.capacity();
     let mut count: u32 = 0;
     let mut ended = false;
-    for slot in 0..cap as u32 {
+    for slot in 0..records.capacity() as u32 {
         let Some(ptr) = records.slot_ptr(slot) else {
             break;
         };
         // SAFETY: start-up, single-threaded; the pointer addresses one 512-byte slot.
         let rs = unsafe { &*(ptr as *const RecordSlot) };
+        let file = records.path_of(slot);
         let fault = |detail: String| DataDirError::corrupt(records.path_of(slot), detail);
-        match layout::read_checked(rs) {
-            SlotState::Empty => ended = true,
-            SlotState::Interrupted => {
-                // A key creation killed mid-write: it never returned, so the key never
-                // existed. Only possible for the last slot.
-                ended = true;
-                tracing::warn!(slot, file = %records.path_of(slot).display(), "discarding an interrupted key creation");
-                repairs.push(Repair::ClearRecord(slot));
-            }
-            SlotState::Damaged => {
-                return Err(fault(format!(
-                    "key record in slot {slot}: both copies fail their checksum"
-                ))
-                .into())
-            }
-            SlotState::Valid(r) => {
-                if ended {
+        let state = layout::read_checked(rs);
+        let acknowledged = match acked {
+            Some(n) => slot < n,
+            // Unknown count: the records up to the first empty slot, as written in order.
+            None => !ended && matches!(state, SlotState::Valid(_)),
+        };
+        if !acknowledged {
+            ended = true;
+            if !matches!(state, SlotState::Empty) || acks.get(slot) != Ack::None {
+                if acked.is_none() && state == SlotState::Damaged {
                     return Err(fault(format!(
-                        "key record in slot {slot} follows an empty slot (records are written in order)"
+                        "key record in slot {slot}: both copies fail their checksum"
                     ))
                     .into());
                 }
-                if r.id as u32 != slot || r.flags & FLAG_LIVE == 0 {
-                    return Err(
-                        fault(format!("key record in slot {slot} carries id {:#x}", r.id)).into(),
-                    );
-                }
-                if catalog.tier(r.tier).is_none() {
+                if acked.is_none() && matches!(state, SlotState::Valid(_)) {
                     return Err(fault(format!(
-                        "key record in slot {slot} names tier #{} which catalog.json lacks",
-                        r.tier
+                        "key record in slot {slot} follows an empty slot (records are written \
+                         in order)"
                     ))
                     .into());
                 }
-                if r.scope_set as usize >= catalog.scope_set_count() {
-                    return Err(fault(format!(
-                        "key record in slot {slot} names scope set #{} which catalog.json lacks",
-                        r.scope_set
-                    ))
-                    .into());
-                }
-                if rs[layout::newest(rs)] != r {
-                    repairs.push(Repair::Record(slot, r));
-                }
-                let (_, idx) = Shards::locate(slot);
-                shards.ensure(slot);
-                let mut g = shards.lock(slot);
-                // SAFETY: shard lock held; ensured above.
-                unsafe { *shards.entry(slot) = hot_from_record(&r) };
-                if r.previous_valid_until_ns != 0 {
-                    g.grace.insert(
-                        idx as u32,
-                        Grace {
-                            fast: 0,
-                            until_ns: r.previous_valid_until_ns,
-                        },
-                    );
-                }
-                tier_use[usize::from(r.tier)] += 1;
-                count = slot + 1;
+                findings.push(Finding::automatic(
+                    file,
+                    Some(slot),
+                    "a key creation that never returned (discarded)",
+                    vec![Fix::ClearRecord(slot)],
+                ));
             }
+            continue;
         }
+        let ack_seq = match acks.get(slot) {
+            Ack::Valid { seq, .. } => Some(seq),
+            _ if acked.is_none() => None,
+            bad => {
+                findings.push(Finding::lossy(
+                    acks.path_of(slot),
+                    Some(slot),
+                    None,
+                    if bad == Ack::None {
+                        "the key's ack word is zero"
+                    } else {
+                        "the key's ack word fails its check"
+                    },
+                    "the key's newest intact record is trusted as acknowledged (a damaged \
+                     record could bring back an older state)",
+                    Vec::new(),
+                ));
+                None
+            }
+        };
+        let r = match state {
+            SlotState::Valid(r) => r,
+            lost => {
+                let what = match lost {
+                    SlotState::Empty => "key record is zeroed",
+                    SlotState::Interrupted => "key record: one copy zeroed, the other damaged",
+                    _ => "key record: both copies fail their checksum",
+                };
+                let tomb = tombstone(slot, catalog);
+                findings.push(Finding::lossy(
+                    file,
+                    Some(slot),
+                    None,
+                    what,
+                    format!(
+                        "the key in slot {slot} is lost: it is kept as a revoked placeholder \
+                         (every check of it answers 401) and its usage is dropped"
+                    ),
+                    vec![Fix::Record(slot, tomb), Fix::ClearCounter(slot)],
+                ));
+                install(shards, slot, &tomb, tier_use);
+                count = slot + 1;
+                continue;
+            }
+        };
+        if r.id as u32 != slot || r.flags & FLAG_LIVE == 0 {
+            return Err(fault(format!("key record in slot {slot} carries id {:#x}", r.id)).into());
+        }
+        if catalog.tier(r.tier).is_none() {
+            return Err(fault(format!(
+                "key record in slot {slot} names tier #{} which catalog.json lacks",
+                r.tier
+            ))
+            .into());
+        }
+        if r.scope_set as usize >= catalog.scope_set_count() {
+            return Err(fault(format!(
+                "key record in slot {slot} names scope set #{} which catalog.json lacks",
+                r.scope_set
+            ))
+            .into());
+        }
+        let other = rs[1 - layout::newest(rs)];
+        let intact = rs[layout::newest(rs)] == r
+            && !other.is_zero()
+            && other.compute_crc() == other.crc
+            && other.seq == r.seq.wrapping_sub(1);
+        match ack_seq {
+            Some(a) if (r.seq.wrapping_sub(a) as i32) < 0 => findings.push(Finding::lossy(
+                file,
+                Some(slot),
+                Some(r.id),
+                format!(
+                    "the acknowledged copy (sequence {a}) fails its checksum; the copy left is \
+                     sequence {}",
+                    r.seq
+                ),
+                format!(
+                    "{} falls back to its state before its last acknowledged change, which is \
+                     lost (it could have been a revocation, a rotation, an expiry or a scope \
+                     change); the copy left: {}",
+                    describe_key(&r),
+                    describe_state(&r)
+                ),
+                vec![Fix::Record(slot, r)],
+            )),
+            Some(a) if a != r.seq || !intact => findings.push(Finding::automatic(
+                file,
+                Some(slot),
+                if a != r.seq {
+                    "a key change that never returned (kept: it was complete)"
+                } else {
+                    "the key record's older copy fails its checksum (rewritten)"
+                },
+                vec![Fix::Record(slot, r)],
+            )),
+            None if !intact => findings.push(Finding::automatic(
+                file,
+                Some(slot),
+                "a torn key record write (the older copy is kept)",
+                vec![Fix::Record(slot, r)],
+            )),
+            _ => {}
+        }
+        install(shards, slot, &r, tier_use);
+        count = slot + 1;
     }
     Ok(count)
 }
 
+/// Puts record `r` of `slot` in the key table.
+fn install(shards: &Shards, slot: u32, r: &RecordHalf, tier_use: &mut [u64]) {
+    let (_, idx) = Shards::locate(slot);
+    shards.ensure(slot);
+    let mut g = shards.lock(slot);
+    // SAFETY: shard lock held; ensured above.
+    unsafe { *shards.entry(slot) = hot_from_record(r) };
+    if r.previous_valid_until_ns != 0 {
+        g.grace.insert(
+            idx as u32,
+            Grace {
+                fast: 0,
+                until_ns: r.previous_valid_until_ns,
+            },
+        );
+    }
+    if let Some(n) = tier_use.get_mut(usize::from(r.tier)) {
+        *n += 1;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_counters(
     counters: &Arena,
+    acks: &Acks,
     shards: &Shards,
     key_count: u32,
-    repairs: &mut Vec<Repair>,
-) -> Result<(), StoreError> {
+    acked: Acknowledged,
+    now: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<(u32, u32)>, StoreError> {
+    let lost_records: std::collections::HashSet<u32> = findings
+        .iter()
+        .flat_map(|f| f.fixes())
+        .filter_map(|f| match f {
+            Fix::ClearCounter(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let mut latest_month = 0u32;
     for slot in 0..counters.capacity() as u32 {
         let Some(ptr) = counters.slot_ptr(slot) else {
             break;
         };
         // SAFETY: start-up, single-threaded; one 128-byte slot.
         let cs = unsafe { &*(ptr as *const CounterSlot) };
-        let fault = |detail: String| DataDirError::corrupt(counters.path_of(slot), detail);
+        let file = counters.path_of(slot);
         let state = layout::read_checked(cs);
         if slot >= key_count {
             if !matches!(state, SlotState::Empty) {
-                return Err(fault(format!(
-                    "counter slot {slot} holds data but no key record exists"
-                ))
-                .into());
+                if acked.keys.is_none() {
+                    return Err(DataDirError::corrupt(
+                        file,
+                        format!("counter slot {slot} holds data but no key record exists"),
+                    )
+                    .into());
+                }
+                findings.push(Finding::automatic(
+                    file,
+                    Some(slot),
+                    "counters of a key creation that never returned (cleared)",
+                    vec![Fix::ClearCounter(slot)],
+                ));
             }
             continue;
         }
+        if lost_records.contains(&slot) {
+            continue;
+        }
+        let _g = shards.lock(slot);
+        // SAFETY: shard lock held; every slot below key_count was installed.
+        let entry = unsafe { shards.entry(slot) };
+        let key = describe_entry(entry.id, slot);
+        let used = matches!(acks.get(slot), Ack::Valid { used: true, .. });
+        let unused = |what: &str| -> Finding {
+            Finding::lossy(
+                file.clone(),
+                Some(slot),
+                Some(entry.id),
+                what.to_string(),
+                format!("{key} reads as unused this month (usage 0, full buckets)"),
+                vec![Fix::ClearCounter(slot)],
+            )
+        };
         match state {
-            SlotState::Empty => {}
-            SlotState::Interrupted => repairs.push(Repair::ClearCounter(slot)),
+            SlotState::Empty => {
+                if used {
+                    findings.push(unused("counter slot is zeroed, but the key has been used"));
+                }
+            }
+            SlotState::Interrupted => {
+                if used || acked.clean {
+                    findings.push(unused("counter slot: one copy zeroed, the other damaged"));
+                } else {
+                    findings.push(Finding::automatic(
+                        file,
+                        Some(slot),
+                        "a torn first counter write of a killed process (cleared)",
+                        vec![Fix::ClearCounter(slot)],
+                    ));
+                }
+            }
             SlotState::Damaged => {
-                return Err(fault(format!(
-                    "counter slot {slot}: both copies fail their checksum"
-                ))
-                .into())
+                findings.push(unused("counter slot: both copies fail their checksum"));
             }
             SlotState::Valid(c) => {
-                let _g = shards.lock(slot);
-                // SAFETY: shard lock held; every slot below key_count was ensured.
-                let entry = unsafe { shards.entry(slot) };
-                let id = entry.id;
-                if c.key_tag != (id >> 32) as u32 {
-                    return Err(fault(format!(
-                        "counter slot {slot} belongs to key tag {:#x}, record says {:#x}",
+                if c.key_tag != (entry.id >> 32) as u32 {
+                    findings.push(unused(&format!(
+                        "counter slot belongs to key tag {:#x}, the record says {:#x}",
                         c.key_tag,
-                        id >> 32
-                    ))
-                    .into());
+                        entry.id >> 32
+                    )));
+                    continue;
                 }
                 let newest = layout::newest(cs);
+                let other = cs[1 - newest];
+                let other_ok = other.is_zero()
+                    || (other.compute_crc() == other.crc && other.seq == c.seq.wrapping_sub(1));
+                let older_damaged = !other_ok && other.seq == c.seq.wrapping_sub(1);
+                let fixed = !(cs[newest] == c && other_ok);
+                if !fixed {
+                    // Intact.
+                } else if older_damaged {
+                    findings.push(Finding::automatic(
+                        file.clone(),
+                        Some(slot),
+                        "the counter slot's older copy fails its checksum (rewritten)",
+                        vec![Fix::Counter(slot, c)],
+                    ));
+                } else if acked.clean {
+                    findings.push(Finding::lossy(
+                        file.clone(),
+                        Some(slot),
+                        Some(entry.id),
+                        "the newest counter copy fails its checksum after a clean shutdown",
+                        format!(
+                            "{key} falls back to the copy before its last check: its usage is \
+                             lower by that check's cost"
+                        ),
+                        vec![Fix::Counter(slot, c)],
+                    ));
+                } else {
+                    findings.push(Finding::automatic(
+                        file.clone(),
+                        Some(slot),
+                        "a torn counter write of a killed process (the check it counted never \
+                         answered; the older copy is kept)",
+                        vec![Fix::Counter(slot, c)],
+                    ));
+                }
+                latest_month = latest_month.max(c.month);
                 entry.counters = c;
-                entry.newest = newest as u8;
-                if cs[newest] != c {
-                    // `repair` leaves the valid state in half 1.
+                if fixed {
+                    // A repair leaves the state in half 1, at sequence 2 or later (see
+                    // `recovery::rewrite`).
                     entry.newest = 1;
-                    repairs.push(Repair::Counter(slot, c));
+                    entry.counters.seq = c.seq.max(2);
+                } else {
+                    entry.newest = newest as u8;
                 }
             }
         }
     }
-    Ok(())
+    let clock = MonthWindow::containing(now).id;
+    Ok((latest_month > clock).then_some((latest_month, clock)))
 }
 
-/// A data directory as start-up reads it: every file opened and checked, nothing written yet.
-pub(super) struct Loaded {
-    pub(super) records: Arena,
-    pub(super) counters: Arena,
-    pub(super) shards: Shards,
-    /// The catalog as stored.
-    pub(super) catalog: Catalog,
-    /// Keys per tier index.
-    pub(super) tier_use: Vec<u64>,
-    /// Torn writes to repair once everything has passed.
-    pub(super) repairs: Vec<Repair>,
-    pub(super) key_count: u32,
-}
-
-/// Opens and checks every file of `dir` (whose catalog is `doc`) the way start-up and
-/// [`inspect`] both need, writing nothing.
-pub(super) fn load(dir: &Path, doc: CatalogDoc, now: u64) -> Result<Loaded, StoreError> {
-    let records = Arena::open(dir, KEYS, doc.data_dir_id)?;
-    let counters = Arena::open(dir, COUNTERS, doc.data_dir_id)?;
-    let shards = Shards::new(now);
-    let mut tier_use = vec![0u64; doc.tiers.len()];
-    let catalog = Catalog::compile(doc)
-        .map_err(|e| DataDirError::corrupt(dir.join(catalog_file::CATALOG_FILE), e.to_string()))?;
-    let mut repairs = Vec::new();
-    let key_count = load_records(&records, &catalog, &shards, &mut tier_use, &mut repairs)?;
-    check_counters(&counters, &shards, key_count, &mut repairs)?;
-    Ok(Loaded {
-        records,
-        counters,
-        shards,
-        catalog,
-        tier_use,
-        repairs,
-        key_count,
-    })
-}
-
-/// What [`inspect`] found in a healthy data directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InspectReport {
-    /// Format version of the segment files.
-    pub format_version: u32,
-    /// Keys.
-    pub keys: u32,
-    /// Live tiers.
-    pub tiers: usize,
-    /// Segment files (keys and counters).
-    pub segments: usize,
-    /// Torn writes (from a killed process) that the next start-up will repair.
-    pub torn_writes: usize,
-    /// Newest modification time of a counter file (Unix seconds): the last msync or writeback.
-    pub newest_write: Option<u64>,
-}
-
-/// Checks a data directory the way start-up does, with the daemon stopped, changing nothing.
-pub fn inspect(dir: &Path) -> Result<InspectReport, StoreError> {
-    let _lock = DirLock::acquire(dir)?;
-    let doc = catalog_file::load(dir)?
-        .ok_or_else(|| DataDirError::corrupt(dir.join(catalog_file::CATALOG_FILE), "missing"))?;
-    let Loaded {
-        records,
-        counters,
-        catalog,
-        repairs,
-        key_count: keys,
-        ..
-    } = load(dir, doc, 0)?;
-    let newest_write = (0..counters.segment_count())
-        .filter_map(|n| std::fs::metadata(Arena::segment_path(dir, &COUNTERS, n)).ok())
-        .filter_map(|m| m.modified().ok())
-        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .max();
-    Ok(InspectReport {
-        format_version: layout::FORMAT_VERSION,
-        keys,
-        tiers: catalog.tiers().count(),
-        segments: records.segment_count() + counters.segment_count(),
-        torn_writes: repairs.len(),
-        newest_write,
-    })
-}
-
-/// A fix for a torn write found at start-up, applied once every file has passed its checks.
-pub(super) enum Repair {
-    Record(u32, RecordHalf),
-    ClearRecord(u32),
-    Counter(u32, CounterHalf),
-    ClearCounter(u32),
-}
-
-impl Repair {
-    pub(super) fn apply(self, records: &Arena, counters: &Arena) {
-        // SAFETY: start-up, single-threaded; each pointer addresses one slot of its arena.
-        unsafe {
-            match self {
-                Repair::Record(slot, r) => {
-                    if let Some(p) = records.slot_ptr(slot) {
-                        repair(&mut *(p as *mut RecordSlot), r);
-                    }
-                }
-                Repair::ClearRecord(slot) => {
-                    if let Some(p) = records.slot_ptr(slot) {
-                        std::ptr::write_bytes(p, 0, std::mem::size_of::<RecordSlot>());
-                    }
-                }
-                Repair::Counter(slot, c) => {
-                    if let Some(p) = counters.slot_ptr(slot) {
-                        repair(&mut *(p as *mut CounterSlot), c);
-                    }
-                }
-                Repair::ClearCounter(slot) => {
-                    if let Some(p) = counters.slot_ptr(slot) {
-                        std::ptr::write_bytes(p, 0, std::mem::size_of::<CounterSlot>());
-                    }
-                }
-            }
-        }
-    }
+fn describe_entry(id: u64, slot: u32) -> String {
+    format!("key {} (slot {slot})", crate::keys::KeyId(id))
 }

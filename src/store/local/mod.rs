@@ -2,7 +2,10 @@
 //!
 //! - `datadir`: the directory and its lock; `arena`: segment files of fixed slots, laid out
 //!   by `layout`; `catalog_file`: `catalog.json`.
-//! - `load`: opening, checking and repairing a data directory, and [`inspect`].
+//! - `acks`: what was acknowledged (per key, the record sequence; the key count; the catalog
+//!   generation; whether the last process closed cleanly).
+//! - `load`: opening and checking a data directory; `recovery`: what the checks found, the
+//!   repairs, [`inspect`] and [`repair`].
 //! - `check`: the hot path (a check under one shard lock), with its private speed work.
 //! - `registry`: key and tier administration.
 //! - `shards`: the in-memory key table behind the shard locks.
@@ -14,12 +17,15 @@
 //! write nothing. Admin operations are serialized by one mutex, write the record or catalog
 //! durably (`msync` / `fsync`) and then publish the change to the hot path.
 
+mod acks;
 mod arena;
 pub(crate) mod catalog_file;
 mod check;
 mod datadir;
 mod layout;
 mod load;
+mod recovery;
+mod repair;
 mod registry;
 mod service;
 mod shards;
@@ -32,6 +38,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use self::acks::{Acks, HeaderWord};
 use self::arena::{Arena, ArenaKind};
 use self::datadir::DirLock;
 use self::layout::{CounterHalf, RecordHalf, COUNTERS_MAGIC, KEYS_MAGIC};
@@ -44,8 +51,9 @@ use crate::keys::format as keyfmt;
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
 
-pub use self::datadir::DataDirError;
-pub use self::load::{inspect, InspectReport};
+pub use self::datadir::{DataDirError, Modes};
+pub use self::recovery::Finding;
+pub use self::repair::{inspect, repair, InspectReport};
 
 const COUNTERS: ArenaKind = ArenaKind {
     stem: "counters",
@@ -70,6 +78,8 @@ pub struct LocalOptions {
     pub sync_records: bool,
     /// How often the counters are msynced (the bound on what a power loss can cost).
     pub msync_interval: Duration,
+    /// Permissions of the directory and its files (owner only by default).
+    pub modes: Modes,
 }
 
 impl LocalOptions {
@@ -80,6 +90,7 @@ impl LocalOptions {
             tiers: None,
             sync_records: true,
             msync_interval: Duration::from_secs(1),
+            modes: Modes::PRIVATE,
         }
     }
 }
@@ -89,6 +100,8 @@ struct AdminState {
     key_count: u32,
     /// Keys per tier index.
     tier_use: Vec<u64>,
+    /// Generation of the catalog in force (as written in `catalog.json` and acknowledged).
+    generation: u32,
 }
 
 /// The memory-mapped store. Cheap to clone (one `Arc`); every method takes `&self`.
@@ -115,6 +128,7 @@ struct Local {
     shards: Shards,
     counters: Arena,
     records: Arena,
+    acks: Acks,
     admin: Mutex<AdminState>,
     key_count: AtomicU64,
     digest: keyfmt::FastDigest,
@@ -124,7 +138,7 @@ struct Local {
     last_flush_ns: AtomicU64,
     /// Whether this CPU has `prefetchw` (see `check::prefetch_write`).
     prefetch_exclusive: bool,
-    _lock: DirLock,
+    lock: DirLock,
 }
 
 fn secs(ns: u64) -> u64 {
@@ -149,60 +163,82 @@ fn hot_from_record(r: &RecordHalf) -> HotEntry {
 impl LocalStore {
     /// Opens (or creates) the data directory and loads every key.
     ///
-    /// Refuses to start, naming the file and the fault, on any damaged, truncated or foreign file;
-    /// nothing is overwritten in that case.
+    /// Refuses to start, naming the file (and slot) and the fault, on any damaged, truncated,
+    /// missing or foreign file whose recovery would lose something acknowledged; nothing is
+    /// written in that case. Torn writes of a killed process are repaired, with a WARN line.
     pub fn open(opts: LocalOptions, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let dir = opts.data_dir.clone();
-        let lock = DirLock::acquire(&dir)?;
-        let (doc, fresh) = match catalog_file::load(&dir)? {
-            Some(doc) => (doc, false),
+        let lock = DirLock::acquire(&dir, opts.modes)?;
+        let (stored, fresh) = match catalog_file::load(&dir)? {
+            Some(stored) => (stored, false),
             None => {
-                let stray = Arena::segment_path(&dir, &KEYS, 0);
-                if stray.exists() {
-                    return Err(DataDirError::corrupt(
-                        dir.join(catalog_file::CATALOG_FILE),
-                        format!("missing, but {} exists", stray.display()),
-                    )
-                    .into());
+                for stray in [
+                    Arena::segment_path(&dir, &KEYS, 0),
+                    Arena::segment_path(&dir, &COUNTERS, 0),
+                    Acks::first_path(&dir),
+                ] {
+                    if stray.exists() {
+                        return Err(DataDirError::corrupt(
+                            dir.join(catalog_file::CATALOG_FILE),
+                            format!("missing, but {} exists", stray.display()),
+                        )
+                        .into());
+                    }
                 }
-                (CatalogDoc::new(random_u64()?, tiers::builtin_tiers()), true)
+                let doc = CatalogDoc::new(random_u64()?, tiers::builtin_tiers());
+                // The catalog first: a directory with a catalog and no acks file is new.
+                catalog_file::store(&dir, &doc, 0, lock.file_mode())?;
+                let stored = catalog_file::StoredCatalog {
+                    doc,
+                    version: catalog_file::CATALOG_VERSION,
+                    generation: 0,
+                };
+                (stored, true)
             }
         };
+        let legacy = stored.version == 1;
         let now = clock.now_ns();
+        let loaded = load::load(&dir, stored, now, Some(lock.file_mode()))?;
+        if let Some(e) = recovery::refusal(&dir, &loaded.findings) {
+            return Err(e);
+        }
+        if let Some((stored, clock_month)) = loaded.month_ahead {
+            tracing::warn!(
+                stored_month = %month_name(stored),
+                clock_month = %month_name(clock_month),
+                "counters were written in a later month than the clock's: the clock is behind; \
+                 usage is kept under the later month until the clock reaches it"
+            );
+        }
+        // Everything checked: only now touch the files.
+        repair::settle(&loaded)?;
         let load::Loaded {
             records,
             counters,
+            acks,
             shards,
             catalog: stored,
             mut tier_use,
-            repairs,
             key_count,
-        } = load::load(&dir, doc, now)?;
-        if key_count > 0 {
-            records.ensure(key_count - 1)?;
-            counters.ensure(key_count - 1)?;
-        }
-        // Everything checked: only now touch the files (torn writes of a killed process).
-        if !repairs.is_empty() {
-            for r in repairs {
-                r.apply(&records, &counters);
-            }
-            records.flush_all()?;
-            counters.flush_all()?;
-        }
-
+            generation,
+            ..
+        } = loaded;
+        let mut generation = generation;
         let (catalog, changed) = match opts.tiers {
-            None => (stored, fresh),
+            None => (stored, legacy && !fresh),
             Some(new_tiers) => {
                 let mut doc = stored.doc().clone();
                 catalog_doc::replace_tiers(&mut doc, &tier_use, new_tiers)?;
-                let changed = fresh || doc != *stored.doc();
+                let changed = legacy || doc != *stored.doc();
                 (Catalog::compile(doc)?, changed)
             }
         };
         tier_use.resize(catalog.doc().tiers.len(), 0);
         if changed {
-            catalog_file::store(&dir, catalog.doc())?;
+            generation += 1;
+            catalog_file::store(&dir, catalog.doc(), generation, lock.file_mode())?;
+            acks.set_header(HeaderWord::CatalogGeneration, generation);
+            acks.flush_header()?;
         }
         let local = Local {
             clock,
@@ -211,9 +247,11 @@ impl LocalStore {
             shards,
             counters,
             records,
+            acks,
             admin: Mutex::new(AdminState {
                 key_count,
                 tier_use,
+                generation,
             }),
             key_count: AtomicU64::new(u64::from(key_count)),
             digest: keyfmt::FastDigest::random()
@@ -223,7 +261,7 @@ impl LocalStore {
             msync_interval: opts.msync_interval,
             last_flush_ns: AtomicU64::new(now),
             prefetch_exclusive: check::has_prefetch_write(),
-            _lock: lock,
+            lock,
         };
         Ok(LocalStore {
             inner: Arc::new(local),
@@ -253,12 +291,27 @@ impl Local {
         self.key_count.load(Ordering::Relaxed)
     }
 
-    /// `msync`s every counter page; bounds what a power loss (not a crash) can cost.
+    /// `msync`s every counter page; bounds what a power loss (not a crash) can cost. Keys used
+    /// for the first time since the last flush are then marked used in their ack words, so that
+    /// a zeroed counter slot of a used key is recognised as damage.
     fn flush(&self) -> Result<(), StoreError> {
+        let first_uses = self.shards.take_first_uses();
         self.counters.flush_all()?;
         // Record changes are msynced as they are made, unless the store was opened without that.
         if !self.sync_records {
             self.records.flush_all()?;
+        }
+        if !first_uses.is_empty() {
+            let _admin = self.admin.lock();
+            for &slot in &first_uses {
+                if let acks::Ack::Valid { seq, used: false } = self.acks.get(slot) {
+                    self.acks.set(slot, seq, true);
+                }
+            }
+            let (lo, hi) = first_uses
+                .iter()
+                .fold((u32::MAX, 0), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+            self.acks.flush(lo, hi)?;
         }
         self.last_flush_ns
             .store(self.clock.now_ns(), Ordering::Relaxed);
@@ -268,8 +321,21 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "final msync failed");
+        match self.flush() {
+            Ok(()) => {
+                // Everything is on disk: the next start-up may treat any checksum failure as
+                // damage rather than a torn write.
+                self.acks.set_header(HeaderWord::Clean, 1);
+                if let Err(e) = self.acks.flush_header() {
+                    tracing::error!(error = %e, "cannot mark the data directory closed cleanly");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "final msync failed"),
         }
     }
+}
+
+/// `YYYY-MM` of a month id.
+fn month_name(id: u32) -> String {
+    format!("{}-{:02}", id / 12, id % 12 + 1)
 }

@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
+use super::acks::{Ack, HeaderWord};
 use super::check::convert_buckets;
 use super::layout::{self, CounterHalf, RecordHalf, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE};
 use super::shards::{Grace, Shards};
@@ -24,6 +25,9 @@ use crate::store::local::catalog_file;
 use crate::store::local::datadir::DataDirError;
 use crate::store::{KeyQuery, StoreError};
 use crate::tiers::TierSpec;
+
+/// The sequence of a new record: creation writes both halves (1 and 2).
+const CREATED_SEQ: u32 = 2;
 
 impl Local {
     /// Creates many keys with one `msync` at the end (bulk import, load generation).
@@ -50,7 +54,7 @@ impl Local {
         }
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
-            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.store_catalog(&mut admin, compiled.doc())?;
             self.publish_catalog(compiled);
         }
         let now = self.clock.now_ns();
@@ -59,6 +63,7 @@ impl Local {
         if last > first {
             self.records.ensure(last - 1)?;
             self.counters.ensure(last - 1)?;
+            self.acks.ensure(last - 1)?;
         }
         // A few keys: msync each record; a bulk import: one msync of everything at the end.
         let sync_each = self.sync_records && news.len() <= 64;
@@ -109,6 +114,17 @@ impl Local {
         }
         if self.sync_records && !sync_each {
             self.records.flush_all()?;
+        }
+        // Acknowledge: each record's sequence, then the count, each durable before the next.
+        for slot in first..last {
+            self.acks.set(slot, CREATED_SEQ, false);
+        }
+        if self.sync_records && last > first {
+            self.acks.flush(first, last - 1)?;
+        }
+        self.acks.set_header(HeaderWord::AckedKeys, last);
+        if self.sync_records {
+            self.acks.flush_header()?;
         }
         admin.key_count = last;
         self.key_count.store(u64::from(last), Ordering::Release);
@@ -210,15 +226,17 @@ impl Local {
         f(&mut rec, &mut doc, &catalog, &mut admin)?;
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
-            catalog_file::store(&self.data_dir, compiled.doc())?;
+            self.store_catalog(&mut admin, compiled.doc())?;
             self.publish_catalog(compiled);
         }
         let slot = id.slot();
+        let seq;
         {
             let mut g = self.shards.lock(slot);
             // SAFETY: shard lock held.
             let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
             layout::write_next(rs, rec);
+            seq = rs[layout::newest(rs)].seq;
             let (_, idx) = Shards::locate(slot);
             let keep_fast = rec.hash_current == old.hash_current;
             // SAFETY: shard lock held.
@@ -245,6 +263,11 @@ impl Local {
         }
         if self.sync_records {
             self.records.flush_slot(slot)?;
+        }
+        let used = matches!(self.acks.get(slot), Ack::Valid { used: true, .. });
+        self.acks.set(slot, seq, used);
+        if self.sync_records {
+            self.acks.flush(slot, slot)?;
         }
         if rec.tier != old.tier {
             admin.tier_use[usize::from(old.tier)] -= 1;
@@ -375,6 +398,17 @@ impl Local {
         self.change_catalog(|doc, use_| Ok(catalog_doc::replace_tiers(doc, use_, specs)?))
     }
 
+    /// Writes `doc` as the next generation of `catalog.json` and acknowledges it.
+    fn store_catalog(&self, admin: &mut AdminState, doc: &CatalogDoc) -> Result<(), StoreError> {
+        let generation = admin.generation + 1;
+        catalog_file::store(&self.data_dir, doc, generation, self.lock.file_mode())?;
+        self.acks
+            .set_header(HeaderWord::CatalogGeneration, generation);
+        self.acks.flush_header()?;
+        admin.generation = generation;
+        Ok(())
+    }
+
     fn change_catalog(
         &self,
         f: impl FnOnce(&mut CatalogDoc, &[u64]) -> Result<(), StoreError>,
@@ -384,7 +418,7 @@ impl Local {
         let mut doc = catalog.doc().clone();
         f(&mut doc, &admin.tier_use)?;
         let compiled = Catalog::compile(doc)?;
-        catalog_file::store(&self.data_dir, compiled.doc())?;
+        self.store_catalog(&mut admin, compiled.doc())?;
         admin.tier_use.resize(compiled.doc().tiers.len(), 0);
         self.publish_catalog(compiled);
         Ok(())

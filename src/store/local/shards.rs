@@ -84,6 +84,9 @@ pub struct ShardData {
     pub catalog_gen: u64,
     /// The latest time a check of this shard was decided at (ns since the epoch).
     pub latest_ns: u64,
+    /// Slots whose counters were written for the first time since the last `msync`: their ack
+    /// words get the `used` bit once the counters are durable (see `acks`).
+    pub first_use: Vec<u32>,
 }
 
 #[repr(align(128))]
@@ -143,6 +146,7 @@ impl Shards {
                     catalog: None,
                     catalog_gen: 0,
                     latest_ns: 0,
+                    first_use: Vec::new(),
                 }))
             })
             .collect();
@@ -188,6 +192,18 @@ impl Shards {
     #[inline]
     pub fn locate(slot: u32) -> (usize, usize) {
         (slot as usize % SHARDS, slot as usize / SHARDS)
+    }
+
+    /// Takes every shard's list of first uses.
+    pub fn take_first_uses(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut g = s.0.lock();
+            if !g.first_use.is_empty() {
+                out.append(&mut g.first_use);
+            }
+        }
+        out
     }
 
     /// Locks the shard holding `slot`.

@@ -65,7 +65,12 @@ for j = 1, n do
   if a < avail then avail = a end
 end
 local used = 0
-if old[14] == month then used = tonumber(old[15]) or 0 end
+-- A stored month later than the node's clock keeps its usage and stays (months never go back).
+local sm = tonumber(old[14])
+if sm and sm >= tonumber(month) then
+  used = tonumber(old[15]) or 0
+  month = old[14]
+end
 if quota >= 0 then
   local a = quota - used
   if a < avail then avail = a end
