@@ -272,3 +272,69 @@ fn a_damaged_newest_counter_copy_after_a_clean_stop_is_refused() {
         "slot 0: the newest counter copy fails",
     );
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_clock_behind_the_stored_month_keeps_usage_and_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let july = || FakeClock::at_secs(1_784_116_800); // 2026-07-15
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(july())).unwrap());
+    let k = e
+        .create_key(NewKey {
+            consumer: "c".into(),
+            tier: "pro".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    for _ in 0..7 {
+        assert!(e.check(Some(&k.raw), None, 1).verdict.is_allowed());
+    }
+    drop(e);
+
+    // The clock is two months behind (a VM before its time sync): usage kept, one WARN.
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let may = FakeClock::at_secs(1_778_414_400); // 2026-05-10
+    let e = tracing::subscriber::with_default(subscriber, || {
+        Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(may)).unwrap())
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("WARN")
+            && text.contains("2026-07")
+            && text.contains("2026-05")
+            && text.contains("clock is behind"),
+        "{text}"
+    );
+    assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 7);
+    assert!(e.check(Some(&k.raw), None, 1).verdict.is_allowed());
+    assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 8);
+    drop(e);
+
+    // The clock corrected: the stored month never went back, the usage is all there.
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(july())).unwrap());
+    assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 8);
+    drop(e);
+    // A month that moved forward starts at 0, as always.
+    let august = FakeClock::at_secs(1_785_672_000);
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(august)).unwrap());
+    assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 0);
+}

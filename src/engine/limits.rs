@@ -136,6 +136,21 @@ pub fn used_this_month(stored_month: u32, used: u64, month: &MonthWindow) -> u64
     }
 }
 
+/// Moves a key's bursts back by how far the clock is behind its last admitted request
+/// (`last_used_s`, Unix seconds), so that a clock that went back (a restart before the time
+/// sync) finds the buckets as they were right after that request, not empty until the clock
+/// catches up. A clock at or after the last request changes nothing.
+pub fn rebase_behind_clock(tat: &mut [u64], last_used_s: u32, now: u64) {
+    let last = u64::from(last_used_s).saturating_mul(NANOS_PER_SEC);
+    if last <= now {
+        return;
+    }
+    let skew = last - now;
+    for t in tat.iter_mut().filter(|t| **t != 0) {
+        *t = t.saturating_sub(skew).max(1);
+    }
+}
+
 /// The month to store with new usage: the clock's month, or the stored one if that is later.
 #[inline]
 pub fn month_to_store(stored_month: u32, month: &MonthWindow) -> u32 {

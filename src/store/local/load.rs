@@ -21,6 +21,7 @@ use super::recovery::{describe_key, describe_state, tombstone, Finding, Fix};
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, COUNTERS, KEYS};
 use crate::engine::catalog::Catalog;
+use crate::engine::limits;
 use crate::engine::month::MonthWindow;
 use crate::store::StoreError;
 
@@ -553,6 +554,7 @@ fn check_counters(
                 }
                 latest_month = latest_month.max(c.month);
                 entry.counters = c;
+                limits::rebase_behind_clock(&mut entry.counters.tat, c.last_used_s, now);
                 if fixed {
                     // A repair leaves the state in half 1, at sequence 2 or later (see
                     // `recovery::rewrite`).

@@ -25,8 +25,8 @@ mod datadir;
 mod layout;
 mod load;
 mod recovery;
-mod repair;
 mod registry;
+mod repair;
 mod service;
 mod shards;
 

@@ -43,10 +43,13 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
             fix.apply(records, counters);
         }
     }
-    let last = key_count.saturating_sub(1);
-    records.ensure(last)?;
-    counters.ensure(last)?;
-    acks.ensure(last)?;
+    // Segments for every key (none yet for a directory without keys); the acks file always,
+    // for its header.
+    if let Some(last) = key_count.checked_sub(1) {
+        records.ensure(last)?;
+        counters.ensure(last)?;
+    }
+    acks.ensure(key_count.saturating_sub(1))?;
     records.flush_all()?;
     counters.flush_all()?;
     for slot in 0..acks.capacity() as u32 {
