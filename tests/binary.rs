@@ -453,3 +453,54 @@ fn a_cost_above_the_maximum_is_refused_like_http_and_counts_nothing() {
     assert_eq!(r.code(), "rate_limited");
     assert_eq!(rt.block_on(c.check(costly(1))).unwrap().code(), "allowed");
 }
+
+/// A client that sends a frame one byte at a time cannot hold a connection slot: the frame must be
+/// complete `--frame-timeout-secs` after its first byte, whatever the idle timeout.
+#[test]
+fn a_frame_dripped_byte_by_byte_is_cut_off_at_the_frame_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--max-binary-connections",
+            "3",
+            "--idle-timeout-secs",
+            "30",
+            "--frame-timeout-secs",
+            "1",
+        ],
+    );
+    let mut f = Vec::new();
+    frame::put_hello(&mut f, 1, frame::VERSION);
+    let started = std::time::Instant::now();
+    let drips: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = raw_conn(&d);
+            let f = f.clone();
+            std::thread::spawn(move || {
+                // One byte every 200 ms: each byte would restart an idle timer.
+                for b in &f[..f.len() - 1] {
+                    if s.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                rest
+            })
+        })
+        .collect();
+    for h in drips {
+        let rest = h.join().unwrap();
+        assert!(rest.is_empty(), "a dripping client got an answer: {rest:?}");
+    }
+    // Closed at ~1 s, long before the 30 s idle timeout or the end of the drip (4+ s).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut c = raw_conn(&d);
+    hello(&mut c);
+}

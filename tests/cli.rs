@@ -153,7 +153,7 @@ fn keys_commands_create_list_show_update_rotate_revoke() {
     assert_eq!(v["scopes"], serde_json::json!([]));
     assert!(v["expiresAt"].is_null() && v["name"].is_null());
     assert_eq!(v["monthlyQuota"], 9);
-    fails(&run(&d, &["keys", "update", &id]), 1, "nothing to update");
+    fails(&run(&d, &["keys", "update", &id]), 2, "nothing to update");
 
     let out = ok(&run(&d, &["keys", "rotate", &id, "--grace", "1h"]));
     let new_raw = out.lines().last().unwrap().trim().to_string();
@@ -195,7 +195,7 @@ fn keys_commands_create_list_show_update_rotate_revoke() {
                 "someday",
             ],
         ),
-        1,
+        2,
         "--expires",
     );
     fails(
@@ -246,12 +246,12 @@ fn tiers_commands_list_show_set_delete_and_apply_with_dry_run() {
     );
     fails(
         &run(&d, &["tiers", "set", "bad", "--limit", "sixty/1m"]),
-        1,
+        2,
         "not a number",
     );
     fails(
         &run(&d, &["tiers", "set", "bad", "--limit", "60/1w"]),
-        1,
+        2,
         "not a period",
     );
     fails(&run(&d, &["tiers", "set", "bad"]), 2, "--limit");
@@ -282,6 +282,23 @@ fn tiers_commands_list_show_set_delete_and_apply_with_dry_run() {
         ok(&run(&d, &["tiers", "list"])).contains("pro"),
         "the dry run changed nothing"
     );
+    // A tier left out that keys still use: the dry run says the apply would fail, and why; the
+    // apply itself refuses before changing anything.
+    let (pro_key, _) = c.create_key(serde_json::json!({"consumer": "c", "tier": "pro"}));
+    let dry = ok(&run(
+        &d,
+        &["tiers", "apply", file.to_str().unwrap(), "--dry-run"],
+    ));
+    assert!(
+        dry.contains("- pro") && dry.contains("IN USE") && dry.contains("would fail"),
+        "{dry}"
+    );
+    fails(
+        &run(&d, &["tiers", "apply", file.to_str().unwrap()]),
+        1,
+        "keys still use tier(s) pro",
+    );
+    ok(&run(&d, &["keys", "update", &pro_key, "--tier", "gold"]));
     let v = json(&run(
         &d,
         &["tiers", "apply", file.to_str().unwrap(), "--json"],
@@ -418,4 +435,37 @@ fn inspect_reports_a_healthy_directory_and_refuses_a_damaged_or_busy_one() {
         .output()
         .unwrap();
     fails(&out, 1, "not a quotad data directory");
+}
+
+#[test]
+fn bad_argument_values_are_usage_errors_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let cases: [&[&str]; 4] = [
+        &["tiers", "set", "gold", "--limit", "5/fortnight"],
+        &["tiers", "set", "gold", "--limit", "many/1m"],
+        &[
+            "keys",
+            "create",
+            "--consumer",
+            "c",
+            "--tier",
+            "pro",
+            "--expires",
+            "soon",
+        ],
+        &[
+            "keys",
+            "update",
+            "key_0000000000000000",
+            "--monthly-quota",
+            "lots",
+        ],
+    ];
+    for args in cases {
+        fails(&run(&d, args), 2, args[args.len() - 1]);
+    }
+    // Nothing was changed by any of them.
+    let v = json(&run(&d, &["tiers", "list", "--json"]));
+    assert!(!v.to_string().contains("gold"), "{v}");
 }

@@ -575,3 +575,139 @@ fn fail_closed_and_fail_open_while_redis_is_stopped_then_recovery() {
         r.text
     );
 }
+
+/// The grant is `min(L, max(cost, ⌊available / 4⌋))` (SCALING.md): a fresh key on a roomy tier
+/// gets the whole lease, and a tight limit gets a quarter of what is left each time.
+#[test]
+fn lease_grants_are_the_documented_size() {
+    let redis = common::redis::RedisServer::start();
+    let (a, _da) = node(
+        &redis.url(),
+        &[
+            "--store-mode",
+            "lease",
+            "--lease-size",
+            "20",
+            "--lease-ttl-ms",
+            "60000",
+        ],
+    );
+    let c = a.client();
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/roomy",
+        Some(json!({"limits": [{"requests": 10_000, "periodSeconds": 60}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, k) = c.create_key(json!({"consumer": "roomy", "tier": "roomy"}));
+    for _ in 0..40 {
+        assert_eq!(c.check(Some(&k), &[]).status, 200);
+    }
+    assert_eq!(
+        metric(&a, "quotad_store_leases_total"),
+        2.0,
+        "40 checks, leases of 20"
+    );
+    assert_eq!(metric(&a, "quotad_store_local_checks_total"), 38.0);
+
+    // 40 per hour (no refill to speak of): leases of 10, 7, 5, 4, 3, 2, 2 (a quarter of what is
+    // left), then a grant of exactly the cost for each of the 7 tokens left, which is a plain
+    // check, not a lease: exactly 40 admitted.
+    let r = c.admin(
+        Method::PUT,
+        "/tiers/tight",
+        Some(json!({"limits": [{"requests": 40, "periodSeconds": 3600}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, k) = c.create_key(json!({"consumer": "tight", "tier": "tight"}));
+    let admitted = (0..60)
+        .filter(|_| c.check(Some(&k), &[]).status == 200)
+        .count();
+    assert_eq!(admitted, 40);
+    assert_eq!(metric(&a, "quotad_store_leases_total"), 2.0 + 7.0);
+    assert_eq!(
+        metric(&a, "quotad_store_local_checks_total"),
+        38.0 + (9 + 6 + 4 + 3 + 2 + 1 + 1) as f64
+    );
+}
+
+/// Log lines at INFO or above.
+fn loud_lines(d: &Daemon) -> usize {
+    d.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] != "DEBUG" && v["level"] != "TRACE")
+        .count()
+}
+
+#[test]
+fn while_redis_is_down_health_answers_at_once_and_errors_are_logged_per_interval() {
+    let mut redis = RedisServer::start();
+    let (d, _dd) = node(&redis.url(), &["--redis-timeout-ms", "300"]);
+    let (_, raw) = d
+        .client()
+        .create_key(json!({"consumer": "acme", "tier": "pro"}));
+    assert_eq!(d.client().check(Some(&raw), &[]).status, 200);
+
+    // Redis hangs: /health answers from the last known state, without waiting for Redis.
+    redis.pause();
+    let t = Instant::now();
+    let h = d.client().get("/health");
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.status, 200, "nothing has failed yet: {}", h.text);
+    assert_eq!(d.client().check(Some(&raw), &[]).status, 503);
+    let t = Instant::now();
+    let h = d.client().get("/health");
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.status, 503, "{}", h.text);
+    assert_eq!(h.body["status"], "degraded");
+    assert!(
+        h.body["persistence"]["unreachableForSeconds"]
+            .as_f64()
+            .is_some(),
+        "{}",
+        h.text
+    );
+    redis.resume();
+
+    // Redis gone: hundreds of refused checks, a handful of log lines.
+    redis.kill();
+    let before = loud_lines(&d);
+    let started = Instant::now();
+    let refused: usize = (0..16)
+        .map(|_| {
+            let (c, raw) = (d.client(), raw.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while started.elapsed() < Duration::from_secs(2) {
+                    assert_eq!(c.check(Some(&raw), &[]).status, 503);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum();
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = loud_lines(&d) - before;
+    eprintln!("{refused} refused checks, {lines} log lines at INFO or above");
+    // One line when it went down, then at most one per upkeep interval (100 ms) with a count.
+    assert!(refused >= 50, "only {refused} checks in 2 s");
+    assert!(
+        lines <= 2 + 25,
+        "{lines} log lines for {refused} refused checks:\n{}",
+        d.log_text()
+    );
+    let text = d.log_text();
+    assert!(text.contains("redis still unreachable") && text.contains("failed_calls"));
+}

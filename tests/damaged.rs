@@ -338,3 +338,32 @@ fn a_clock_behind_the_stored_month_keeps_usage_and_warns() {
     let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(august)).unwrap());
     assert_eq!(e.usage(k.info.id).unwrap().monthly_used, 0);
 }
+
+#[test]
+fn a_format_1_directory_is_upgraded_keeping_keys_and_usage() {
+    let (_t, dir, raws) = populated();
+    // Make it what an older quotad left: no acks file, a version 1 catalog header.
+    std::fs::remove_file(dir.join("acks-00000.qd")).unwrap();
+    let p = dir.join("catalog.json");
+    let text = std::fs::read(&p).unwrap();
+    let nl = text.iter().position(|&b| b == b'\n').unwrap();
+    let json = &text[nl + 1..text.len() - 1];
+    let mut v1 = format!("quotad-catalog v1 crc32={:08x}\n", crc32c::crc32c(json)).into_bytes();
+    v1.extend_from_slice(json);
+    v1.push(b'\n');
+    std::fs::write(&p, v1).unwrap();
+
+    let e = Blocking::new(LocalStore::open(LocalOptions::new(&dir), Arc::new(clock())).unwrap());
+    assert_eq!(e.key_count(), 3);
+    let id = quotad::keys::format::parse(&raws[0]).unwrap();
+    assert_eq!(e.usage(id).unwrap().monthly_used, 5);
+    assert!(e.check(Some(&raws[1]), None, 1).verdict.is_allowed());
+    drop(e);
+    assert!(dir.join("acks-00000.qd").exists());
+    assert!(std::fs::read_to_string(&p)
+        .unwrap()
+        .starts_with("quotad-catalog v2 gen="));
+    // From now on, the directory has the acks' protection: a zeroed counter slot is refused.
+    patch(&dir.join("counters-00000.qd"), HEADER, &[0; 128]);
+    refuses(&dir, "counters-00000.qd", "slot 0: counter slot is zeroed");
+}

@@ -145,6 +145,7 @@ on_both_stores!(
     tiers_in_use_cannot_be_deleted_and_unknown_tiers_are_refused,
     an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now,
     a_monthly_quota_no_store_can_hold_exactly_is_refused_not_reinterpreted,
+    rotation_keeps_a_long_prefix_whole,
 );
 
 /// A quota above 2^53 − 1 would mean "no override" to the local store (u64::MAX is its "none")
@@ -559,6 +560,34 @@ fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kin
 fn clock_secs(c: &FakeClock) -> u64 {
     use quotad::Clock;
     c.now_ns() / S
+}
+
+/// A prefix of up to 16 characters survives rotation whole, and the display prefix shows it.
+fn rotation_keeps_a_long_prefix_whole(kind: Kind) {
+    let clock = mid_march();
+    let e = Store::open(kind, &clock);
+    for prefix in ["acme_live_", "sixteen_chars_xx", "qd_"] {
+        let k = e
+            .create_key(NewKey {
+                prefix: Some(prefix.into()),
+                ..acme("default")
+            })
+            .unwrap();
+        assert!(k.raw.starts_with(prefix), "{}", k.raw);
+        let display = quotad::keys::format::display_prefix(&k.raw);
+        assert_eq!(k.info.prefix, display);
+        assert_eq!(e.key(k.info.id).unwrap().prefix, display);
+        let r = e.rotate_key(k.info.id, 0).unwrap();
+        assert!(r.raw.starts_with(prefix), "{prefix} became {}", r.raw);
+        assert_eq!(r.raw.len(), prefix.len() + 43);
+        assert_eq!(
+            r.info.prefix, display,
+            "the id part, so the display, is unchanged"
+        );
+        assert!(e.check(Some(&r.raw), None, 1).verdict.is_allowed());
+        let again = e.rotate_key(k.info.id, 0).unwrap();
+        assert!(again.raw.starts_with(prefix), "{}", again.raw);
+    }
 }
 
 fn rotation_keeps_usage_and_honours_the_old_secret_only_for_the_grace_period(kind: Kind) {

@@ -1,6 +1,5 @@
 //! `quotad keys …` and `quotad usage ID`: key administration through the admin API.
 
-use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -222,16 +221,16 @@ pub fn keys(cmd: KeysCmd, a: &AdminArgs) -> anyhow::Result<()> {
                     body["monthlyQuota"] = if q == "tier" {
                         Value::Null
                     } else {
-                        json!(q
-                            .parse::<u64>()
-                            .map_err(|_| anyhow!("--monthly-quota {q:?}: a number, or `tier`"))?)
+                        json!(q.parse::<u64>().map_err(|_| usage_error(format!(
+                            "--monthly-quota {q:?}: a number, or `tier`"
+                        )))?)
                     };
                 }
                 if let Some(n) = name {
                     body["name"] = if n.is_empty() { Value::Null } else { json!(n) };
                 }
                 if body.as_object().is_some_and(|o| o.is_empty()) {
-                    bail!("nothing to update: give --tier, --scope, --clear-scopes, --expires, --monthly-quota or --name");
+                    return Err(usage_error("nothing to update: give --tier, --scope, --clear-scopes, --expires, --monthly-quota or --name"));
                 }
                 let v = c.call("PATCH", &format!("/keys/{id}"), Some(body)).await?;
                 c.print(&v, print_key);

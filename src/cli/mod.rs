@@ -129,6 +129,10 @@ pub fn main() -> i32 {
         Err(e) if e.downcast_ref::<datadir_cmd::Exit>().is_some() => {
             e.downcast_ref::<datadir_cmd::Exit>().map_or(1, |x| x.0)
         }
+        Err(e) if e.downcast_ref::<ops::UsageError>().is_some() => {
+            eprintln!("quotad: error: {e:#}");
+            2
+        }
         Err(e) => {
             if daemon {
                 tracing::error!("{e:#}");

@@ -4,7 +4,7 @@
 //! (`quotad tiers …`), all through the admin API.
 //!
 //! Exit codes: 0 success, 1 a failed operation (message on stderr says what and why), 2 a usage
-//! error (clap's own).
+//! error (clap's own, or a bad value such as `--limit 5/x` or `--expires soon`).
 
 use std::path::PathBuf;
 
@@ -47,27 +47,50 @@ pub(super) fn duration_secs(s: &str) -> anyhow::Result<u64> {
 }
 
 /// An RFC 3339 time, or now + a duration.
+/// A bad argument value found after clap parsed the line: exit 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error (exit 2) saying `msg`.
+pub(super) fn usage_error(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
 pub(super) fn expiry(s: &str) -> anyhow::Result<String> {
     if crate::server::admin::parse_rfc3339(s).is_ok() {
         return Ok(s.to_string());
     }
-    let secs = duration_secs(s)
-        .map_err(|_| anyhow!("--expires {s:?}: give an RFC 3339 time or a duration such as 30d"))?;
+    let secs = duration_secs(s).map_err(|_| {
+        usage_error(format!(
+            "--expires {s:?}: give an RFC 3339 time or a duration such as 30d"
+        ))
+    })?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    crate::server::admin::rfc3339(now + secs).ok_or_else(|| anyhow!("--expires {s:?} is too far"))
+    now.checked_add(secs)
+        .and_then(crate::server::admin::rfc3339)
+        .ok_or_else(|| usage_error(format!("--expires {s:?} is too far")))
 }
 
 pub(super) fn parse_limit(s: &str) -> anyhow::Result<Value> {
     let (r, p) = s
         .split_once('/')
-        .ok_or_else(|| anyhow!("--limit {s:?}: use REQUESTS/PERIOD, e.g. 60/1m"))?;
+        .ok_or_else(|| usage_error(format!("--limit {s:?}: use REQUESTS/PERIOD, e.g. 60/1m")))?;
     let requests: u64 = r
         .trim()
         .parse()
-        .map_err(|_| anyhow!("--limit {s:?}: {r:?} is not a number"))?;
-    let period = duration_secs(p).map_err(|_| anyhow!("--limit {s:?}: {p:?} is not a period"))?;
+        .map_err(|_| usage_error(format!("--limit {s:?}: {r:?} is not a number")))?;
+    let period = duration_secs(p)
+        .map_err(|_| usage_error(format!("--limit {s:?}: {p:?} is not a period")))?;
     Ok(json!({"requests": requests, "periodSeconds": period}))
 }
 

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Seconds a binary connection may stay idle before it is closed.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// Seconds a binary frame may take to arrive once its first byte has (at most the idle
+    /// timeout): a client sending a frame slowly is closed.
+    #[arg(long, default_value_t = 10)]
+    pub frame_timeout_secs: u64,
     /// Tiers TOML file replacing the built-in tiers; re-read on SIGHUP.
     #[arg(long, env = "QUOTAD_TIERS")]
     pub tiers: Option<PathBuf>,
@@ -274,6 +278,10 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
         binary: BinaryConfig {
             max_connections: args.max_binary_connections.max(1),
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            frame_timeout: Duration::from_secs(
+                args.frame_timeout_secs
+                    .clamp(1, args.idle_timeout_secs.max(1)),
+            ),
         },
         busy_poll: crate::server::busy_poll::BusyPoll::new(args.busy_poll_us),
     });

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -112,10 +112,37 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                         Some(_) => {}
                     }
                 }
+                // A tier left out is deleted, which the daemon refuses (409) while keys use it: the
+                // dry run says so, and the apply is not attempted.
+                let mut blocked = Vec::new();
                 for r in &running {
                     if !wanted.iter().any(|w| w.name == r.name) {
-                        changes.push(json!({"tier": r.name, "change": "delete", "from": r}));
+                        let page = c
+                            .call(
+                                "GET",
+                                &format!("/keys?tier={}&limit=1", urlencode(&r.name)),
+                                None,
+                            )
+                            .await?;
+                        let in_use = page["keys"].as_array().is_some_and(|k| !k.is_empty());
+                        if in_use {
+                            blocked.push(r.name.clone());
+                        }
+                        changes.push(
+                            json!({"tier": r.name, "change": "delete", "from": r, "inUse": in_use}),
+                        );
                     }
+                }
+                let refusal = (!blocked.is_empty()).then(|| {
+                    format!(
+                        "the apply would fail: keys still use tier(s) {} (move them to another \
+                         tier first, or keep the tier in {})",
+                        blocked.join(", "),
+                        file.display()
+                    )
+                });
+                if let (Some(why), false) = (&refusal, dry_run) {
+                    bail!("{why}; nothing applied");
                 }
                 let applied = if dry_run || changes.is_empty() {
                     false
@@ -124,7 +151,8 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                         .await?;
                     true
                 };
-                let v = json!({"changes": changes, "applied": applied, "dryRun": dry_run});
+                let v = json!({"changes": changes, "applied": applied, "dryRun": dry_run,
+                    "wouldFail": refusal});
                 c.print(&v, |v| {
                     let ch = v["changes"].as_array().cloned().unwrap_or_default();
                     if ch.is_empty() {
@@ -134,7 +162,16 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                         let line = |t: &Value| tier_row(t)[1..].join("  ");
                         match x["change"].as_str() {
                             Some("add") => println!("+ {}  {}", s(&x["tier"]), line(&x["to"])),
-                            Some("delete") => println!("- {}  {}", s(&x["tier"]), line(&x["from"])),
+                            Some("delete") => println!(
+                                "- {}  {}{}",
+                                s(&x["tier"]),
+                                line(&x["from"]),
+                                if x["inUse"] == true {
+                                    "  (IN USE by keys)"
+                                } else {
+                                    ""
+                                }
+                            ),
                             _ => println!(
                                 "~ {}  {}  ->  {}",
                                 s(&x["tier"]),
@@ -143,7 +180,9 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                             ),
                         }
                     }
-                    if dry_run {
+                    if let Some(why) = v["wouldFail"].as_str() {
+                        println!("dry run: {why}");
+                    } else if dry_run {
                         println!("dry run: nothing applied");
                     } else if applied {
                         println!("applied {} change(s)", ch.len());

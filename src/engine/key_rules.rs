@@ -111,15 +111,15 @@ impl NewSecret {
         })
     }
 
-    /// A new secret for key `id` with the prefix its current one has (read from its display
-    /// prefix), the old one honoured `grace_secs` from `now`.
+    /// A new secret for key `id` with `prefix` (the one its current secret has, whole), the old
+    /// one honoured `grace_secs` from `now`.
     pub fn for_rotation(
-        display_prefix: &str,
+        prefix: &str,
         id: KeyId,
         grace_secs: u64,
         now: u64,
     ) -> Result<Self, PolicyError> {
-        let mut s = Self::generate(keyfmt::prefix_of_display(display_prefix), id)?;
+        let mut s = Self::generate(prefix, id)?;
         if grace_secs != 0 {
             s.previous_valid_until_ns =
                 now.saturating_add(grace_secs.saturating_mul(NANOS_PER_SEC));

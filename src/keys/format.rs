@@ -224,6 +224,16 @@ pub fn prefix_of_display(display: &str) -> &str {
         .unwrap_or(DEFAULT_PREFIX)
 }
 
+/// The display prefix of key `id` with `prefix`: the prefix and the first 8 body characters,
+/// which encode the first 6 bytes of the id (no secret bits). Equal to
+/// `display_prefix(raw)` of any raw key of that id and prefix.
+pub fn display_prefix_of(prefix: &str, id: KeyId) -> String {
+    let mut s = String::with_capacity(prefix.len() + 8);
+    s.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(&id.0.to_le_bytes()[..6], &mut s);
+    s
+}
+
 /// The display prefix: the key's prefix and the first 8 body characters (id bits, no secret).
 pub fn display_prefix(raw: &str) -> String {
     let cut = raw.len().saturating_sub(BODY_LEN) + 8;
@@ -238,6 +248,12 @@ mod tests {
     fn generated_keys_parse_back_to_their_id() {
         let id = KeyId::new(1234, 0xdead_beef);
         let k = generate("qd_", id).unwrap();
+        assert_eq!(display_prefix_of("qd_", id), display_prefix(&k));
+        let long = generate("acme_live_0123_x", id).unwrap();
+        assert_eq!(
+            display_prefix_of("acme_live_0123_x", id),
+            display_prefix(&long)
+        );
         assert!(k.starts_with("qd_"));
         assert_eq!(k.len(), 3 + BODY_LEN);
         assert_eq!(parse(&k), Ok(id));

@@ -29,6 +29,9 @@ pub struct BinaryConfig {
     pub max_connections: usize,
     /// A connection with no complete request for this long is closed.
     pub idle_timeout: Duration,
+    /// A frame must be complete this long after its first byte arrived, or the connection is
+    /// closed (a client dripping a frame byte by byte cannot hold a slot). At most `idle_timeout`.
+    pub frame_timeout: Duration,
 }
 
 impl Default for BinaryConfig {
@@ -36,6 +39,7 @@ impl Default for BinaryConfig {
         BinaryConfig {
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -326,6 +330,9 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Connection::new(stream);
     let mut hello = false;
     let idle = state.binary.idle_timeout;
+    let frame_limit = state.binary.frame_timeout.min(idle);
+    // When the first byte of a frame still incomplete arrived (`None`: no partial frame).
+    let mut partial_since: Option<tokio::time::Instant> = None;
     let mut tally = Tally::default();
     let (mut items, mut ready) = (Vec::new(), Vec::new());
     // One idle timer and one stop waiter for the connection's life, not one of each per read:
@@ -345,7 +352,13 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
                 if last_read.elapsed() >= idle {
                     return Ok(()); // idle
                 }
-                idle_timer.as_mut().reset(last_read + idle);
+                if partial_since.is_some_and(|t| t.elapsed() >= frame_limit) {
+                    return Ok(()); // a frame begun and not finished in time
+                }
+                let next = last_read + idle;
+                idle_timer
+                    .as_mut()
+                    .reset(partial_since.map_or(next, |t| next.min(t + frame_limit)));
                 continue;
             }
         };
@@ -383,6 +396,17 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
         tally.time_batch(timer.elapsed_ns());
         state.metrics.add_tally(Transport::Binary, &mut tally);
         conn.consume(used);
+        // A partial frame left in the buffer starts the frame deadline (once per frame: reads
+        // of whole frames never touch the timer).
+        if conn.buffered().is_empty() {
+            partial_since = None;
+        } else if partial_since.is_none() || used > 0 {
+            let now = tokio::time::Instant::now();
+            partial_since = Some(now);
+            idle_timer
+                .as_mut()
+                .reset((last_read + idle).min(now + frame_limit));
+        }
         if let Some((id, code, msg)) = fatal {
             state.metrics.record_bad_request(Transport::Binary);
             frame::put_error(conn.out(), id, code, msg);

@@ -21,7 +21,8 @@ fn admin(op: Value) -> Value {
     op["security"] = json!([{"adminToken": []}]);
     op["responses"]["401"] = error_response("Missing or invalid admin token");
     op["responses"]["400"] = error_response("Malformed JSON, unknown fields, body over 64 KiB");
-    op["responses"]["503"] = error_response("unavailable: the shared Redis store cannot be reached");
+    op["responses"]["503"] =
+        error_response("unavailable: the shared Redis store cannot be reached");
     op["responses"]["507"] = error_response(
         "insufficient_storage: the data directory's disk is full (nothing was changed)",
     );

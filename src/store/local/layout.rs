@@ -207,6 +207,41 @@ pub fn quota_override(stored: u64) -> Option<u64> {
 pub const FLAG_REVOKED: u16 = 1;
 /// The record is in use (distinguishes a written record from zeroes).
 pub const FLAG_LIVE: u16 = 2;
+/// Bits 8..13 of `flags` hold the length of the key's prefix, which `display_prefix` holds whole
+/// (a prefix is at most 16 bytes); without this flag (records written before it), the display
+/// prefix is the prefix and 8 body characters, cut at 16 bytes.
+pub const FLAG_PREFIX_LEN: u16 = 4;
+
+/// `flags` bits for a key whose prefix is `prefix` (at most 16 bytes).
+pub fn prefix_flags(prefix: &str) -> u16 {
+    FLAG_PREFIX_LEN | ((prefix.len().min(16) as u16) << 8)
+}
+
+/// The key prefix and the display prefix of record `r`.
+pub fn prefixes(r: &RecordHalf) -> (String, String) {
+    let stored = get_str(&r.display_prefix).unwrap_or("");
+    if r.flags & FLAG_PREFIX_LEN != 0 {
+        let len = usize::from(r.flags >> 8 & 0x1f).min(stored.len());
+        let prefix = stored.get(..len).unwrap_or("").to_string();
+        let display = crate::keys::format::display_prefix_of(&prefix, crate::keys::KeyId(r.id));
+        (prefix, display)
+    } else {
+        // An older record: the prefix and 8 body characters, cut at 16 bytes. The body
+        // characters encode the id, so where they begin can be found: the shortest prefix whose
+        // remainder is the start of them.
+        let id = crate::keys::KeyId(r.id);
+        let body = crate::keys::format::display_prefix_of("", id);
+        let len = (0..=stored.len())
+            .find(|&l| {
+                let rest = stored.get(l..).unwrap_or("");
+                rest.len() <= 8 && (rest.len() == 8 || stored.len() == 16) && body.starts_with(rest)
+            })
+            .unwrap_or(stored.len());
+        let prefix = stored.get(..len).unwrap_or("").to_string();
+        let display = crate::keys::format::display_prefix_of(&prefix, id);
+        (prefix, display)
+    }
+}
 
 /// A counter slot: two halves.
 pub type CounterSlot = [CounterHalf; 2];

@@ -124,7 +124,7 @@ pub(super) fn describe_key(r: &RecordHalf) -> String {
     format!(
         "key {} ({}…, consumer {:?})",
         KeyId(r.id),
-        layout::get_str(&r.display_prefix).unwrap_or("?"),
+        layout::prefixes(r).1,
         layout::get_str(&r.consumer).unwrap_or("?")
     )
 }

@@ -86,9 +86,10 @@ impl Local {
                 expires_at_s: k.expires_at.unwrap_or(0),
                 monthly_quota: k.monthly_quota.unwrap_or(NO_OVERRIDE),
                 tier,
-                flags: FLAG_LIVE,
+                flags: FLAG_LIVE | layout::prefix_flags(prefix),
                 scope_set: set,
-                display_prefix: layout::put_str(&secret.display_prefix),
+                // The prefix whole (the display prefix is computed from it and the id).
+                display_prefix: layout::put_str(prefix),
                 consumer: layout::put_str(&k.consumer),
                 name: layout::put_str(k.name.as_deref().unwrap_or("")),
             };
@@ -165,7 +166,7 @@ impl Local {
         let cat = self.catalog.load();
         KeyInfo {
             id: KeyId(r.id),
-            prefix: layout::get_str(&r.display_prefix).unwrap_or("").to_string(),
+            prefix: layout::prefixes(r).1,
             consumer: layout::get_str(&r.consumer).unwrap_or("").to_string(),
             tier: cat
                 .tier(r.tier)
@@ -324,16 +325,14 @@ impl Local {
             if r.flags & FLAG_REVOKED != 0 {
                 return Err(StoreError::invalid("a revoked key cannot be rotated"));
             }
-            let new = NewSecret::for_rotation(
-                layout::get_str(&r.display_prefix).unwrap_or(""),
-                KeyId(r.id),
-                grace_secs,
-                now,
-            )?;
+            let (prefix, _) = layout::prefixes(r);
+            let new = NewSecret::for_rotation(&prefix, KeyId(r.id), grace_secs, now)?;
             r.hash_previous = r.hash_current;
             r.hash_current = new.hash;
             r.previous_valid_until_ns = new.previous_valid_until_ns;
-            r.display_prefix = layout::put_str(&new.display_prefix);
+            // Stored from now on as the whole prefix, as new records are.
+            r.flags = r.flags & 0xff & !layout::FLAG_PREFIX_LEN | layout::prefix_flags(&prefix);
+            r.display_prefix = layout::put_str(&prefix);
             raw = new.raw;
             Ok(())
         })?;

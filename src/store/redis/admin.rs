@@ -275,7 +275,8 @@ impl RedisStore {
                 if r.revoked {
                     return Err(StoreError::invalid("a revoked key cannot be rotated"));
                 }
-                let new = NewSecret::for_rotation(&r.display_prefix, r.id, grace_secs, now)?;
+                let prefix = crate::keys::format::prefix_of_display(&r.display_prefix);
+                let new = NewSecret::for_rotation(prefix, r.id, grace_secs, now)?;
                 r.hash_prev = r.hash;
                 r.hash = new.hash;
                 r.prev_until_ns = new.previous_valid_until_ns;

@@ -176,16 +176,31 @@ impl RedisStore {
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let r = within_timeout(within, f).await;
+        let st = &self.stats;
         match &r {
             Ok(_) => {
-                self.stats.reachable.store(true, Ordering::Relaxed);
-                self.stats
-                    .last_ok_ns
-                    .store(self.clock.now_ns(), Ordering::Relaxed);
+                let now = self.clock.now_ns();
+                st.last_ok_ns.store(now, Ordering::Relaxed);
+                if !st.reachable.swap(true, Ordering::Relaxed) {
+                    let since = st.down_since_ns.swap(0, Ordering::Relaxed);
+                    let failed = st.unlogged_errors.swap(0, Ordering::Relaxed);
+                    if since != 0 {
+                        tracing::info!(
+                            store = %self.opts.url,
+                            down_ms = now.saturating_sub(since) / 1_000_000,
+                            failed_calls = failed,
+                            "redis reachable again"
+                        );
+                    }
+                }
             }
             Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                if self.stats.reachable.swap(false, Ordering::Relaxed) {
+                st.errors.fetch_add(1, Ordering::Relaxed);
+                st.unlogged_errors.fetch_add(1, Ordering::Relaxed);
+                if st.reachable.swap(false, Ordering::Relaxed) {
+                    st.down_since_ns
+                        .store(self.clock.now_ns().max(1), Ordering::Relaxed);
+                    st.unlogged_errors.store(0, Ordering::Relaxed);
                     tracing::warn!(error = %e, store = %self.opts.url, "redis unreachable");
                 }
             }

@@ -33,8 +33,8 @@ local month = ARGV[5]
 local quota = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
 local tats, ivs, pers = {}, {}, {}
-local avail = want
-if cost > avail then avail = cost end
+-- The fewest tokens any limit or the quota has left (capped by `want` only after the quarter).
+local avail = math.huge
 for j = 1, n do
   local b = 7 + 3 * (j - 1)
   local p = ARGV[b + 1]

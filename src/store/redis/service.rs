@@ -1,6 +1,7 @@
 //! [`Store`] for [`RedisStore`]: every call is one or a few Redis round trips, awaited; a batch's
 //! checks are all in flight at once and pipeline on the connections.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,14 +106,32 @@ impl Store for RedisStore {
             if let Err(e) = self.poll_catalog().await {
                 tracing::debug!(error = %e, "catalog poll failed");
             }
+            // `/health` answers from this, never waiting for Redis.
+            if let Ok(n) = self.count_keys().await {
+                self.stats.keys.store(n, Ordering::Relaxed);
+                self.stats.keys_known.store(true, Ordering::Relaxed);
+            }
+            // While Redis is down: one line per interval with the count, not one per call.
+            if let Some(since) = self.stats.down_since_ns() {
+                let failed = self.stats.unlogged_errors.swap(0, Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::warn!(
+                        store = %self.opts.url,
+                        failed_calls = failed,
+                        down_ms = self.clock.now_ns().saturating_sub(since) / 1_000_000,
+                        "redis still unreachable"
+                    );
+                }
+            }
         }
         self.return_leases(last).await;
         Ok(())
     }
 
+    /// From the node's last known state: no Redis call, so it answers at once while Redis hangs.
     async fn health(&self) -> Health {
-        let keys = self.count_keys().await.ok();
         let st = &self.stats;
+        let keys = st.keys();
         let now = self.clock.now_ns();
         let last_ok = st.last_ok_ns();
         let ok = st.reachable();
@@ -125,6 +144,7 @@ impl Store for RedisStore {
                 "store": if o.url.starts_with("redis-cluster://") { "redis-cluster" } else { "redis" },
                 "reachable": ok,
                 "lastOkAgeSeconds": (last_ok != 0).then(|| (now.saturating_sub(last_ok) as f64 / 1e6).round() / 1e3),
+                "unreachableForSeconds": st.down_since_ns().map(|t| (now.saturating_sub(t) as f64 / 1e6).round() / 1e3),
                 "mode": match o.mode { Mode::Exact => "exact", Mode::Lease { .. } => "lease" },
                 "failPolicy": match o.fail { FailPolicy::Closed => "fail-closed", FailPolicy::Open => "fail-open" },
                 "catalogRevision": self.catalog.load().0,

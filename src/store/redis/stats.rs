@@ -16,6 +16,13 @@ pub struct StoreStats {
     pub(super) leases_returned_tokens: AtomicU64,
     pub(super) local_spends: AtomicU64,
     pub(super) unreplicated: AtomicU64,
+    /// When Redis stopped answering, ns since 1970 (0 while it answers).
+    pub(super) down_since_ns: AtomicU64,
+    /// Failed calls not yet reported in a log line (one line per upkeep interval).
+    pub(super) unlogged_errors: AtomicU64,
+    /// The key count as last read from Redis (by the upkeep), and whether it was ever read.
+    pub(super) keys: AtomicU64,
+    pub(super) keys_known: AtomicBool,
 }
 
 impl StoreStats {
@@ -50,6 +57,16 @@ impl StoreStats {
     /// Checks answered from a lease, without a Redis call.
     pub fn local_spends(&self) -> u64 {
         self.local_spends.load(Ordering::Relaxed)
+    }
+    /// Since when Redis has not answered, ns since 1970 (`None` while it answers).
+    pub fn down_since_ns(&self) -> Option<u64> {
+        Some(self.down_since_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+    /// The key count as last read (`None` before the first read).
+    pub fn keys(&self) -> Option<u64> {
+        self.keys_known
+            .load(Ordering::Relaxed)
+            .then(|| self.keys.load(Ordering::Relaxed))
     }
     /// Admin changes that returned before the wanted replicas acknowledged them.
     pub fn unreplicated(&self) -> u64 {
