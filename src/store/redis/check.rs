@@ -50,6 +50,37 @@ impl RedisStore {
         d
     }
 
+    /// Lease mode's fast path: a key whose record this node has cached, which authenticates,
+    /// passes the gate and fits in the node's current lease, is decided here without an await
+    /// (and without building a future). `None`: the full path ([`Self::check_one`]) decides.
+    pub(super) fn try_lease(
+        &self,
+        raw_key: Option<&str>,
+        scope: Option<&str>,
+        cost: u64,
+    ) -> Option<Decision> {
+        if !matches!(self.opts.mode, Mode::Lease { .. }) {
+            return None;
+        }
+        let now = self.clock.now_ns() / 1_000 * 1_000;
+        let (raw, id) = admission::presented(raw_key).ok()?;
+        let cost = cost.clamp(1, MAX_COST);
+        let rec = self.cache.get(&id.0).map(|e| e.rec.clone())?;
+        let cat = self.catalog.load();
+        let tier_ix = cat.1.tier_index(&rec.tier)?;
+        if !self.authenticate(id, &rec, raw, self.digest.of(raw), now) {
+            return None;
+        }
+        let view = KeyView {
+            revoked: rec.revoked,
+            expires_at_ns: admission::expiry_ns(rec.expires_at_s),
+            grants: Grants::Names(&rec.scopes),
+        };
+        let tier = admission::admit(&view, cat.1.tier(tier_ix), &cat.1, scope, now).ok()?;
+        let month = MonthWindow::containing(now);
+        self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
+    }
+
     /// Decides whether `raw_key` may make a call needing `scope` at `cost`: the same order and
     /// figures as the local store, counted in Redis.
     pub(super) async fn check_one(

@@ -25,7 +25,10 @@ impl Store for RedisStore {
         identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
         finish: impl FnOnce(&Decision) -> R + Send,
     ) -> R {
-        let d = self.check_one(req.key, req.scope, req.cost).await;
+        let d = match self.try_lease(req.key, req.scope, req.cost) {
+            Some(d) => d,
+            None => self.check_one(req.key, req.scope, req.cost).await,
+        };
         if let (true, Some(id), Some(f)) = (d.verdict.is_allowed(), d.key_id, identity) {
             self.lend_identity(id, f);
         }
@@ -37,12 +40,26 @@ impl Store for RedisStore {
         reqs: &[CheckRequest<'_>],
         each: &mut (dyn FnMut(usize, &Decision) + Send),
     ) {
-        let decided = futures_util::future::join_all(
-            reqs.iter().map(|r| self.check_one(r.key, r.scope, r.cost)),
-        )
-        .await;
+        // What the node's leases answer needs no future; the rest go to Redis at once.
+        let mut decided: Vec<Option<Decision>> = reqs
+            .iter()
+            .map(|r| self.try_lease(r.key, r.scope, r.cost))
+            .collect();
+        let misses: Vec<usize> = (0..reqs.len()).filter(|&i| decided[i].is_none()).collect();
+        if !misses.is_empty() {
+            let remote = futures_util::future::join_all(misses.iter().map(|&i| {
+                let r = &reqs[i];
+                self.check_one(r.key, r.scope, r.cost)
+            }))
+            .await;
+            for (i, d) in misses.into_iter().zip(remote) {
+                decided[i] = Some(d);
+            }
+        }
         for (i, d) in decided.iter().enumerate() {
-            each(i, d);
+            if let Some(d) = d {
+                each(i, d);
+            }
         }
     }
 
