@@ -469,3 +469,49 @@ fn bad_argument_values_are_usage_errors_with_exit_2() {
     let v = json(&run(&d, &["tiers", "list", "--json"]));
     assert!(!v.to_string().contains("gold"), "{v}");
 }
+
+#[test]
+fn keys_delete_removes_a_key_for_good_and_its_slot_is_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Daemon::start(&data, &[]);
+    let c = d.client();
+    let (id, raw) = c.create_key(serde_json::json!({"consumer": "gone", "tier": "free"}));
+    let (keep, keep_raw) = c.create_key(serde_json::json!({"consumer": "kept", "tier": "free"}));
+    assert_eq!(c.check(Some(&raw), &[]).status, 200);
+    let v = json(&run(&d, &["keys", "delete", &id, "--json"]));
+    assert_eq!(v, serde_json::json!({"id": id, "deleted": true}));
+    assert_eq!(c.check(Some(&raw), &[]).status, 401);
+    fails(&run(&d, &["keys", "show", &id]), 1, "unknown key");
+    fails(&run(&d, &["keys", "delete", &id]), 1, "unknown key");
+    let listed = ok(&run(&d, &["keys", "list"]));
+    assert!(!listed.contains(&id) && listed.contains(&keep), "{listed}");
+    assert_eq!(d.stop(), 0);
+
+    // After a restart: still gone; the next key takes its slot; the kept key is untouched.
+    let d = Daemon::start(&data, &[]);
+    let c = d.client();
+    assert_eq!(c.check(Some(&raw), &[]).status, 401);
+    assert_eq!(c.check(Some(&keep_raw), &[]).status, 200);
+    let (new, new_raw) = c.create_key(serde_json::json!({"consumer": "new", "tier": "free"}));
+    assert_eq!(&new[new.len() - 8..], &id[id.len() - 8..], "the same slot");
+    assert_ne!(new, id);
+    assert_eq!(c.check(Some(&new_raw), &[]).status, 200);
+    assert_eq!(c.check(Some(&raw), &[]).status, 401);
+    let h = c.get("/health");
+    assert_eq!(h.body["keys"], 2, "{}", h.text);
+    assert_eq!(d.stop(), 0);
+    let (code, out, err) = {
+        let o = Command::new(bin())
+            .arg("inspect")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{out}{err}");
+}

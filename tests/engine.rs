@@ -100,6 +100,18 @@ impl Store {
     fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
         either!(self, s => s.revoke_key(id))
     }
+    fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        either!(self, s => s.delete_key(id))
+    }
+    fn list_ids(&self) -> Vec<KeyId> {
+        either!(self, s => s.list_keys(None, None, None, 1000).0)
+            .into_iter()
+            .map(|k| k.id)
+            .collect()
+    }
+    fn key_count(&self) -> u64 {
+        either!(self, s => s.key_count())
+    }
     fn rotate_key(&self, id: KeyId, grace: u64) -> Result<CreatedKey, StoreError> {
         either!(self, s => s.rotate_key(id, grace))
     }
@@ -146,6 +158,7 @@ on_both_stores!(
     an_identified_check_names_the_consumer_and_the_tier_the_key_is_on_now,
     a_monthly_quota_no_store_can_hold_exactly_is_refused_not_reinterpreted,
     rotation_keeps_a_long_prefix_whole,
+    a_deleted_key_is_gone_everywhere_and_its_storage_is_reused,
 );
 
 /// A quota above 2^53 − 1 would mean "no override" to the local store (u64::MAX is its "none")
@@ -560,6 +573,44 @@ fn missing_malformed_unknown_revoked_and_expired_keys_are_unauthorized(kind: Kin
 fn clock_secs(c: &FakeClock) -> u64 {
     use quotad::Clock;
     c.now_ns() / S
+}
+
+fn a_deleted_key_is_gone_everywhere_and_its_storage_is_reused(kind: Kind) {
+    let clock = mid_march();
+    let e = Store::open(kind, &clock);
+    let (id, raw) = key_s(&e, "free");
+    let (other, other_raw) = key_s(&e, "default");
+    for _ in 0..3 {
+        assert!(e.check(Some(&raw), None, 1).verdict.is_allowed());
+    }
+    e.delete_key(id).unwrap();
+    assert_eq!(
+        e.check(Some(&raw), None, 1).verdict,
+        Verdict::Unauthorized(AuthFailure::Unknown)
+    );
+    assert!(matches!(e.key(id), Err(StoreError::UnknownKey)));
+    assert!(matches!(e.usage(id), Err(StoreError::UnknownKey)));
+    assert!(matches!(e.delete_key(id), Err(StoreError::UnknownKey)));
+    assert!(matches!(e.revoke_key(id), Err(StoreError::UnknownKey)));
+    assert_eq!(e.list_ids(), vec![other]);
+    assert_eq!(e.key_count(), 1);
+    // Its tier is no longer in use by it.
+    e.delete_tier("free").unwrap();
+    // The next key takes its storage (on the files, its slot) and starts unused.
+    let (new, new_raw) = key_s(&e, "default");
+    if matches!(kind, Kind::Mmap) {
+        assert_eq!(new.slot(), id.slot(), "the slot is reused");
+    }
+    assert_ne!(new, id);
+    assert_eq!(e.usage(new).unwrap().monthly_used, 0);
+    assert!(e.check(Some(&new_raw), None, 1).verdict.is_allowed());
+    assert_eq!(
+        e.check(Some(&raw), None, 1).verdict,
+        Verdict::Unauthorized(AuthFailure::Unknown),
+        "the deleted key stays unknown after its slot is reused"
+    );
+    assert!(e.check(Some(&other_raw), None, 1).verdict.is_allowed());
+    assert_eq!(e.key_count(), 2);
 }
 
 /// A prefix of up to 16 characters survives rotation whole, and the display prefix shows it.

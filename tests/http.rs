@@ -558,6 +558,7 @@ fn every_documented_route_answers() {
     let d = Daemon::start(dir.path(), &[]);
     let c = d.client();
     let (id, _) = c.create_key(json!({"consumer": "c", "tier": "free"}));
+    let (doomed_id, _) = c.create_key(json!({"consumer": "c", "tier": "free"}));
     let r = c.admin(
         Method::PUT,
         "/tiers/doomed",
@@ -567,12 +568,12 @@ fn every_documented_route_answers() {
     let doc = c.get("/docs").body;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
-            let tier = if method == "delete" {
-                "doomed"
+            let (key, tier) = if method == "delete" {
+                (&doomed_id, "doomed")
             } else {
-                "enterprise"
+                (&id, "enterprise")
             };
-            let url = path.replace("{id}", &id).replace("{name}", tier);
+            let url = path.replace("{id}", key).replace("{name}", tier);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = match (method.as_str(), path.as_str()) {
                 ("put", "/admin/v1/tiers") => Some(json!({"tiers": crate_builtin_tiers()})),

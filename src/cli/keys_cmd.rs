@@ -51,6 +51,11 @@ pub enum KeysCmd {
         /// Key id.
         id: String,
     },
+    /// Delete a key: its next check is 401, it is listed nowhere, its usage is gone.
+    Delete {
+        /// Key id.
+        id: String,
+    },
     /// Give a key a new secret; usage is kept.
     Rotate {
         /// Key id.
@@ -176,6 +181,10 @@ pub fn keys(cmd: KeysCmd, a: &AdminArgs) -> anyhow::Result<()> {
             KeysCmd::Revoke { id } => {
                 let v = c.call("POST", &format!("/keys/{id}/revoke"), None).await?;
                 c.print(&v, |v| println!("revoked {}", s(&v["id"])));
+            }
+            KeysCmd::Delete { id } => {
+                let v = c.call("DELETE", &format!("/keys/{id}"), None).await?;
+                c.print(&v, |v| println!("deleted {}", s(&v["id"])));
             }
             KeysCmd::Rotate { id, grace } => {
                 let grace = grace

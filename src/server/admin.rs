@@ -312,7 +312,18 @@ pub async fn handle<S: Store>(
             match method {
                 Method::GET => show_key(store, id, rid).await,
                 Method::PATCH => patch_key(store, id, &body, rid).await,
-                _ => not_allowed("GET, PATCH"),
+                Method::DELETE => match store.delete_key(id).await {
+                    Ok(()) => {
+                        tracing::info!(key_id = %id, "key deleted");
+                        json_of(
+                            200,
+                            &serde_json::json!({"id": id.to_string(), "deleted": true}),
+                            rid,
+                        )
+                    }
+                    Err(e) => store_error(&e, rid),
+                },
+                _ => not_allowed("GET, PATCH, DELETE"),
             }
         }
         ["keys", id, action @ ("revoke" | "rotate")] => {

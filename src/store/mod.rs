@@ -209,6 +209,10 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key: its next check is 401.
     fn revoke_key(&self, id: KeyId) -> impl Future<Output = Result<KeyInfo, StoreError>> + Send;
 
+    /// Deletes a key: its next check is 401 (`unknown`), it is listed nowhere, its usage is
+    /// gone, and its storage is reused by a later creation.
+    fn delete_key(&self, id: KeyId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Gives a key a new secret; the old one works `grace_secs` more seconds. Usage is kept.
     fn rotate_key(
         &self,

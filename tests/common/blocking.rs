@@ -97,6 +97,9 @@ impl<S: Store> Blocking<S> {
     pub fn update_key(&self, id: KeyId, u: KeyUpdate) -> Result<KeyInfo, StoreError> {
         self.rt.block_on(self.store.update_key(id, u))
     }
+    pub fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        self.block_on(self.store.delete_key(id))
+    }
     pub fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
         self.rt.block_on(self.store.revoke_key(id))
     }

@@ -207,6 +207,8 @@ pub fn quota_override(stored: u64) -> Option<u64> {
 pub const FLAG_REVOKED: u16 = 1;
 /// The record is in use (distinguishes a written record from zeroes).
 pub const FLAG_LIVE: u16 = 2;
+/// The key was deleted: the slot is free for the next creation (the record keeps only its slot).
+pub const FLAG_DELETED: u16 = 8;
 /// Bits 8..13 of `flags` hold the length of the key's prefix, which `display_prefix` holds whole
 /// (a prefix is at most 16 bytes); without this flag (records written before it), the display
 /// prefix is the prefix and 8 body characters, cut at 16 bytes.

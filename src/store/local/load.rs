@@ -16,13 +16,12 @@ use super::acks::{Ack, Acks, HeaderWord, ACKS};
 use super::arena::Arena;
 use super::catalog_file::{self, StoredCatalog};
 use super::datadir::DataDirError;
-use super::layout::{self, CounterSlot, Half, RecordHalf, RecordSlot, SlotState, FLAG_LIVE};
+use super::layout::{self, Half, RecordHalf, RecordSlot, SlotState, FLAG_DELETED, FLAG_LIVE};
+use super::load_counters;
 use super::recovery::{describe_key, describe_state, tombstone, Finding, Fix};
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, COUNTERS, KEYS};
 use crate::engine::catalog::Catalog;
-use crate::engine::limits;
-use crate::engine::month::MonthWindow;
 use crate::store::StoreError;
 
 /// A data directory as start-up reads it: every file opened and checked, nothing written yet.
@@ -42,6 +41,8 @@ pub(super) struct Loaded {
     pub(super) key_count: u32,
     /// The latest month a counter was written in, if later than the clock's (the clock is behind).
     pub(super) month_ahead: Option<(u32, u32)>,
+    /// Slots of deleted keys.
+    pub(super) free: Vec<u32>,
 }
 
 /// What the acks file says was acknowledged.
@@ -113,21 +114,21 @@ pub(super) fn load(
     }
     let shards = Shards::new(now);
     let mut tier_use = vec![0u64; catalog.doc().tiers.len()];
+    let mut free = Vec::new();
     let key_count = load_records(
         &records,
         &acks,
         acked.keys,
         &catalog,
         &shards,
-        &mut tier_use,
+        (&mut tier_use, &mut free),
         &mut findings,
     )?;
-    let month_ahead = check_counters(
+    let month_ahead = load_counters::check_counters(
         &counters,
         &acks,
         &shards,
-        key_count,
-        acked,
+        (key_count, acked.keys.is_some(), acked.clean),
         now,
         &mut findings,
     )?;
@@ -142,6 +143,7 @@ pub(super) fn load(
         findings,
         key_count,
         month_ahead,
+        free,
     })
 }
 
@@ -248,7 +250,7 @@ fn load_records(
     acked: Option<u32>,
     catalog: &Catalog,
     shards: &Shards,
-    tier_use: &mut [u64],
+    (tier_use, free): (&mut [u64], &mut Vec<u32>),
     findings: &mut Vec<Finding>,
 ) -> Result<u32, StoreError> {
     let mut count: u32 = 0;
@@ -340,6 +342,34 @@ fn load_records(
         if r.id as u32 != slot || r.flags & FLAG_LIVE == 0 {
             return Err(fault(format!("key record in slot {slot} carries id {:#x}", r.id)).into());
         }
+        let other = rs[1 - layout::newest(rs)];
+        let other_ok = !other.is_zero() && other.compute_crc() == other.crc;
+        // A creation in a deleted key's slot writes one half; before its ack the other half is
+        // still the acknowledged deletion: the creation never returned, the slot stays free.
+        let r = match ack_seq {
+            Some(a)
+                if r.seq != a
+                    && other_ok
+                    && other.seq == a
+                    && other.flags & FLAG_DELETED != 0
+                    && r.flags & FLAG_DELETED == 0 =>
+            {
+                findings.push(Finding::automatic(
+                    file.clone(),
+                    Some(slot),
+                    "a key creation in a deleted key's slot that never returned (the slot stays free)",
+                    vec![Fix::Record(slot, other)],
+                ));
+                other
+            }
+            _ => r,
+        };
+        if r.flags & FLAG_DELETED != 0 {
+            free.push(slot);
+            install(shards, slot, &r, &mut []);
+            count = slot + 1;
+            continue;
+        }
         if catalog.tier(r.tier).is_none() {
             return Err(fault(format!(
                 "key record in slot {slot} names tier #{} which catalog.json lacks",
@@ -354,11 +384,7 @@ fn load_records(
             ))
             .into());
         }
-        let other = rs[1 - layout::newest(rs)];
-        let intact = rs[layout::newest(rs)] == r
-            && !other.is_zero()
-            && other.compute_crc() == other.crc
-            && other.seq == r.seq.wrapping_sub(1);
+        let intact = rs[layout::newest(rs)] == r && other_ok && other.seq == r.seq.wrapping_sub(1);
         match ack_seq {
             Some(a) if (r.seq.wrapping_sub(a) as i32) < 0 => findings.push(Finding::lossy(
                 file,
@@ -421,155 +447,4 @@ fn install(shards: &Shards, slot: u32, r: &RecordHalf, tier_use: &mut [u64]) {
     if let Some(n) = tier_use.get_mut(usize::from(r.tier)) {
         *n += 1;
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_counters(
-    counters: &Arena,
-    acks: &Acks,
-    shards: &Shards,
-    key_count: u32,
-    acked: Acknowledged,
-    now: u64,
-    findings: &mut Vec<Finding>,
-) -> Result<Option<(u32, u32)>, StoreError> {
-    let lost_records: std::collections::HashSet<u32> = findings
-        .iter()
-        .flat_map(|f| f.fixes())
-        .filter_map(|f| match f {
-            Fix::ClearCounter(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
-    let mut latest_month = 0u32;
-    for slot in 0..counters.capacity() as u32 {
-        let Some(ptr) = counters.slot_ptr(slot) else {
-            break;
-        };
-        // SAFETY: start-up, single-threaded; one 128-byte slot.
-        let cs = unsafe { &*(ptr as *const CounterSlot) };
-        let file = counters.path_of(slot);
-        let state = layout::read_checked(cs);
-        if slot >= key_count {
-            if !matches!(state, SlotState::Empty) {
-                if acked.keys.is_none() {
-                    return Err(DataDirError::corrupt(
-                        file,
-                        format!("counter slot {slot} holds data but no key record exists"),
-                    )
-                    .into());
-                }
-                findings.push(Finding::automatic(
-                    file,
-                    Some(slot),
-                    "counters of a key creation that never returned (cleared)",
-                    vec![Fix::ClearCounter(slot)],
-                ));
-            }
-            continue;
-        }
-        if lost_records.contains(&slot) {
-            continue;
-        }
-        let _g = shards.lock(slot);
-        // SAFETY: shard lock held; every slot below key_count was installed.
-        let entry = unsafe { shards.entry(slot) };
-        let key = describe_entry(entry.id, slot);
-        let used = matches!(acks.get(slot), Ack::Valid { used: true, .. });
-        let unused = |what: &str| -> Finding {
-            Finding::lossy(
-                file.clone(),
-                Some(slot),
-                Some(entry.id),
-                what.to_string(),
-                format!("{key} reads as unused this month (usage 0, full buckets)"),
-                vec![Fix::ClearCounter(slot)],
-            )
-        };
-        match state {
-            SlotState::Empty => {
-                if used {
-                    findings.push(unused("counter slot is zeroed, but the key has been used"));
-                }
-            }
-            SlotState::Interrupted => {
-                if used || acked.clean {
-                    findings.push(unused("counter slot: one copy zeroed, the other damaged"));
-                } else {
-                    findings.push(Finding::automatic(
-                        file,
-                        Some(slot),
-                        "a torn first counter write of a killed process (cleared)",
-                        vec![Fix::ClearCounter(slot)],
-                    ));
-                }
-            }
-            SlotState::Damaged => {
-                findings.push(unused("counter slot: both copies fail their checksum"));
-            }
-            SlotState::Valid(c) => {
-                if c.key_tag != (entry.id >> 32) as u32 {
-                    findings.push(unused(&format!(
-                        "counter slot belongs to key tag {:#x}, the record says {:#x}",
-                        c.key_tag,
-                        entry.id >> 32
-                    )));
-                    continue;
-                }
-                let newest = layout::newest(cs);
-                let other = cs[1 - newest];
-                let other_ok = other.is_zero()
-                    || (other.compute_crc() == other.crc && other.seq == c.seq.wrapping_sub(1));
-                let older_damaged = !other_ok && other.seq == c.seq.wrapping_sub(1);
-                let fixed = !(cs[newest] == c && other_ok);
-                if !fixed {
-                    // Intact.
-                } else if older_damaged {
-                    findings.push(Finding::automatic(
-                        file.clone(),
-                        Some(slot),
-                        "the counter slot's older copy fails its checksum (rewritten)",
-                        vec![Fix::Counter(slot, c)],
-                    ));
-                } else if acked.clean {
-                    findings.push(Finding::lossy(
-                        file.clone(),
-                        Some(slot),
-                        Some(entry.id),
-                        "the newest counter copy fails its checksum after a clean shutdown",
-                        format!(
-                            "{key} falls back to the copy before its last check: its usage is \
-                             lower by that check's cost"
-                        ),
-                        vec![Fix::Counter(slot, c)],
-                    ));
-                } else {
-                    findings.push(Finding::automatic(
-                        file.clone(),
-                        Some(slot),
-                        "a torn counter write of a killed process (the check it counted never \
-                         answered; the older copy is kept)",
-                        vec![Fix::Counter(slot, c)],
-                    ));
-                }
-                latest_month = latest_month.max(c.month);
-                entry.counters = c;
-                limits::rebase_behind_clock(&mut entry.counters.tat, c.last_used_s, now);
-                if fixed {
-                    // A repair leaves the state in half 1, at sequence 2 or later (see
-                    // `recovery::rewrite`).
-                    entry.newest = 1;
-                    entry.counters.seq = c.seq.max(2);
-                } else {
-                    entry.newest = newest as u8;
-                }
-            }
-        }
-    }
-    let clock = MonthWindow::containing(now).id;
-    Ok((latest_month > clock).then_some((latest_month, clock)))
-}
-
-fn describe_entry(id: u64, slot: u32) -> String {
-    format!("key {} (slot {slot})", crate::keys::KeyId(id))
 }

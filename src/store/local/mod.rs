@@ -4,7 +4,7 @@
 //!   by `layout`; `catalog_file`: `catalog.json`.
 //! - `acks`: what was acknowledged (per key, the record sequence; the key count; the catalog
 //!   generation; whether the last process closed cleanly).
-//! - `load`: opening and checking a data directory; `recovery`: what the checks found, the
+//! - `load`, `load_counters`: opening and checking a data directory; `recovery`: what the checks found, the
 //!   repairs, [`inspect`] and [`repair`].
 //! - `check`: the hot path (a check under one shard lock), with its private speed work.
 //! - `registry`: key and tier administration.
@@ -24,6 +24,7 @@ mod check;
 mod datadir;
 mod layout;
 mod load;
+mod load_counters;
 mod recovery;
 mod registry;
 mod repair;
@@ -102,6 +103,8 @@ struct AdminState {
     tier_use: Vec<u64>,
     /// Generation of the catalog in force (as written in `catalog.json` and acknowledged).
     generation: u32,
+    /// Slots of deleted keys, reused by the next creations.
+    free: Vec<u32>,
 }
 
 /// The memory-mapped store. Cheap to clone (one `Arc`); every method takes `&self`.
@@ -130,7 +133,10 @@ struct Local {
     records: Arena,
     acks: Acks,
     admin: Mutex<AdminState>,
+    /// Slots in use (live, revoked, expired or deleted): a check's bound.
     key_count: AtomicU64,
+    /// Deleted keys among them.
+    deleted: AtomicU64,
     digest: keyfmt::FastDigest,
     data_dir: PathBuf,
     sync_records: bool,
@@ -221,6 +227,7 @@ impl LocalStore {
             mut tier_use,
             key_count,
             generation,
+            free,
             ..
         } = loaded;
         let mut generation = generation;
@@ -252,7 +259,9 @@ impl LocalStore {
                 key_count,
                 tier_use,
                 generation,
+                free: free.clone(),
             }),
+            deleted: AtomicU64::new(free.len() as u64),
             key_count: AtomicU64::new(u64::from(key_count)),
             digest: keyfmt::FastDigest::random()
                 .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
@@ -286,9 +295,15 @@ impl Local {
         self.catalog_gen.fetch_add(1, Ordering::Release);
     }
 
-    /// Number of keys (live, revoked and expired).
+    /// Number of slots in use (keys live, revoked, expired or deleted).
     fn key_count(&self) -> u64 {
         self.key_count.load(Ordering::Relaxed)
+    }
+
+    /// Number of keys (live, revoked and expired; not deleted).
+    fn live_keys(&self) -> u64 {
+        self.key_count()
+            .saturating_sub(self.deleted.load(Ordering::Relaxed))
     }
 
     /// `msync`s every counter page; bounds what a power loss (not a crash) can cost. Keys used

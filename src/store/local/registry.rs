@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use super::acks::{Ack, HeaderWord};
 use super::check::convert_buckets;
-use super::layout::{self, CounterHalf, RecordHalf, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE};
+use super::layout::{
+    self, CounterHalf, RecordHalf, FLAG_DELETED, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE,
+};
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, secs, AdminState, Local};
 use crate::engine::catalog::Catalog;
@@ -25,9 +27,6 @@ use crate::store::local::catalog_file;
 use crate::store::local::datadir::DataDirError;
 use crate::store::{KeyQuery, StoreError};
 use crate::tiers::TierSpec;
-
-/// The sequence of a new record: creation writes both halves (1 and 2).
-const CREATED_SEQ: u32 = 2;
 
 impl Local {
     /// Creates many keys with one `msync` at the end (bulk import, load generation).
@@ -58,18 +57,31 @@ impl Local {
             self.publish_catalog(compiled);
         }
         let now = self.clock.now_ns();
+        // Deleted keys' slots first (most recently freed last), then new slots at the end.
+        let reused = admin.free.len().min(news.len());
+        let keep = admin.free.len() - reused;
+        let mut slots: Vec<u32> = admin.free.split_off(keep);
+        slots.reverse();
         let first = admin.key_count;
-        let last = first + news.len() as u32;
+        let last = first + (news.len() - reused) as u32;
+        slots.extend(first..last);
         if last > first {
-            self.records.ensure(last - 1)?;
-            self.counters.ensure(last - 1)?;
-            self.acks.ensure(last - 1)?;
+            let grown = (|| {
+                self.records.ensure(last - 1)?;
+                self.counters.ensure(last - 1)?;
+                self.acks.ensure(last - 1)
+            })();
+            if let Err(e) = grown {
+                admin.free.extend(slots[..reused].iter().rev());
+                return Err(e.into());
+            }
         }
         // A few keys: msync each record; a bulk import: one msync of everything at the end.
         let sync_each = self.sync_records && news.len() <= 64;
         let mut out = Vec::with_capacity(news.len());
+        let mut acked = Vec::with_capacity(news.len());
         for (i, (k, (tier, set))) in news.into_iter().zip(plan).enumerate() {
-            let slot = first + i as u32;
+            let slot = slots[i];
             let tag = random_u64()? as u32;
             let id = KeyId::new(slot, tag);
             let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
@@ -93,32 +105,41 @@ impl Local {
                 consumer: layout::put_str(&k.consumer),
                 name: layout::put_str(k.name.as_deref().unwrap_or("")),
             };
-            {
+            let seq = {
                 let g = self.shards.lock(slot);
                 // SAFETY: shard lock held; `ensure` created the slot.
                 let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
-                // Both halves, so that a damaged copy of a key never updated since can be told
-                // apart from an interrupted creation.
+                // A new slot gets both halves; a deleted key's slot one, over the older half, so
+                // that until the ack the other half still says "deleted" (see `load`).
                 layout::write_next(rs, rec);
-                layout::write_next(rs, rec);
-                // SAFETY: shard lock held; the entry exists once ensured, and checks see the slot
-                // only after `key_count` is published below.
+                if i >= reused {
+                    layout::write_next(rs, rec);
+                }
+                let seq = rs[layout::newest(rs)].seq;
+                // SAFETY: shard lock held; the entry exists once ensured, and checks see a new
+                // slot only after `key_count` is published below (a reused slot's raw key is
+                // not known to anyone before this returns).
                 self.shards.ensure(slot);
                 unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
                 drop(g);
-            }
+                seq
+            };
             if sync_each {
                 self.records.flush_slot(slot)?;
             }
             admin.tier_use[usize::from(tier)] += 1;
             out.push((slot, raw));
+            acked.push((slot, seq));
         }
         if self.sync_records && !sync_each {
             self.records.flush_all()?;
         }
         // Acknowledge: each record's sequence, then the count, each durable before the next.
-        for slot in first..last {
-            self.acks.set(slot, CREATED_SEQ, false);
+        for &(slot, seq) in &acked {
+            self.acks.set(slot, seq, false);
+            if self.sync_records && slot < first {
+                self.acks.flush(slot, slot)?;
+            }
         }
         if self.sync_records && last > first {
             self.acks.flush(first, last - 1)?;
@@ -127,6 +148,7 @@ impl Local {
         if self.sync_records {
             self.acks.flush_header()?;
         }
+        self.deleted.fetch_sub(reused as u64, Ordering::Relaxed);
         admin.key_count = last;
         self.key_count.store(u64::from(last), Ordering::Release);
         drop(admin);
@@ -147,7 +169,7 @@ impl Local {
         // SAFETY: shard lock held.
         let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
         let r = rs[layout::newest(rs)];
-        if r.id != id.0 {
+        if r.id != id.0 || r.flags & FLAG_DELETED != 0 {
             return Err(StoreError::UnknownKey);
         }
         Ok(r)
@@ -159,6 +181,9 @@ impl Local {
         let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
         let r = rs[layout::newest(rs)];
         drop(_g);
+        if r.flags & FLAG_DELETED != 0 {
+            return Err(StoreError::UnknownKey);
+        }
         Ok(self.info_from(&r))
     }
 
@@ -315,6 +340,51 @@ impl Local {
             Ok(())
         })?;
         Ok(self.info_from(&rec))
+    }
+
+    /// Deletes key `id`: the record keeps only its slot (deleted, revoked, no secret), the
+    /// counters are zeroed, and the slot goes to the free list for the next creation.
+    pub(super) fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        let mut admin = self.admin.lock();
+        let old = self.read_record(id)?;
+        let slot = id.slot();
+        let mut rec = old;
+        rec.id = u64::from(slot);
+        rec.hash_current = [0; 32];
+        rec.hash_previous = [0; 32];
+        rec.previous_valid_until_ns = 0;
+        rec.flags = FLAG_LIVE | FLAG_REVOKED | FLAG_DELETED;
+        rec.consumer = [0; 64];
+        rec.name = [0; 56];
+        rec.display_prefix = [0; 16];
+        let seq = {
+            let mut g = self.shards.lock(slot);
+            // SAFETY: shard lock held; the key exists, so its slots do.
+            let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
+            layout::write_next(rs, rec);
+            let seq = rs[layout::newest(rs)].seq;
+            // SAFETY: shard lock held.
+            if let Some(cs) = unsafe { self.counter_slot(slot) } {
+                *cs = Default::default();
+            }
+            // SAFETY: shard lock held.
+            unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
+            let (_, idx) = Shards::locate(slot);
+            g.grace.remove(&(idx as u32));
+            seq
+        };
+        if self.sync_records {
+            self.records.flush_slot(slot)?;
+            self.counters.flush_slot(slot)?;
+        }
+        self.acks.set(slot, seq, false);
+        if self.sync_records {
+            self.acks.flush(slot, slot)?;
+        }
+        admin.tier_use[usize::from(old.tier)] -= 1;
+        admin.free.push(slot);
+        self.deleted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Gives key `id` a new secret; the old one works for `grace_secs` more seconds. Usage is kept.

@@ -85,6 +85,10 @@ impl Store for LocalStore {
         self.blocking(move |l| l.revoke_key(id)).await
     }
 
+    async fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        self.blocking(move |l| l.delete_key(id)).await
+    }
+
     async fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, StoreError> {
         self.blocking(move |l| l.rotate_key(id, grace_secs)).await
     }
@@ -94,7 +98,7 @@ impl Store for LocalStore {
     }
 
     async fn key_count(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.key_count())
+        Ok(self.inner.live_keys())
     }
 
     fn tiers(&self) -> Vec<TierSpec> {
@@ -128,7 +132,7 @@ impl Store for LocalStore {
             "dataDir".into(),
             self.inner.data_dir.display().to_string().into(),
         );
-        fields.insert("keys".into(), self.inner.key_count().into());
+        fields.insert("keys".into(), self.inner.live_keys().into());
         fields.insert(
             "persistence".into(),
             serde_json::json!({

@@ -22,13 +22,27 @@ use crate::tiers::MAX_LIMITS;
 impl RedisStore {
     // ----- admin: keys -----------------------------------------------------------------------
 
-    /// Number of keys ever created (live, revoked and expired).
-    pub(super) async fn count_keys(&self) -> Result<u64, StoreError> {
+    /// Slots ever handed out (deleted keys' included): the bound of a listing.
+    async fn slot_count(&self) -> Result<u64, StoreError> {
         let mut c = self.conn.clone();
         let n: Option<u64> = self
             .call(redis::cmd("GET").arg(self.k_next()).query_async(&mut c))
             .await?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// Keys (created and not deleted).
+    pub(super) async fn count_keys(&self) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let (n, deleted): (Option<u64>, Option<u64>) = self
+            .call(
+                redis::cmd("MGET")
+                    .arg(self.k_next())
+                    .arg(self.k_deleted())
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(n.unwrap_or(0).saturating_sub(deleted.unwrap_or(0)))
     }
 
     /// Creates keys; each record is in Redis before this returns.
@@ -146,7 +160,7 @@ impl RedisStore {
         &self,
         q: KeyQuery<'_>,
     ) -> Result<(Vec<KeyInfo>, Option<KeyId>), StoreError> {
-        let n = self.count_keys().await?;
+        let n = self.slot_count().await?;
         let mut slot = q.after.map(|a| u64::from(a.slot()) + 1).unwrap_or(0);
         let mut out: Vec<KeyInfo> = Vec::new();
         while slot < n {
@@ -248,6 +262,39 @@ impl RedisStore {
             })
             .await?;
         Ok(rec.info())
+    }
+
+    /// Deletes key `id`: its hash (record and counters) goes. Other nodes find it missing at
+    /// their next check of it (401), or, holding a lease on it, when that lease ends.
+    pub(super) async fn delete(&self, id: KeyId) -> Result<(), StoreError> {
+        for _ in 0..8 {
+            let old = self.read(id).await?;
+            let mut inv = self.delete.key(self.k_key(id.slot()));
+            inv.arg(old.version);
+            let mut c = self.admin.clone();
+            let r: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
+            match r {
+                -1 => return Err(StoreError::UnknownKey),
+                -2 => continue,
+                _ => {
+                    self.cache.remove(&id.0);
+                    let mut c = self.admin.clone();
+                    self.admin_call(
+                        redis::cmd("INCR")
+                            .arg(self.k_deleted())
+                            .query_async::<i64>(&mut c),
+                    )
+                    .await?;
+                    self.bump_tier_use(&old.tier, -1).await?;
+                    self.replicated(&[self.k_key(id.slot()), self.k_tier_use()])
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        Err(StoreError::invalid(
+            "the key kept changing under us; try again",
+        ))
     }
 
     /// Revokes key `id`.

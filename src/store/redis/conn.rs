@@ -147,6 +147,9 @@ impl RedisStore {
     pub(super) fn k_next(&self) -> String {
         format!("{}:{{meta}}:next", self.opts.namespace)
     }
+    pub(super) fn k_deleted(&self) -> String {
+        format!("{}:{{meta}}:deleted", self.opts.namespace)
+    }
     pub(super) fn k_tier_use(&self) -> String {
         format!("{}:{{meta}}:tier_use", self.opts.namespace)
     }

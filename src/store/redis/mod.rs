@@ -78,6 +78,7 @@ pub struct RedisStore {
     check: Script,
     give_back: Script,
     update: Script,
+    delete: Script,
     put_catalog: Script,
 }
 
@@ -114,6 +115,7 @@ impl RedisStore {
             check: Script::new(scripts::CHECK),
             give_back: Script::new(scripts::RETURN),
             update: Script::new(scripts::UPDATE_RECORD),
+            delete: Script::new(scripts::DELETE_RECORD),
             put_catalog: Script::new(scripts::PUT_CATALOG),
             opts,
         };

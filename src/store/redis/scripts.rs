@@ -146,6 +146,17 @@ end
 return 1
 "#;
 
+/// Deletes a key record (and its counters, in the same hash) if its version is the expected one.
+/// `KEYS[1]`: the hash; `ARGV[1]`: expected version. Returns 1, -1 when the key does not exist,
+/// -2 when another node changed it first.
+pub const DELETE_RECORD: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if v ~= ARGV[1] then return -2 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
 /// Writes fields of a key record if its version is the expected one, bumping the version.
 /// `KEYS[1]`: the hash; `ARGV[1]`: expected version; then field/value pairs. Returns the new
 /// version, -1 when the key does not exist, -2 when another node changed it first.

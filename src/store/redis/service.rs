@@ -86,6 +86,10 @@ impl Store for RedisStore {
         self.revoke(id).await
     }
 
+    async fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        self.delete(id).await
+    }
+
     async fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, StoreError> {
         self.rotate(id, grace_secs).await
     }
