@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::gateway::{free_port, get, get_with, upstream};
 use common::Daemon;
 use serde_json::json;
 
@@ -32,54 +32,23 @@ fn nginx_binary() -> String {
     "/usr/sbin/nginx".into()
 }
 
-/// An upstream that answers 200 and echoes the identity headers it received.
-fn upstream(stop: Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((s, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            s.set_nonblocking(false).unwrap();
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut key_id = String::new();
-            let mut consumer = String::new();
-            let mut saw_api_key = false;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("x-quota-key-id:") {
-                    key_id = v.trim().to_string();
-                }
-                if lower.starts_with("x-quota-consumer:") {
-                    consumer = line["x-quota-consumer:".len()..].trim().to_string();
-                }
-                saw_api_key |= lower.starts_with("x-api-key:");
-            }
-            let body = json!({"upstream": true, "keyId": key_id, "consumer": consumer, "sawApiKey": saw_api_key}).to_string();
-            let mut s = s;
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
+/// Waits until every thread of `pid` is stopped (SIGSTOP reaches a running thread a moment late).
+fn wait_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .all(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            });
+        if all {
+            return;
         }
-    });
-    (port, h)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        assert!(Instant::now() < deadline, "quotad did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 struct Nginx(Child);
@@ -99,57 +68,9 @@ impl Drop for Nginx {
     }
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: serde_json::Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn get(port: u16, path: &str, key: Option<&str>) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let key_line = key
-        .map(|k| format!("X-API-Key: {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{key_line}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    }
-}
-
 #[test]
 fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
+    // (also: route costs, no raw key upstream, and quotad slow or down; see the end)
     let nginx = nginx_binary();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&dir.path().join("data"), &[]);
@@ -212,6 +133,10 @@ fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
     assert_eq!(r.body["upstream"], true);
     assert_eq!(r.body["keyId"], id.as_str());
     assert_eq!(r.body["consumer"], "acme-corp");
+    assert_eq!(
+        r.body["sawApiKey"], false,
+        "the raw key is not forwarded upstream"
+    );
     assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
     assert!(r.header("ratelimit-policy").unwrap().contains("q=2;w=60"));
@@ -248,6 +173,49 @@ fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
     assert!((1..=30).contains(&ra));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
     assert!(r.body["error"]["requestId"].is_string());
+
+    // The cost is the route's: a client's own X-Quota-Cost is not passed on.
+    let r = c.admin(
+        reqwest::Method::PUT,
+        "/tiers/roomy",
+        Some(json!({"limits": [{"requests": 100, "periodSeconds": 60}]})),
+    );
+    assert_eq!(r.status, 200);
+    let (_, roomy) = c.create_key(json!({"consumer": "acme-corp", "tier": "roomy"}));
+    let r = get_with(port, "/hello", Some(&roomy), "X-Quota-Cost: 1000\r\n");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("99"),
+        "charged 1, not 1000"
+    );
+    let r = get_with(port, "/hello", Some(&roomy), "X-Quota-Cost: 0\r\n");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = get(port, "/bulk/export", Some(&roomy));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("93"),
+        "the route costs 5"
+    );
+
+    // quotad hangs: 503 with the JSON envelope within the check's timeouts, the API not called.
+    d.signal(libc::SIGSTOP);
+    wait_stopped(d.pid());
+    let t = Instant::now();
+    let r = get(port, "/hello", Some(&roomy));
+    d.signal(libc::SIGCONT);
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(get(port, "/hello", Some(&roomy)).status, 200);
+    // quotad down: the same answer, at once.
+    d.kill();
+    let t = Instant::now();
+    let r = get(port, "/hello", Some(&roomy));
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
     stop.store(true, Ordering::Relaxed);
     up.join().unwrap();

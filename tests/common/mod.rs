@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod blocking;
+pub mod gateway;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};

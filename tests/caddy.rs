@@ -1,0 +1,174 @@
+//! Real Caddy with `forward_auth` in front of a small upstream and quotad, configured by the file
+//! shipped to users (`docs/caddy/Caddyfile`): identity upstream, rate-limit headers to the client
+//! on a 200, quotad's own 401/403/429 answers, route costs, no raw key upstream, and quotad down.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::{free_port, get, get_with, upstream};
+use common::Daemon;
+use serde_json::json;
+
+fn caddy_binary() -> String {
+    for p in ["/usr/bin/caddy", "/usr/local/bin/caddy"] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    // The test setup installs it; do it here too when run on its own (needs root).
+    let st = Command::new("sh")
+        .args([
+            "-c",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy",
+        ])
+        .status()
+        .expect("run apt-get");
+    assert!(st.success(), "caddy is missing and could not be installed");
+    "/usr/bin/caddy".into()
+}
+
+struct Caddy(Child);
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn caddy_forward_auth_passes_identity_and_headers_and_returns_quotad_errors() {
+    let caddy = caddy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let c = d.client();
+    let r = c.admin(
+        reqwest::Method::PUT,
+        "/tiers/tight",
+        Some(json!({"limits": [{"requests": 10, "periodSeconds": 60}]})),
+    );
+    assert_eq!(r.status, 200);
+    let (id, key) =
+        c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (up_port, up) = upstream(stop.clone());
+    let port = free_port();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/caddy/Caddyfile"))
+            .unwrap();
+    let site = shipped
+        .replace(
+            "forward_auth 127.0.0.1:8686",
+            &format!("forward_auth {}", d.http),
+        )
+        .replace(
+            "reverse_proxy 127.0.0.1:8080",
+            &format!("reverse_proxy 127.0.0.1:{up_port}"),
+        )
+        .replace("http://:8000", &format!("http://:{port}"));
+    assert_ne!(site, shipped);
+    let file = dir.path().join("Caddyfile");
+    std::fs::write(&file, site).unwrap();
+    let home = dir.path().join("caddy-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let child = Command::new(&caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&file)
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("XDG_CONFIG_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("caddy.log")).unwrap())
+        .spawn()
+        .expect("start caddy");
+    let _caddy = Caddy(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "caddy did not start:\n{}",
+            std::fs::read_to_string(dir.path().join("caddy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 200: the upstream is reached, sees who is calling but not the raw key, and the client gets
+    // the rate-limit headers.
+    let r = get(port, "/hello", Some(&key));
+    assert_eq!(r.status, 200, "{:?} {:?}", r.headers, r.body);
+    assert_eq!(r.body["upstream"], true, "{:?} {:?}", r.headers, r.body);
+    assert_eq!(r.body["keyId"], id.as_str());
+    assert_eq!(r.body["consumer"], "acme-corp");
+    assert_eq!(
+        r.body["sawApiKey"], false,
+        "the raw key is not forwarded upstream"
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("10"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("9"));
+    assert!(r.header("ratelimit-policy").unwrap().contains("q=10;w=60"));
+
+    // 401 and 403: quotad's answer as it is.
+    let r = get(port, "/hello", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["error"]["code"], "unauthorized");
+    assert_eq!(
+        r.header("www-authenticate"),
+        None.or(r.header("www-authenticate"))
+    );
+    let r = get_with(port, "/hello", Some(&key), "X-Quota-Scope: api:write\r\n");
+    assert_eq!(
+        r.status, 200,
+        "the route, not the client, names the scope: {:?}",
+        r.body
+    );
+    let r = get(port, "/write/thing", Some(&key));
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "forbidden");
+
+    // Costs: the client's X-Quota-Cost is dropped; /bulk/* costs 5.
+    let r = get_with(port, "/hello", Some(&key), "X-Quota-Cost: 1000\r\n");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("7"),
+        "charged 1, not 1000"
+    );
+    let r = get(port, "/bulk/export", Some(&key));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("2"),
+        "the route costs 5"
+    );
+
+    // 429 once spent, with Retry-After and the rate-limit headers.
+    let r = loop {
+        let r = get(port, "/hello", Some(&key));
+        if r.status != 200 {
+            break r;
+        }
+    };
+    assert_eq!(r.status, 429, "{:?} {:?}", r.headers, r.body);
+    assert_eq!(r.body["error"]["code"], "rate_limited");
+    let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(ra >= 1);
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+
+    // quotad down: 503 with a JSON envelope; the API is not called.
+    d.kill();
+    let t = Instant::now();
+    let r = get(port, "/hello", Some(&key));
+    assert_eq!(r.status, 503, "{:?} {:?}", r.headers, r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    stop.store(true, Ordering::Relaxed);
+    up.join().unwrap();
+}
