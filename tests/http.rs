@@ -531,6 +531,86 @@ fn health_metrics_and_docs_are_public() {
     ] {
         assert!(m.text.contains(needle), "missing {needle}:\n{}", m.text);
     }
+    // By tier (binary checks too), the HTTP latency of each check, the build, the process.
+    let (_, pro) = c.create_key(json!({"consumer": "c", "tier": "pro", "scopes": ["a:read"]}));
+    for _ in 0..3 {
+        c.check(Some(&pro), &[]);
+    }
+    c.check(Some(&pro), &[("X-Quota-Scope", "nope:nope")]);
+    let rt = common::runtime();
+    let bin = rt
+        .block_on(quotad::protocol::client::Client::connect_tcp(d.binary))
+        .unwrap();
+    let r = rt
+        .block_on(bin.check(quotad::protocol::client::Check {
+            key: &pro,
+            scope: None,
+            cost: 1,
+        }))
+        .unwrap();
+    assert_eq!(r.code(), "allowed");
+    let m = c.get("/metrics");
+    for needle in [
+        "quotad_tier_checks_total{tier=\"free\",decision=\"allowed\"} 1",
+        "quotad_tier_checks_total{tier=\"pro\",decision=\"allowed\"} 4",
+        "quotad_tier_checks_total{tier=\"pro\",decision=\"forbidden\"} 1",
+        "quotad_tier_checks_total{tier=\"enterprise\",decision=\"allowed\"} 0",
+        "quotad_http_check_duration_seconds_count 5",
+        "quotad_http_check_duration_seconds_bucket{le=\"+Inf\"} 5",
+        "# TYPE quotad_http_check_duration_seconds histogram",
+        &format!(
+            "quotad_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "# TYPE process_cpu_seconds_total counter",
+    ] {
+        assert!(m.text.contains(needle), "missing {needle}:\n{}", m.text);
+    }
+    let value = |name: &str| -> f64 {
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 5.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} vs {now}"
+    );
+    assert!(value("quotad_http_check_duration_seconds_sum") > 0.0);
+    // The exposition is valid for Prometheus' own checker (installed by .ci/test; required in CI).
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    assert!(
+        promtool.is_ok() || std::env::var_os("CI").is_none(),
+        "promtool is missing in CI"
+    );
+    if let Ok(mut p) = promtool {
+        use std::io::Write;
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(m.text.as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "promtool: {text}");
+    }
+
     let doc = c.get("/docs");
     assert_eq!(doc.body["openapi"], "3.1.0");
     assert_eq!(

@@ -382,7 +382,7 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
             state
                 .store
                 .check_batch(&plan.reqs, &mut |_, d| {
-                    tally.count_decision(d.verdict);
+                    tally.count_decision(d.verdict, d.tier);
                     emit.before_check(out);
                     to_wire(d).put(out);
                 })

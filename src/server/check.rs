@@ -221,7 +221,7 @@ fn answered<S>(
     let elapsed = start.elapsed_ns();
     state
         .metrics
-        .record_check(Transport::Http, d.verdict, elapsed);
+        .record_check(Transport::Http, d.verdict, d.tier, elapsed);
     render_check(d, buf, rid, admitted, scope)
 }
 

@@ -20,8 +20,56 @@ use tokio::sync::Semaphore;
 
 use super::reply::{error, json, new_request_id, request_id, Resp};
 use super::{check, render, AppState};
-use crate::metrics::Transport;
+use crate::metrics::{Metrics, Stopwatch, Transport};
 use crate::store::Store;
+
+/// A response body that, on a check's answer, records the check's HTTP latency when hyper drops
+/// it: once the answer has been written to the connection.
+struct TimedBody {
+    inner: http_body_util::Full<bytes::Bytes>,
+    timer: Option<(Stopwatch, Arc<Metrics>)>,
+}
+
+impl TimedBody {
+    fn plain(r: Resp) -> hyper::Response<TimedBody> {
+        r.map(|inner| TimedBody { inner, timer: None })
+    }
+
+    fn timed(r: Resp, start: Stopwatch, metrics: Arc<Metrics>) -> hyper::Response<TimedBody> {
+        r.map(|inner| TimedBody {
+            inner,
+            timer: Some((start, metrics)),
+        })
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        if let Some((start, metrics)) = self.timer.take() {
+            metrics.record_http_check(start.elapsed_ns());
+        }
+    }
+}
 
 /// HTTP server settings.
 #[derive(Debug, Clone)]
@@ -81,11 +129,13 @@ pub async fn run<S: Store>(
             // admin routes make large, and which hyper would move on every request).
             if check::is_check(req.uri().path()) {
                 return Either::Left(async move {
-                    Ok::<_, Infallible>(check::check(&st, &req).await)
+                    let start = Stopwatch::start();
+                    let resp = check::check(&st, &req).await;
+                    Ok::<_, Infallible>(TimedBody::timed(resp, start, st.metrics.clone()))
                 });
             }
             Either::Right(Box::pin(async move {
-                Ok::<_, Infallible>(handle(&st, req).await)
+                Ok::<_, Infallible>(TimedBody::plain(handle(&st, req).await))
             }))
         });
         let conn = hyper::server::conn::http1::Builder::new()
@@ -135,7 +185,7 @@ async fn handle<S: Store>(state: &AppState<S>, req: Request<Incoming>) -> Resp {
             let keys = state.store.key_count().await.map_or(-1, |k| k as i64);
             let body = state
                 .metrics
-                .render(keys, state.store.tiers().len(), state.store.gauges());
+                .render(keys, &state.store.tier_names(), state.store.gauges());
             let mut r = json(200, body, &rid);
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -229,6 +229,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every tier in force.
     fn tiers(&self) -> Vec<TierSpec>;
 
+    /// The index and name of every tier in force (a decision names its tier by index).
+    fn tier_names(&self) -> Vec<(u16, String)>;
+
     /// Creates or replaces a tier; counters are kept.
     fn put_tier(&self, spec: TierSpec)
         -> impl Future<Output = Result<TierSpec, StoreError>> + Send;

@@ -105,6 +105,15 @@ impl Store for LocalStore {
         self.inner.catalog.load().specs()
     }
 
+    fn tier_names(&self) -> Vec<(u16, String)> {
+        self.inner
+            .catalog
+            .load()
+            .tiers()
+            .map(|(ix, t)| (ix, t.spec.name.clone()))
+            .collect()
+    }
+
     async fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
         self.blocking(move |l| l.put_tier(spec)).await
     }

@@ -106,6 +106,15 @@ impl Store for RedisStore {
         self.catalog.load().1.specs()
     }
 
+    fn tier_names(&self) -> Vec<(u16, String)> {
+        self.catalog
+            .load()
+            .1
+            .tiers()
+            .map(|(ix, t)| (ix, t.spec.name.clone()))
+            .collect()
+    }
+
     async fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
         self.put_tier_spec(spec).await
     }

@@ -1,11 +1,15 @@
-//! Process metrics in the Prometheus text format: checks by decision and transport, a check
-//! latency histogram, connections, and the engine's gauges (keys, tiers, msync age).
+//! Process metrics in the Prometheus text format: checks by decision and transport, and by tier;
+//! the engine's latency histogram and the HTTP check's (request read to answer written);
+//! connections; the store's gauges (keys, tiers, msync age); the standard `process_*` figures and
+//! a build-info metric.
 //!
 //! Plain atomics in fixed arrays indexed by enum: incrementing a counter on the check path is one
 //! relaxed `fetch_add`, with no label lookup.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+mod process;
 
 use crate::engine::decision::{AuthFailure, Verdict};
 use crate::store::Gauge;
@@ -61,9 +65,31 @@ const BUCKETS_NS: [u64; 12] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
 ];
 
+/// HTTP check histogram bucket upper bounds, nanoseconds (10 µs to 100 ms).
+const HTTP_BUCKETS_NS: [u64; 12] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+];
+/// Tier indices counted apart; higher ones share the last slot, rendered as `tier="other"`.
+const TIER_SLOTS: usize = 32;
+
 /// The histogram bucket of a latency (`None`: above the last bound, counted in `+Inf` only).
 fn bucket_of(latency_ns: u64) -> Option<usize> {
     BUCKETS_NS.iter().position(|&ub| latency_ns <= ub)
+}
+
+fn tier_slot(tier: u16) -> usize {
+    usize::from(tier).min(TIER_SLOTS - 1)
 }
 
 fn decision_index(v: Verdict) -> usize {
@@ -98,6 +124,12 @@ struct CheckStripe {
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+    /// Checks of keys on a tier, by tier index slot and decision (a check with no tier, e.g. an
+    /// unknown key, is not counted here).
+    tiers: [[AtomicU64; 7]; TIER_SLOTS],
+    http_buckets: [AtomicU64; HTTP_BUCKETS_NS.len()],
+    http_count: AtomicU64,
+    http_sum_ns: AtomicU64,
 }
 
 const STRIPES: usize = 16;
@@ -120,24 +152,42 @@ pub struct Tally {
     latency_sum_ns: u64,
     /// Decisions counted but not yet timed.
     untimed: u64,
+    /// Per-tier counts of this tally, (tier slot, decision, n), in a short inline list...
+    tiers: [(u8, u8, u32); 8],
+    tiers_len: u8,
+    /// ...and the pairs that did not fit (rare: many tiers in one read).
+    spill: Vec<(u8, u8)>,
 }
 
 impl Tally {
-    /// Counts one decision and its engine latency.
+    /// Counts one decision (of a key on `tier`, if any) and its engine latency.
     #[inline]
-    pub fn record(&mut self, v: Verdict, latency_ns: u64) {
-        self.count_decision(v);
+    pub fn record(&mut self, v: Verdict, tier: Option<u16>, latency_ns: u64) {
+        self.count_decision(v, tier);
         self.time_batch(latency_ns);
     }
 
     /// Counts one decision; its time comes with the others of its batch, by [`Tally::time_batch`].
     #[inline]
-    pub fn count_decision(&mut self, v: Verdict) {
-        self.checks[decision_index(v)] += 1;
+    pub fn count_decision(&mut self, v: Verdict, tier: Option<u16>) {
+        let d = decision_index(v);
+        self.checks[d] += 1;
         if let Verdict::Unauthorized(r) = v {
             self.unauthorized[reason_index(r)] += 1;
         }
         self.untimed += 1;
+        if let Some(t) = tier {
+            let (slot, d) = (tier_slot(t) as u8, d as u8);
+            let n = usize::from(self.tiers_len);
+            if let Some(e) = self.tiers[..n].iter_mut().find(|e| e.0 == slot && e.1 == d) {
+                e.2 += 1;
+            } else if n < self.tiers.len() {
+                self.tiers[n] = (slot, d, 1);
+                self.tiers_len += 1;
+            } else {
+                self.spill.push((slot, d));
+            }
+        }
     }
 
     /// The decisions counted since the last call took `total_ns` together: each goes into the
@@ -174,11 +224,14 @@ impl Metrics {
         Self::default()
     }
 
-    /// Counts one decision and its engine latency.
+    /// Counts one decision (of a key on `tier`, if any) and its engine latency.
     #[inline]
-    pub fn record_check(&self, t: Transport, v: Verdict, latency_ns: u64) {
+    pub fn record_check(&self, t: Transport, v: Verdict, tier: Option<u16>, latency_ns: u64) {
         let s = &self.stripes[STRIPE.with(|i| *i)];
         s.checks[t as usize][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+        if let Some(tier) = tier {
+            s.tiers[tier_slot(tier)][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+        }
         if let Verdict::Unauthorized(r) = v {
             s.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
         }
@@ -213,7 +266,23 @@ impl Metrics {
         }
         add(&s.latency_count, tally.count);
         add(&s.latency_sum_ns, tally.latency_sum_ns);
+        for &(slot, d, n) in &tally.tiers[..usize::from(tally.tiers_len)] {
+            add(&s.tiers[usize::from(slot)][usize::from(d)], u64::from(n));
+        }
+        for &(slot, d) in &tally.spill {
+            add(&s.tiers[usize::from(slot)][usize::from(d)], 1);
+        }
         *tally = Tally::default();
+    }
+
+    /// Counts one HTTP check from its request read to its answer written.
+    pub fn record_http_check(&self, elapsed_ns: u64) {
+        let s = &self.stripes[STRIPE.with(|i| *i)];
+        if let Some(b) = HTTP_BUCKETS_NS.iter().position(|&ub| elapsed_ns <= ub) {
+            s.http_buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        s.http_count.fetch_add(1, Ordering::Relaxed);
+        s.http_sum_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
     }
 
     fn sum(&self, f: impl Fn(&CheckStripe) -> &AtomicU64) -> u64 {
@@ -285,30 +354,88 @@ impl Metrics {
             "histogram",
             "Time the engine took to decide a check (binary protocol: the checks of one read are timed together, each counted at their mean).",
         );
-        let mut cum = 0;
-        for (i, ub) in BUCKETS_NS.iter().enumerate() {
-            cum += self.sum(|s| &s.latency_buckets[i]);
-            let _ = writeln!(
-                s,
-                "quotad_check_duration_seconds_bucket{{le=\"{}\"}} {cum}",
-                *ub as f64 / 1e9
-            );
-        }
-        let count = self.sum(|s| &s.latency_count);
-        let _ = writeln!(
+        self.histogram(
             s,
-            "quotad_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "quotad_check_duration_seconds",
+            &BUCKETS_NS,
+            |st, i| &st.latency_buckets[i],
+            (|st| &st.latency_count, |st| &st.latency_sum_ns),
         );
-        let sum = self.sum(|s| &s.latency_sum_ns) as f64 / 1e9;
-        let _ = writeln!(s, "quotad_check_duration_seconds_sum {sum}");
-        let _ = writeln!(s, "quotad_check_duration_seconds_count {count}");
+        family(
+            s,
+            "quotad_http_check_duration_seconds",
+            "histogram",
+            "HTTP checks, from the request read to the answer written to the connection.",
+        );
+        self.histogram(
+            s,
+            "quotad_http_check_duration_seconds",
+            &HTTP_BUCKETS_NS,
+            |st, i| &st.http_buckets[i],
+            (|st| &st.http_count, |st| &st.http_sum_ns),
+        );
+    }
+
+    /// A histogram's samples from per-stripe buckets, count and sum (ns).
+    fn histogram(
+        &self,
+        s: &mut String,
+        name: &str,
+        bounds: &[u64],
+        bucket: impl Fn(&CheckStripe, usize) -> &AtomicU64,
+        (count, sum): (
+            impl Fn(&CheckStripe) -> &AtomicU64,
+            impl Fn(&CheckStripe) -> &AtomicU64,
+        ),
+    ) {
+        let mut cum = 0;
+        for (i, ub) in bounds.iter().enumerate() {
+            cum += self.sum(|st| bucket(st, i));
+            let _ = writeln!(s, "{name}_bucket{{le=\"{}\"}} {cum}", *ub as f64 / 1e9);
+        }
+        let n = self.sum(count);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let total = self.sum(sum) as f64 / 1e9;
+        let _ = writeln!(s, "{name}_sum {total}");
+        let _ = writeln!(s, "{name}_count {n}");
+    }
+
+    /// Checks by tier (named from `tiers`: index and name of each tier in force) and decision.
+    fn render_tiers(&self, s: &mut String, tiers: &[(u16, String)]) {
+        family(
+            s,
+            "quotad_tier_checks_total",
+            "counter",
+            "Checks of keys on each tier in force, by decision (both transports).",
+        );
+        for (ix, name) in tiers {
+            let slot = tier_slot(*ix);
+            let label = if slot == TIER_SLOTS - 1 {
+                "other"
+            } else {
+                name.as_str()
+            };
+            for (di, dn) in DECISIONS.iter().enumerate() {
+                let v = self.sum(|st| &st.tiers[slot][di]);
+                let _ = writeln!(
+                    s,
+                    "quotad_tier_checks_total{{tier=\"{}\",decision=\"{dn}\"}} {v}",
+                    label.replace('\\', "\\\\").replace('"', "\\\"")
+                );
+            }
+            if slot == TIER_SLOTS - 1 {
+                break;
+            }
+        }
     }
 
     /// The Prometheus text exposition, including the store's figures (`keys`: the key count, or
-    /// -1 when the store could not say; `tiers`: tiers in force; `store`: its own gauges).
-    pub fn render(&self, keys: i64, tiers: usize, store: Vec<Gauge>) -> String {
+    /// -1 when the store could not say; `tiers`: index and name of each tier in force; `store`:
+    /// its own gauges).
+    pub fn render(&self, keys: i64, tiers: &[(u16, String)], store: Vec<Gauge>) -> String {
         let mut s = String::with_capacity(4096);
         self.render_checks(&mut s);
+        self.render_tiers(&mut s, tiers);
         let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
         let load_u = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
         per_transport(
@@ -349,13 +476,28 @@ impl Metrics {
                 "quotad_tiers",
                 "gauge",
                 "Tiers in force.",
-                tiers.to_string(),
+                tiers.len().to_string(),
             ),
         ];
         gauges.extend(store.into_iter().map(|g| (g.name, g.kind, g.help, g.value)));
         for (name, kind, help, value) in gauges {
             family(&mut s, name, kind, help);
             let _ = writeln!(s, "{name} {value}");
+        }
+        family(
+            &mut s,
+            "quotad_build_info",
+            "gauge",
+            "Always 1; the labels say which quotad this is.",
+        );
+        let _ = writeln!(
+            s,
+            "quotad_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        for (name, kind, help, v) in process::figures() {
+            family(&mut s, name, kind, help);
+            let _ = writeln!(s, "{name} {v}");
         }
         s
     }
@@ -389,62 +531,4 @@ impl Drop for ConnectionGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The per-check counters' lines of the rendered text.
-    fn check_lines(m: &Metrics) -> Vec<String> {
-        let mut out = String::new();
-        m.render_checks(&mut out);
-        out.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(str::to_string)
-            .collect()
-    }
-
-    #[test]
-    fn a_tally_adds_up_to_the_same_counters_as_one_record_per_check() {
-        let checks = [
-            (Verdict::Allowed, 120),
-            (Verdict::Allowed, 900),
-            (Verdict::Unauthorized(AuthFailure::Revoked), 300),
-            (Verdict::QuotaExceeded, 20_000),
-            (Verdict::Allowed, 50_000_000), // beyond the last bucket: +Inf only
-        ];
-        let one_by_one = Metrics::new();
-        for &(v, ns) in &checks {
-            one_by_one.record_check(Transport::Binary, v, ns);
-        }
-        let tallied = Metrics::new();
-        let mut t = Tally::default();
-        for &(v, ns) in &checks[..2] {
-            t.record(v, ns);
-        }
-        tallied.add_tally(Transport::Binary, &mut t);
-        for &(v, ns) in &checks[2..] {
-            t.record(v, ns);
-        }
-        tallied.add_tally(Transport::Binary, &mut t);
-        assert_eq!(t.count, 0, "add_tally empties the tally");
-        // A batch timed together: three checks that took 900 ns in all count at 300 ns each.
-        let batched = Metrics::new();
-        for v in [Verdict::Allowed, Verdict::Allowed, Verdict::Forbidden] {
-            t.count_decision(v);
-        }
-        t.time_batch(900);
-        batched.add_tally(Transport::Binary, &mut t);
-        let one_by_one3 = Metrics::new();
-        for v in [Verdict::Allowed, Verdict::Allowed, Verdict::Forbidden] {
-            one_by_one3.record_check(Transport::Binary, v, 300);
-        }
-        assert_eq!(check_lines(&batched), check_lines(&one_by_one3));
-        let lines = check_lines(&tallied);
-        assert_eq!(lines, check_lines(&one_by_one));
-        assert!(
-            lines
-                .iter()
-                .any(|l| l == "quotad_checks_total{transport=\"binary\",decision=\"allowed\"} 3"),
-            "{lines:?}"
-        );
-    }
-}
+mod tests;
