@@ -544,3 +544,34 @@ fn random_damage_is_refused_or_harmless_and_inspect_agrees() {
         "the damages must cover both outcomes"
     );
 }
+
+#[test]
+fn a_counters_file_replaced_by_an_older_copy_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = Daemon::start(&data, &[]);
+    let (id, raw) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "pro"}));
+    use_key(&d, &raw, 5);
+    assert_eq!(d.stop(), 0);
+    let counters = data.join("counters-00000.qd");
+    let old = std::fs::read(&counters).unwrap();
+    let d = Daemon::start(&data, &[]);
+    use_key(&d, &raw, 5);
+    assert_eq!(d.stop(), 0);
+    std::fs::write(&counters, &old).unwrap();
+
+    let err = refused_start(&data);
+    assert!(
+        err.contains("counters-00000.qd") && err.contains("older copy"),
+        "{err}"
+    );
+    let (code, _, err) = quotad(&["inspect"], &data);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = quotad(&["repair", "--accept-loss"], &data);
+    assert_eq!(code, 0, "{out}");
+    let d = Daemon::start(&data, &[]);
+    assert_eq!(usage_of(&d, &id), 5, "the accepted loss: the copy's usage");
+    assert_eq!(d.stop(), 0);
+}

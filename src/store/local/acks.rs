@@ -46,6 +46,50 @@ pub enum HeaderWord {
     CatalogGeneration = 1,
     /// 1 when the last process closed the directory cleanly, 0 while it is open.
     Clean = 2,
+    /// The counters generation last made durable (see [`segment_generation`]).
+    CountersGeneration = 3,
+}
+
+/// Index of the generation word in a counters segment's header page (its check's input).
+const SEGMENT_GENERATION: usize = 100;
+
+/// What a counters segment's generation word holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Never stamped (a segment created since the last msync, or by an older quotad).
+    Unstamped,
+    /// Stamped with this generation.
+    At(u32),
+    /// The word fails its check.
+    Damaged,
+}
+
+/// Each msync of the counters bumps a generation and stamps it (after the msync) into every
+/// counters segment's header page, then into the acks header. A counters file whose stamp is
+/// older than the acks' is an older copy of itself: start-up refuses it.
+fn segment_word(arena: &Arena, n: usize) -> Option<&AtomicU64> {
+    let p = arena.header_page_of(n)?;
+    // SAFETY: offset 64 of the segment's 4096-byte header page (after the 48-byte header);
+    // 8-aligned; every access is atomic.
+    Some(unsafe { &*(p.add(HEADER_WORDS) as *const AtomicU64) })
+}
+
+/// The generation stamped in counters segment `n`.
+pub fn segment_generation(arena: &Arena, n: usize) -> Generation {
+    match segment_word(arena, n).map(|w| w.load(Ordering::Acquire)) {
+        None | Some(0) => Generation::Unstamped,
+        Some(w) => header_decode(SEGMENT_GENERATION, w).map_or(Generation::Damaged, Generation::At),
+    }
+}
+
+/// Stamps `generation` into counters segment `n` (not yet durable: `flush_header_of`).
+pub fn stamp_segment(arena: &Arena, n: usize, generation: u32) {
+    if let Some(w) = segment_word(arena, n) {
+        w.store(
+            header_encode(SEGMENT_GENERATION, generation),
+            Ordering::Release,
+        );
+    }
 }
 
 /// One slot's acknowledged state.

@@ -299,12 +299,22 @@ impl Arena {
 
     /// A pointer to the header page of segment 0 (4096 bytes), or `None` before it exists.
     pub(super) fn header_page(&self) -> Option<*mut u8> {
-        Some(self.segments.first()?.get()?.base)
+        self.header_page_of(0)
+    }
+
+    /// A pointer to the header page of segment `n`, or `None` if it does not exist.
+    pub(super) fn header_page_of(&self, n: usize) -> Option<*mut u8> {
+        Some(self.segments.get(n)?.get()?.base)
     }
 
     /// Synchronously writes the header page of segment 0 to disk.
     pub fn flush_header(&self) -> Result<(), DataDirError> {
-        match self.segments.first().and_then(|s| s.get()) {
+        self.flush_header_of(0)
+    }
+
+    /// Synchronously writes the header page of segment `n` to disk.
+    pub fn flush_header_of(&self, n: usize) -> Result<(), DataDirError> {
+        match self.segments.get(n).and_then(|s| s.get()) {
             Some(seg) => seg
                 .map
                 .flush_range(0, HEADER_LEN)

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use super::acks::{Ack, Acks, HeaderWord, ACKS};
+use super::acks::{self, Ack, Acks, Generation, HeaderWord, ACKS};
 use super::arena::Arena;
 use super::catalog_file::{self, StoredCatalog};
 use super::datadir::DataDirError;
@@ -43,6 +43,8 @@ pub(super) struct Loaded {
     pub(super) month_ahead: Option<(u32, u32)>,
     /// Slots of deleted keys.
     pub(super) free: Vec<u32>,
+    /// The counters generation to carry on from (see `acks::stamp_segment`).
+    pub(super) counters_generation: u32,
 }
 
 /// What the acks file says was acknowledged.
@@ -75,6 +77,7 @@ pub(super) fn load(
         generation: stored.generation,
     };
     let acked = acknowledged(dir, &meta, &acks, &records, &mut findings);
+    let counters_generation = counters_generation(dir, &acks, &counters, &mut findings);
     if let Some(n) = acked.keys.filter(|&n| n > 0) {
         let last = n - 1;
         if records.capacity() <= u64::from(last) {
@@ -144,7 +147,50 @@ pub(super) fn load(
         key_count,
         month_ahead,
         free,
+        counters_generation,
     })
+}
+
+/// Compares each counters file's generation stamp with the one acknowledged: an older stamp is
+/// an older copy of the file (lower usage). Returns the generation to carry on from.
+fn counters_generation(
+    dir: &Path,
+    acks: &Acks,
+    counters: &Arena,
+    findings: &mut Vec<Finding>,
+) -> u32 {
+    let acked = acks
+        .header_value(HeaderWord::CountersGeneration)
+        .unwrap_or(0);
+    let mut newest = acked;
+    for n in 0..counters.segment_count() {
+        let file = Arena::segment_path(dir, &COUNTERS, n);
+        match acks::segment_generation(counters, n) {
+            Generation::At(g) if g < acked => findings.push(Finding::lossy(
+                file,
+                None,
+                None,
+                format!(
+                    "generation {g} is older than the acknowledged counters (generation \
+                     {acked}): replaced by an older copy?"
+                ),
+                "the usage counted since that copy was made is lost (restore the newer file \
+                 from a backup instead if you have it)",
+                Vec::new(),
+            )),
+            Generation::At(g) => newest = newest.max(g),
+            Generation::Damaged => findings.push(Finding::lossy(
+                file,
+                None,
+                None,
+                "the generation stamp fails its check",
+                "start-up cannot tell whether this counters file is the newest: it is trusted",
+                Vec::new(),
+            )),
+            Generation::Unstamped => {}
+        }
+    }
+    newest
 }
 
 /// The catalog's format version and generation.

@@ -137,6 +137,8 @@ struct Local {
     key_count: AtomicU64,
     /// Deleted keys among them.
     deleted: AtomicU64,
+    /// The counters generation last stamped (bumped by every flush; see `acks::stamp_segment`).
+    counters_generation: std::sync::atomic::AtomicU32,
     digest: keyfmt::FastDigest,
     data_dir: PathBuf,
     sync_records: bool,
@@ -228,6 +230,7 @@ impl LocalStore {
             key_count,
             generation,
             free,
+            counters_generation,
             ..
         } = loaded;
         let mut generation = generation;
@@ -262,6 +265,7 @@ impl LocalStore {
                 free: free.clone(),
             }),
             deleted: AtomicU64::new(free.len() as u64),
+            counters_generation: std::sync::atomic::AtomicU32::new(counters_generation),
             key_count: AtomicU64::new(u64::from(key_count)),
             digest: keyfmt::FastDigest::random()
                 .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
@@ -312,6 +316,16 @@ impl Local {
     fn flush(&self) -> Result<(), StoreError> {
         let first_uses = self.shards.take_first_uses();
         self.counters.flush_all()?;
+        // The counters as of now are durable: stamp a new generation into every counters file,
+        // then acknowledge it (an older copy of a counters file is then recognised at start-up).
+        let generation = self.counters_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        for n in 0..self.counters.segment_count() {
+            acks::stamp_segment(&self.counters, n, generation);
+            self.counters.flush_header_of(n)?;
+        }
+        self.acks
+            .set_header(HeaderWord::CountersGeneration, generation);
+        self.acks.flush_header()?;
         // Record changes are msynced as they are made, unless the store was opened without that.
         if !self.sync_records {
             self.records.flush_all()?;

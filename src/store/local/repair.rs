@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::acks::{Ack, HeaderWord};
+use super::acks::{self, Ack, HeaderWord};
 use super::arena::Arena;
 use super::catalog_file;
 use super::datadir::{DataDirError, DirLock, Modes};
@@ -24,6 +24,7 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
         findings,
         key_count,
         generation,
+        counters_generation,
         ..
     } = loaded;
     for f in findings {
@@ -73,6 +74,12 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
         }
     }
     acks.flush(0, acks.capacity().saturating_sub(1) as u32)?;
+    // Every counters file stamped with the generation carried on, then the acks header.
+    for n in 0..counters.segment_count() {
+        acks::stamp_segment(counters, n, *counters_generation);
+        counters.flush_header_of(n)?;
+    }
+    acks.set_header(HeaderWord::CountersGeneration, *counters_generation);
     acks.set_header(HeaderWord::AckedKeys, *key_count);
     acks.set_header(HeaderWord::CatalogGeneration, *generation);
     acks.set_header(HeaderWord::Clean, 0);
