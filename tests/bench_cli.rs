@@ -67,12 +67,23 @@ fn bench_reports_throughput_latency_and_decisions_as_json() {
             assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
             assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
         }
-        let ok = if target == "binary" { "allowed" } else { "200" };
         assert_eq!(
-            v["decisions"][ok], 3000,
-            "{target}: every check admitted: {v}"
+            v["decisions"]["allowed"], 3000,
+            "{target}: every check admitted, named alike on both transports: {v}"
         );
+        // The JSON repeats the run's configuration.
+        assert_eq!(v["config"]["target"], target);
+        assert_eq!(v["config"]["connections"], 2);
+        assert_eq!(v["config"]["depth"], 4);
+        assert_eq!(v["config"]["keys"], 20);
+        assert_eq!(v["config"]["distribution"], "zipf");
     }
+    // Each run removed the keys and the tier it made.
+    let c = d.client();
+    let keys = c.admin(reqwest::Method::GET, "/keys", None);
+    assert_eq!(keys.body["keys"], serde_json::json!([]), "{}", keys.text);
+    let tier = c.admin(reqwest::Method::GET, "/tiers/quotad-bench", None);
+    assert_eq!(tier.status, 404, "{}", tier.text);
     // The counters moved: 6000 checks over 40 keys.
     let m = d.client().get("/metrics").text;
     assert!(
@@ -82,6 +93,18 @@ fn bench_reports_throughput_latency_and_decisions_as_json() {
     assert!(
         m.contains("quotad_checks_total{transport=\"http\",decision=\"allowed\"} 3000"),
         "{m}"
+    );
+    // Unless told to keep them.
+    bench(
+        &d,
+        &["--keys", "5", "--requests", "100", "--keep-keys", "--json"],
+    );
+    let keys = c.admin(reqwest::Method::GET, "/keys", None);
+    assert_eq!(keys.body["keys"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        c.admin(reqwest::Method::GET, "/tiers/quotad-bench", None)
+            .status,
+        200
     );
 }
 
@@ -219,14 +242,25 @@ fn sweep_writes_a_well_formed_csv_and_svg() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "offered_rps,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,requests"
+        "offered_rps,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,requests,skipped,latency"
     );
+    let lines: Vec<&str> = lines.collect();
+    for l in &lines {
+        let source = l.rsplit(',').next().unwrap();
+        assert!(source == "socket" || source == "client", "{l}");
+    }
     let rows: Vec<Vec<f64>> = lines
-        .map(|l| l.split(',').map(|f| f.parse::<f64>().unwrap()).collect())
+        .iter()
+        .map(|l| {
+            l.split(',')
+                .take(9)
+                .map(|f| f.parse::<f64>().unwrap())
+                .collect()
+        })
         .collect();
     assert_eq!(rows.len(), 4, "steps + 1 points");
     for r in &rows {
-        assert_eq!(r.len(), 8);
+        assert_eq!(r.len(), 9);
         assert!(r[1] > 0.0, "achieved rate");
         assert!(r[2] <= r[4] && r[4] <= r[6], "p50 <= p99 <= max: {r:?}");
     }
@@ -243,8 +277,43 @@ fn sweep_writes_a_well_formed_csv_and_svg() {
         .filter(|n| n.has_tag_name("polyline"))
         .count();
     assert_eq!(polylines, 3, "p50, p99 and p99.9 curves");
+    // A point past saturation (less achieved than an earlier point) is off the curve: the curve's
+    // x values never go back.
     for p in root.children().filter(|n| n.has_tag_name("polyline")) {
-        let pts = p.attribute("points").unwrap().split(' ').count();
-        assert_eq!(pts, 4);
+        let xs: Vec<f64> = p
+            .attribute("points")
+            .unwrap()
+            .split(' ')
+            .map(|pt| pt.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(xs.len() >= 2 && xs.len() <= 4, "{xs:?}");
+        assert!(xs.windows(2).all(|w| w[0] <= w[1]), "folds back: {xs:?}");
     }
+    // The title says which latency the chart shows and how many sends were skipped.
+    let title = root
+        .children()
+        .find(|n| n.has_tag_name("text"))
+        .and_then(|n| n.text())
+        .unwrap();
+    assert!(
+        title.contains("latency: ") && title.contains("sends skipped"),
+        "{title}"
+    );
+    // x ticks at round values: 1, 2 or 5 times a power of ten apart.
+    let ticks: Vec<f64> = root
+        .children()
+        .filter(|n| n.has_tag_name("text") && n.attribute("text-anchor") == Some("middle"))
+        .filter_map(|n| n.text())
+        .filter_map(|t| match t.strip_suffix('k') {
+            Some(k) => k.parse::<f64>().ok().map(|v| v * 1000.0),
+            None => t.parse::<f64>().ok(),
+        })
+        .collect();
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let step = ticks[1] - ticks[0];
+    let mantissa = step / 10f64.powf(step.log10().floor());
+    assert!(
+        [1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6),
+        "tick step {step}: {ticks:?}"
+    );
 }

@@ -81,7 +81,48 @@ pub(super) struct Load {
     pub(super) max_lag: f64,
 }
 
-pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
+/// The keys a run uses, and what it made that it should remove at the end.
+pub(super) struct Prepared {
+    /// Raw keys.
+    pub(super) keys: Vec<String>,
+    /// Ids of the keys this run created.
+    pub(super) created: Vec<String>,
+    /// Whether this run created the `quotad-bench` tier.
+    pub(super) made_tier: bool,
+    /// The admin API, when keys were created through it.
+    pub(super) admin: Option<AdminClient>,
+}
+
+impl Prepared {
+    /// Removes what this run made: its keys, then its tier (kept if others' keys use it).
+    pub(super) async fn remove(&self) -> anyhow::Result<()> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        for id in &self.created {
+            let (st, b) = admin
+                .request("DELETE", &format!("/keys/{id}"), None)
+                .await?;
+            if st != 200 && st != 404 {
+                bail!("cannot remove bench key {id}: HTTP {st} {b}");
+            }
+        }
+        let mut tier = "";
+        if self.made_tier {
+            let (st, _) = admin.request("DELETE", "/tiers/quotad-bench", None).await?;
+            if st == 200 {
+                tier = " and the quotad-bench tier";
+            }
+        }
+        eprintln!(
+            "removed the {} bench keys{tier} (--keep-keys keeps them)",
+            self.created.len()
+        );
+        Ok(())
+    }
+}
+
+pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Prepared> {
     if let Some(f) = &a.key_file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -94,13 +135,20 @@ pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
         if keys.is_empty() {
             bail!("{} holds no keys", f.display());
         }
-        return Ok(keys);
+        return Ok(Prepared {
+            keys,
+            created: Vec::new(),
+            made_tier: false,
+            admin: None,
+        });
     }
     let token = resolve_token(a.token.as_deref(), &a.data_dir)?;
     let admin = AdminClient::new(a.admin_url.as_deref().unwrap_or(&a.http_url), token)?;
+    let mut made_tier = false;
     let tier = match &a.tier {
         Some(t) => t.clone(),
         None => {
+            made_tier = admin.request("GET", "/tiers/quotad-bench", None).await?.0 == 404;
             let body =
                 serde_json::json!({"limits": [{"requests": 1_000_000_000u64, "periodSeconds": 1}]});
             let (st, b) = admin
@@ -113,6 +161,7 @@ pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
         }
     };
     let mut keys = Vec::with_capacity(a.keys);
+    let mut created = Vec::with_capacity(a.keys);
     for i in 0..a.keys.max(1) {
         let mut body = serde_json::json!({"consumer": format!("bench-{}", i % 100), "tier": tier, "name": "quotad bench"});
         if let Some(s) = &a.scope {
@@ -128,6 +177,7 @@ pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
                 .context("no key in the admin answer")?
                 .to_string(),
         );
+        created.push(b["id"].as_str().unwrap_or_default().to_string());
         if i % 200 == 199 {
             eprint!("\rcreated {} keys", i + 1);
         }
@@ -149,7 +199,12 @@ pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Vec<String>> {
             writeln!(f, "{k}").with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
-    Ok(keys)
+    Ok(Prepared {
+        keys,
+        created,
+        made_tier,
+        admin: Some(admin),
+    })
 }
 
 struct Shared {
@@ -218,13 +273,24 @@ fn parse_answer(target: Target, buf: &[u8]) -> anyhow::Result<Option<(&'static s
             if buf.len() < total {
                 return Ok(None);
             }
-            let label = match status {
-                "200" => "200",
-                "400" => "400",
-                "401" => "401",
-                "403" => "403",
-                "429" => "429",
-                _ => "other",
+            // The same names as the binary protocol's decisions: quotad's error code.
+            let label = if status == "200" {
+                "allowed"
+            } else {
+                let body = std::str::from_utf8(&buf[end + 4..total]).unwrap_or("");
+                const CODES: [&str; 7] = [
+                    "unauthorized",
+                    "forbidden",
+                    "plan_required",
+                    "rate_limited",
+                    "quota_exceeded",
+                    "unavailable",
+                    "bad_request",
+                ];
+                CODES
+                    .into_iter()
+                    .find(|c| body.contains(&format!("\"code\":\"{c}\"")))
+                    .unwrap_or("error")
             };
             Ok(Some((label, total)))
         }

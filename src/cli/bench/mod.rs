@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Tier for created keys (default: a tier `quotad-bench` with limits no bench reaches).
     #[arg(long)]
     pub tier: Option<String>,
+    /// Keep the keys this run created (and the `quotad-bench` tier) instead of removing them at
+    /// the end. Keys written with --save-keys are always kept.
+    #[arg(long)]
+    pub keep_keys: bool,
     /// Scope to require on every check.
     #[arg(long)]
     pub scope: Option<String>,
@@ -255,7 +259,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let keys = prepare_keys(&a).await?;
+        let prepared = prepare_keys(&a).await?;
+        let result = measure(&a, prepared.keys.clone()).await;
+        if !a.keep_keys && a.save_keys.is_none() {
+            prepared.remove().await?;
+        }
+        result
+    })
+}
+
+/// The run itself, over `keys`: one load, or a sweep.
+async fn measure(a: &BenchArgs, keys: Vec<String>) -> anyhow::Result<()> {
+    {
         let load = Arc::new(Load {
             target: a.target,
             addr: a.addr,
@@ -270,9 +285,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         if !a.sweep {
             let r = run_load(&load, a.rate, a.duration, a.requests, true).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+                let mut v = r.to_json();
+                v["config"] = config_json(a, load.keys.len());
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_report(&r, &a);
+                print_report(&r, a);
             }
             return Ok(());
         }
@@ -285,7 +302,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mut points = Vec::new();
         for i in 1..=steps + 1 {
             let offered = sat * i as f64 / steps as f64;
-            let r = run_load(&load, offered, step_secs, None, false).await?;
+            eprintln!(
+                "step {i}/{}: offering {offered:.0} req/s for {step_secs:.1} s",
+                steps + 1
+            );
+            let r = run_load(&load, offered, step_secs, None, true).await?;
             eprintln!(
                 "offered {:>10.0}  achieved {:>10.0}  p50 {:>8.1} us  p99 {:>8.1} us",
                 offered,
@@ -304,13 +325,26 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             a.depth,
             load.keys.len()
         );
+        let title = format!(
+            "{title}; latency: {}; {} sends skipped",
+            if points.iter().all(|r| r.at_socket) {
+                "answer in the socket"
+            } else {
+                "as the load generator read it"
+            },
+            points.iter().map(|r| r.skipped).sum::<u64>()
+        );
         std::fs::write(&a.svg, sweep_svg(&points, &title))
             .with_context(|| format!("cannot write {}", a.svg.display()))?;
         if a.json {
             let v: Vec<serde_json::Value> = points.iter().map(Report::to_json).collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"saturation": sat, "points": v}))?
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "saturation": sat,
+                    "points": v,
+                    "config": config_json(a, load.keys.len()),
+                }))?
             );
         } else {
             println!(
@@ -320,5 +354,27 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
         }
         Ok(())
+    }
+}
+
+/// The run's configuration, repeated in its JSON report.
+fn config_json(a: &BenchArgs, keys: usize) -> serde_json::Value {
+    serde_json::json!({
+        "target": format!("{:?}", a.target).to_lowercase(),
+        "addr": a.addr.to_string(),
+        "httpUrl": a.http_url,
+        "connections": a.connections,
+        "depth": a.depth,
+        "keys": keys,
+        "distribution": format!("{:?}", a.distribution).to_lowercase(),
+        "zipfExponent": a.zipf_exponent,
+        "scope": a.scope,
+        "rate": a.rate,
+        "duration": a.duration,
+        "requests": a.requests,
+        "threads": a.threads,
+        "maxLagUs": a.max_lag_us,
+        "sweep": a.sweep,
+        "sweepSteps": a.sweep_steps,
     })
 }

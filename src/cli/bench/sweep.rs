@@ -2,13 +2,16 @@
 
 use super::Report;
 
-/// The sweep's CSV.
+/// The sweep's CSV. `latency` says where the latency columns were measured (`socket`: the
+/// answer in the socket's receive queue; `client`: as the load generator read it); `skipped`
+/// counts the scheduled sends skipped because the load generator itself fell behind.
 pub fn sweep_csv(points: &[Report]) -> String {
-    let mut s =
-        String::from("offered_rps,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,requests\n");
+    let mut s = String::from(
+        "offered_rps,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,requests,skipped,latency\n",
+    );
     for r in points {
         s.push_str(&format!(
-            "{:.0},{:.0},{:.1},{:.1},{:.1},{:.1},{:.1},{}\n",
+            "{:.0},{:.0},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{}\n",
             r.offered,
             r.throughput(),
             r.us(0.5),
@@ -16,10 +19,34 @@ pub fn sweep_csv(points: &[Report]) -> String {
             r.us(0.99),
             r.us(0.999),
             r.latency.max() as f64 / 1000.0,
-            r.requests
+            r.requests,
+            r.skipped,
+            r.source()
         ));
     }
     s
+}
+
+/// A round tick step (1, 2 or 5 × 10^k) giving about `n` ticks up to `max`.
+fn tick_step(max: f64, n: f64) -> f64 {
+    let raw = (max / n).max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|&st| st >= raw)
+        .unwrap_or(10.0 * mag)
+}
+
+/// Whether point `i` is past saturation: its achieved rate is below that of an earlier point
+/// (the server answers less than it did at a lower offered rate). Such points are drawn apart,
+/// not joined to the curve, which would otherwise fold back.
+fn past_saturation(points: &[Report], i: usize) -> bool {
+    let best_before = points[..i]
+        .iter()
+        .map(Report::throughput)
+        .fold(0.0, f64::max);
+    points[i].throughput() < best_before
 }
 
 /// The sweep's chart: latency (log scale) against achieved throughput, p50 / p99 / p99.9.
@@ -56,15 +83,17 @@ pub fn sweep_svg(points: &[Report], title: &str) -> String {
         mt + ph,
         mt + ph
     ));
-    for i in 0..=5 {
-        let v = xmax * i as f64 / 5.0;
+    let step = tick_step(xmax, 5.0);
+    let ticks = (xmax / step).floor() as usize;
+    for i in 0..=ticks {
+        let v = step * i as f64;
         s.push_str(&format!(
-            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/>\n<text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.0}k</text>\n",
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/>\n<text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
             x(v),
             mt,
             mt + ph,
             mt + ph + 18.0,
-            v / 1000.0
+            if step >= 1000.0 { format!("{}k", v / 1000.0) } else { format!("{v}") }
         ));
     }
     let mut e = l0;
@@ -95,18 +124,28 @@ pub fn sweep_svg(points: &[Report], title: &str) -> String {
     .into_iter()
     .enumerate()
     {
-        let pts: Vec<String> = points
-            .iter()
-            .map(|r| format!("{:.1},{:.1}", x(r.throughput()), y(r.us(q))))
+        let at = |r: &Report| (x(r.throughput()), y(r.us(q)));
+        let curve: Vec<String> = (0..points.len())
+            .filter(|&i| !past_saturation(points, i))
+            .map(|i| {
+                let (px, py) = at(&points[i]);
+                format!("{px:.1},{py:.1}")
+            })
             .collect();
         s.push_str(&format!(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
+            curve.join(" ")
         ));
-        for p in &pts {
-            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+        for (i, r) in points.iter().enumerate() {
+            let (px, py) = at(r);
+            // Past saturation: a hollow marker, not on the curve.
+            let fill = if past_saturation(points, i) {
+                "white"
+            } else {
+                color
+            };
             s.push_str(&format!(
-                "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{color}\"/>\n"
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3\" fill=\"{fill}\" stroke=\"{color}\"/>\n"
             ));
         }
         let ly = mt + 15.0 + 16.0 * i as f64;
@@ -115,6 +154,14 @@ pub fn sweep_svg(points: &[Report], title: &str) -> String {
             ml + 10.0,
             ly,
             ml + 30.0,
+            ml + 36.0
+        ));
+    }
+    if (0..points.len()).any(|i| past_saturation(points, i)) {
+        let ly = mt + 15.0 + 16.0 * 3.0;
+        s.push_str(&format!(
+            "<circle cx=\"{}\" cy=\"{ly}\" r=\"3\" fill=\"white\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{ly}\" dominant-baseline=\"middle\">past saturation (less answered than at a lower offered rate)</text>\n",
+            ml + 20.0,
             ml + 36.0
         ));
     }
