@@ -515,3 +515,71 @@ fn keys_delete_removes_a_key_for_good_and_its_slot_is_reused_after_a_restart() {
     };
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+#[test]
+fn global_flags_go_before_or_after_the_subcommand_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (id, _) = d
+        .client()
+        .create_key(serde_json::json!({"consumer": "c", "tier": "free"}));
+    let url = format!("http://{}", d.http);
+    for args in [
+        vec![
+            "--json",
+            "--token",
+            &d.token,
+            "--admin-url",
+            &url,
+            "keys",
+            "list",
+        ],
+        vec![
+            "keys",
+            "--json",
+            "list",
+            "--token",
+            &d.token,
+            "--admin-url",
+            &url,
+        ],
+        vec![
+            "keys",
+            "list",
+            "--json",
+            "--token",
+            &d.token,
+            "--admin-url",
+            &url,
+        ],
+    ] {
+        let out = Command::new(bin())
+            .args(&args)
+            .env_remove("QUOTAD_ADMIN_TOKEN")
+            .env_remove("QUOTAD_ADMIN_URL")
+            .output()
+            .unwrap();
+        let v = json(&out);
+        assert_eq!(v["keys"][0]["id"], id.as_str(), "{args:?}");
+    }
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef quotad"),
+        ("fish", "complete -c quotad"),
+    ] {
+        let out = Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert!(
+            text.contains(needle),
+            "{shell}: {}",
+            &text[..text.len().min(300)]
+        );
+        assert!(
+            text.contains("inspect") && text.contains("repair"),
+            "{shell}"
+        );
+    }
+}

@@ -18,9 +18,26 @@ pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "QUOTAD_LOG_FORMAT", global = true)]
     pub log_format: LogFormat,
+    /// Flags every operator command takes, before or after the subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Flags accepted anywhere on the line (`quotad --json keys list` = `quotad keys list --json`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Admin token (else QUOTAD_ADMIN_TOKEN, else DATA_DIR/admin.token).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Admin API base URL (default http://127.0.0.1:8686; `quotad bench`: its --http-url).
+    #[arg(long, env = "QUOTAD_ADMIN_URL", global = true)]
+    pub admin_url: Option<String>,
 }
 
 /// Log output format.
@@ -70,9 +87,6 @@ pub enum Command {
     Inspect {
         /// The data directory.
         data_dir: std::path::PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Show what recovering a damaged data directory would lose; apply it with --accept-loss.
     Repair {
@@ -81,9 +95,11 @@ pub enum Command {
         /// Apply every recovery listed, losing what it says.
         #[arg(long)]
         accept_loss: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -111,18 +127,37 @@ pub fn main() -> i32 {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    let g = cli.global;
+    let admin = |mut a: ops::AdminArgs| {
+        a.json = g.json;
+        a.token = g.token.clone();
+        a.admin_url = g
+            .admin_url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:8686".into());
+        a
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Keys { admin, cmd } => keys_cmd::keys(cmd, &admin),
-        Command::Tiers { admin, cmd } => tiers_cmd::tiers(cmd, &admin),
-        Command::Usage { admin, id } => keys_cmd::usage(id, &admin),
-        Command::Inspect { data_dir, json } => datadir_cmd::inspect(data_dir, json),
+        Command::Bench(mut args) => {
+            args.json = g.json;
+            args.token = g.token.clone();
+            args.admin_url = g.admin_url.clone();
+            bench::run(args)
+        }
+        Command::Keys { admin: a, cmd } => keys_cmd::keys(cmd, &admin(a)),
+        Command::Tiers { admin: a, cmd } => tiers_cmd::tiers(cmd, &admin(a)),
+        Command::Usage { admin: a, id } => keys_cmd::usage(id, &admin(a)),
+        Command::Inspect { data_dir } => datadir_cmd::inspect(data_dir, g.json),
         Command::Repair {
             data_dir,
             accept_loss,
-            json,
-        } => datadir_cmd::repair(data_dir, accept_loss, json),
+        } => datadir_cmd::repair(data_dir, accept_loss, g.json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "quotad", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => 0,

@@ -14,19 +14,15 @@ use serde_json::{json, Value};
 
 use super::admin_client::{resolve_token, AdminClient};
 
-/// Where the admin API is and how to print.
+/// Where the admin API is and how to print. `--admin-url`, `--token` and `--json` are global
+/// flags ([`super::GlobalArgs`], accepted before or after the subcommand) copied in here.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// Admin API base URL.
-    #[arg(
-        long,
-        env = "QUOTAD_ADMIN_URL",
-        default_value = "http://127.0.0.1:8686",
-        global = true
-    )]
+    /// Admin API base URL (from the global `--admin-url`).
+    #[arg(skip)]
     pub admin_url: String,
-    /// Admin token (else QUOTAD_ADMIN_TOKEN, else DATA_DIR/admin.token).
-    #[arg(long, global = true)]
+    /// Admin token (from the global `--token`).
+    #[arg(skip)]
     pub token: Option<String>,
     /// Data directory holding admin.token.
     #[arg(
@@ -36,8 +32,8 @@ pub struct AdminArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    /// Print JSON (from the global `--json`).
+    #[arg(skip)]
     pub json: bool,
 }
 

@@ -8,6 +8,7 @@
 //! rate up past saturation and writes the latency-versus-throughput curve as CSV and SVG; past
 //! saturation the achieved rate stops following the offered one.
 
+mod keys;
 mod load;
 mod sweep;
 
@@ -21,7 +22,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
-use self::load::{prepare_keys, run_load, Load, Picker};
+use self::keys::prepare_keys;
+use self::load::{run_load, Load, Picker};
 pub use self::sweep::{sweep_csv, sweep_svg};
 
 /// Which transport to load.
@@ -54,11 +56,11 @@ pub struct BenchArgs {
     /// HTTP base URL (the check endpoint, and the admin API unless --admin-url is given).
     #[arg(long, default_value = "http://127.0.0.1:8686")]
     pub http_url: String,
-    /// Admin API base URL (to create the bench tier and keys).
-    #[arg(long, env = "QUOTAD_ADMIN_URL")]
+    /// Admin API base URL (from the global `--admin-url`; else --http-url).
+    #[arg(skip)]
     pub admin_url: Option<String>,
-    /// Admin token (else QUOTAD_ADMIN_TOKEN, else DATA_DIR/admin.token).
-    #[arg(long)]
+    /// Admin token (from the global `--token`).
+    #[arg(skip)]
     pub token: Option<String>,
     /// Data directory holding admin.token.
     #[arg(long, default_value = "./quotad-data")]
@@ -114,8 +116,8 @@ pub struct BenchArgs {
     /// Threads the load generator runs on (it shares the machine with the server it measures).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
+    /// Print the report as JSON (from the global `--json`).
+    #[arg(skip)]
     pub json: bool,
     /// Step the offered rate up past saturation; write CSV and SVG.
     #[arg(long)]
