@@ -98,6 +98,9 @@ pub struct NewSecret {
     pub previous_valid_until_ns: u64,
 }
 
+/// The longest a rotated-out secret may keep working: a year.
+pub const MAX_GRACE_SECS: u64 = 365 * 24 * 3600;
+
 impl NewSecret {
     /// A fresh secret for key `id` with `prefix`.
     pub fn generate(prefix: &str, id: KeyId) -> Result<Self, PolicyError> {
@@ -112,13 +115,18 @@ impl NewSecret {
     }
 
     /// A new secret for key `id` with `prefix` (the one its current secret has, whole), the old
-    /// one honoured `grace_secs` from `now`.
+    /// one honoured `grace_secs` (at most [`MAX_GRACE_SECS`]) from `now`.
     pub fn for_rotation(
         prefix: &str,
         id: KeyId,
         grace_secs: u64,
         now: u64,
     ) -> Result<Self, PolicyError> {
+        if grace_secs > MAX_GRACE_SECS {
+            return Err(PolicyError::Invalid(format!(
+                "graceSeconds must be at most {MAX_GRACE_SECS} (a year), got {grace_secs}"
+            )));
+        }
         let mut s = Self::generate(prefix, id)?;
         if grace_secs != 0 {
             s.previous_valid_until_ns =

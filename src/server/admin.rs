@@ -196,11 +196,33 @@ struct PutTier {
     scopes: Option<Vec<String>>,
 }
 
+/// JSON has one number type: `2441.0` is the integer 2441 (as JSON Schema's `integer` says).
+/// Integral values written with a fraction or exponent become integers before the fields that
+/// take integers read them; other numbers are left as they are (and refused where an integer is
+/// required).
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) && f < 2f64.powi(64) {
+                    *v = serde_json::Value::from(f as u64);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("request body must be a JSON object".into());
     }
-    serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))
+    let mut v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))?;
+    integral_floats_as_integers(&mut v);
+    serde_json::from_value(v).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 /// `value` as a JSON response (500 if it cannot be serialized, which would be a bug).

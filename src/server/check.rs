@@ -133,6 +133,17 @@ pub(super) async fn check<S: Store, B>(state: &AppState<S>, req: &Request<B>) ->
     let mut buf = String::with_capacity(ANSWER_CAPACITY);
     push_request_id(&mut buf, req);
     let rid = buf.len();
+    if !CHECK_METHODS.contains(req.method()) {
+        let mut r = super::reply::error(
+            405,
+            "method_not_allowed",
+            "The check answers GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS and TRACE",
+            &buf[..rid],
+        );
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static(CHECK_ALLOW));
+        return r;
+    }
     let asked = presented_key(state, req)
         .and_then(|key| scope_and_cost(req).map(|(scope, cost)| (key, scope, cost)));
     let (key, scope, cost) = match asked {
@@ -206,6 +217,20 @@ fn push_admitted(buf: &mut String, id: Option<KeyId>, consumer: &str, tier: &str
         body: at..buf.len(),
     }
 }
+
+/// The methods the check answers: every standard method a gateway may forward (not CONNECT, and
+/// no extension method), so that an OpenAPI document can list them.
+static CHECK_METHODS: [hyper::Method; 8] = [
+    hyper::Method::GET,
+    hyper::Method::HEAD,
+    hyper::Method::POST,
+    hyper::Method::PUT,
+    hyper::Method::PATCH,
+    hyper::Method::DELETE,
+    hyper::Method::OPTIONS,
+    hyper::Method::TRACE,
+];
+const CHECK_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
 /// Counts a decided check (taken since `start`) and renders it into `buf`, which holds the
 /// request id (`buf[..rid]`) and the identity an admitted check wrote (`admitted`).
@@ -338,6 +363,12 @@ fn render_check(
     }
     if let Some(r) = retry {
         put(&RETRY_AFTER, trusted(r));
+    }
+    if status == 401 {
+        h.insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(super::reply::WWW_AUTHENTICATE),
+        );
     }
     *resp.headers_mut() = h;
     resp

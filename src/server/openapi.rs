@@ -34,11 +34,21 @@ fn id_param() -> Value {
 }
 
 fn name_param() -> Value {
-    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
+    json!([{"name": "name", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/TierName"}}])
 }
+
+/// A scope name: 1 to 64 of `A-Z a-z 0-9 _ - . : /`.
+const SCOPE_PATTERN: &str = "^[A-Za-z0-9_.:/-]{1,64}$";
+/// A tier name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
+const TIER_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 
 /// The document.
 pub fn document() -> Value {
+    let identity_headers = json!({
+        "X-Quota-Key-Id": {"schema": {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}, "description": "The key's id, for the upstream"},
+        "X-Quota-Consumer": {"schema": {"type": "string"}, "description": "The key's consumer, for the upstream"},
+    });
+    let error_header = json!({"schema": {"type": "string"}, "description": "The JSON error envelope of the body, repeated (nginx auth_request drops the body)"});
     let rl_headers = json!({
         "X-RateLimit-Limit": {"schema": {"type": "integer"}, "description": "Requests allowed by the most restrictive limit"},
         "X-RateLimit-Remaining": {"schema": {"type": "integer"}, "description": "Requests left under it"},
@@ -47,24 +57,40 @@ pub fn document() -> Value {
         "RateLimit": {"schema": {"type": "string"}, "description": "Remaining r and seconds to reset t per limit"},
         "x-request-id": {"schema": {"type": "string"}},
     });
+    let mut allowed_headers = rl_headers.clone();
+    for (k, v) in identity_headers.as_object().into_iter().flatten() {
+        allowed_headers[k] = v.clone();
+    }
     let mut denied_headers = rl_headers.clone();
     denied_headers["Retry-After"] = json!({"schema": {"type": "integer", "minimum": 1}});
+    denied_headers["X-Quota-Error"] = error_header.clone();
+    let refused = |description: &str, www_authenticate: bool| {
+        let mut headers =
+            json!({"X-Quota-Error": error_header, "x-request-id": {"schema": {"type": "string"}}});
+        if www_authenticate {
+            headers["WWW-Authenticate"] =
+                json!({"schema": {"type": "string"}, "description": "Bearer realm=\"quotad\""});
+        }
+        json!({"description": description, "headers": headers,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    };
     let check_params = json!([
         {"name": "X-API-Key", "in": "header", "schema": {"type": "string"}},
         {"name": "Authorization", "in": "header", "schema": {"type": "string"}, "description": "Bearer <key>"},
-        {"name": "X-Quota-Scope", "in": "header", "schema": {"type": "string"}},
+        {"name": "X-Quota-Scope", "in": "header", "schema": {"type": "string", "pattern": SCOPE_PATTERN}, "description": "The scope this route needs (absent: none)"},
         {"name": "X-Quota-Cost", "in": "header", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000}},
         {"name": "x-request-id", "in": "header", "schema": {"type": "string", "maxLength": 128}},
     ]);
     let check_op = json!({
-        "summary": "May this API key make this call? (forward-auth target; any method, any path below /v1/check)",
+        "summary": "May this API key make this call?",
+        "description": "The forward-auth target. Every standard method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE; any other is 405) and every path below /v1/check/ is the same check, so a gateway may forward the original request as it is; only the headers matter (a body is ignored). The key is read from X-API-Key, then Authorization: Bearer, then any --key-header.",
         "parameters": check_params,
         "responses": {
-            "200": {"description": "Allowed", "headers": rl_headers,
+            "200": {"description": "Allowed", "headers": allowed_headers,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Allowed"}}}},
-            "400": error_response("Bad header (cost, scope, non-ASCII, oversized)"),
-            "401": error_response("Missing, malformed, unknown, revoked or expired key"),
-            "403": error_response("forbidden (scope) or plan_required (tier)"),
+            "400": refused("Bad header (cost, scope, non-ASCII, oversized)", false),
+            "401": refused("Missing, malformed, unknown, revoked or expired key", true),
+            "403": refused("forbidden (scope) or plan_required (tier)", false),
             "429": {"description": "rate_limited or quota_exceeded", "headers": denied_headers,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             "503": error_response("unavailable: the shared Redis store cannot be reached and the node fails closed (Retry-After: 1)"),
@@ -75,18 +101,22 @@ pub fn document() -> Value {
         "info": {"title": "quotad", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Rate-limit and quota decisions for API gateways."},
         "paths": {
-            "/v1/check": {"get": check_op.clone(), "post": check_op},
-            "/health": {"get": {"summary": "Liveness and persistence state", "responses": {"200": ok("Healthy", "Health"), "503": {"description": "degraded: the shared Redis store is unreachable (same body, status \"degraded\")", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}}},
+            "/v1/check": {"get": check_op.clone(), "post": check_op.clone(), "put": check_op.clone(),
+                "patch": check_op.clone(), "delete": check_op.clone(), "options": check_op.clone(),
+                "trace": check_op.clone(), "head": check_op},
+            "/health": {"get": {"summary": "Liveness and persistence state", "responses": {"200": ok("Healthy (status ok)", "Health"), "503": {"description": "degraded: the shared Redis store is unreachable (the same document, status \"degraded\"; persistence.unreachableForSeconds says since when)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/docs": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/admin/v1/keys": {
-                "post": admin(json!({"summary": "Create a key; the raw key is in this response only", "requestBody": body("CreateKey"),
+                "post": admin(json!({"summary": "Create a key; the raw key is in this response only",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateKey"},
+                        "example": {"consumer": "acme", "tier": "pro", "scopes": ["reports:read"], "expiresAt": "2027-01-01T00:00:00Z", "name": "production"}}}},
                     "responses": {"201": ok("Created", "Key")}})),
                 "get": admin(json!({"summary": "List keys", "parameters": [
-                        {"name": "consumer", "in": "query", "schema": {"type": "string"}},
-                        {"name": "tier", "in": "query", "schema": {"type": "string"}},
+                        {"name": "consumer", "in": "query", "schema": {"$ref": "#/components/schemas/Consumer"}},
+                        {"name": "tier", "in": "query", "schema": {"$ref": "#/components/schemas/TierName"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}, "description": "nextCursor of the previous page"}],
                     "responses": {"200": ok("A page of keys", "KeyList")}})),
             },
             "/admin/v1/keys/{id}": {
@@ -128,16 +158,19 @@ pub fn document() -> Value {
                     "consumer": {"type": "string"}, "tier": {"type": "string"}}},
                 "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "dataDir": {"type": "string"},
                     "keys": {"type": "integer"}, "tiers": {"type": "integer"}, "persistence": {"type": "object"}}},
+                "Consumer": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000]+$"},
+                "TierName": {"type": "string", "pattern": TIER_PATTERN},
+                "Scope": {"type": "string", "pattern": SCOPE_PATTERN},
                 "CreateKey": {"type": "object", "required": ["consumer", "tier"], "additionalProperties": false, "properties": {
-                    "consumer": {"type": "string", "maxLength": 64}, "tier": {"type": "string"},
-                    "scopes": {"type": "array", "items": {"type": "string"}},
+                    "consumer": {"$ref": "#/components/schemas/Consumer"}, "tier": {"$ref": "#/components/schemas/TierName"},
+                    "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
                     "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
-                    "name": {"type": "string", "maxLength": 56}, "prefix": {"type": "string", "maxLength": 16}}},
+                    "name": {"type": "string", "maxLength": 56, "pattern": "^[^\\u0000]*$"}, "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,16}$"}}},
                 "PatchKey": {"type": "object", "additionalProperties": false, "properties": {
-                    "tier": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
+                    "tier": {"$ref": "#/components/schemas/TierName"}, "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},
-                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "name": {"type": ["string", "null"]}}},
-                "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0}}},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "name": {"type": ["string", "null"], "maxLength": 56, "pattern": "^[^\\u0000]*$"}}},
+                "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0, "maximum": 31_536_000, "description": "How long the old secret keeps working, at most a year"}}},
                 "Key": {"type": "object", "properties": {
                     "id": {"type": "string"}, "key": {"type": "string", "description": "Raw key: create and rotate responses only"},
                     "prefix": {"type": "string"}, "consumer": {"type": "string"}, "tier": {"type": "string"},
@@ -153,13 +186,15 @@ pub fn document() -> Value {
                 "KeyList": {"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
                     "nextCursor": {"type": ["string", "null"]}}},
                 "Limit": {"type": "object", "required": ["requests", "periodSeconds"], "additionalProperties": false,
-                    "properties": {"requests": {"type": "integer", "minimum": 1}, "periodSeconds": {"type": "integer", "minimum": 1}}},
-                "Tier": {"type": "object", "properties": {"name": {"type": "string"},
-                    "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "maxItems": 4},
-                    "monthlyQuota": {"type": ["integer", "null"]}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                    "properties": {"requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                                   "periodSeconds": {"type": "integer", "minimum": 1, "maximum": 31_622_400}}},
+                "Tier": {"type": "object", "required": ["name", "limits"], "additionalProperties": false, "properties": {"name": {"$ref": "#/components/schemas/TierName"},
+                    "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
+                    "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}}}},
                 "PutTier": {"type": "object", "required": ["limits"], "additionalProperties": false, "properties": {
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
-                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}}}},
                 "TierList": {"type": "object", "properties": {"tiers": {"type": "array", "items": {"$ref": "#/components/schemas/Tier"}}}},
             }
         }
@@ -174,6 +209,12 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("get", "/v1/check"),
         ("post", "/v1/check"),
+        ("put", "/v1/check"),
+        ("patch", "/v1/check"),
+        ("delete", "/v1/check"),
+        ("options", "/v1/check"),
+        ("trace", "/v1/check"),
+        ("head", "/v1/check"),
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/docs"),

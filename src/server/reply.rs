@@ -106,8 +106,18 @@ pub fn json(status: u16, body: String, rid: &str) -> Resp {
 
 /// An error response with the envelope.
 pub fn error(status: u16, code: &str, message: &str, rid: &str) -> Resp {
-    json(status, render::envelope(code, message, rid), rid)
+    let mut r = json(status, render::envelope(code, message, rid), rid);
+    if status == 401 {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static(WWW_AUTHENTICATE),
+        );
+    }
+    r
 }
+
+/// The challenge of every 401 (RFC 9110 §11.6.1): a bearer credential, in the realm "quotad".
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"quotad\"";
 
 /// Appends `v` as a JSON string literal.
 pub(super) fn push_json_str(out: &mut String, v: &str) {
