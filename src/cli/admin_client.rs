@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the admin API (used by `quotad bench` to create keys and tiers).
+//! A small HTTP/1.1 client for the admin API, over `http://` or `https://` (rustls, the Mozilla
+//! root certificates plus any CA given with `--admin-ca` / `QUOTAD_ADMIN_CA`).
 
 use std::time::Duration;
 
@@ -9,10 +10,55 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 
 /// Where the admin API is and the token to use.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminClient {
     authority: String,
+    /// For `https://`: the TLS client and the name the server's certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     token: String,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS client trusting the Mozilla roots and the certificates of the PEM file `ca`.
+fn tls_connector(ca: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca {
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("cannot read the CA file {}", path.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            bail!("{}: no certificate in it", path.display());
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("{}: a certificate is not usable", path.display()))?;
+        }
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// The token: explicit, else `QUOTAD_ADMIN_TOKEN`, else `DATA_DIR/admin.token`.
@@ -49,10 +95,33 @@ pub fn authority(url: &str) -> anyhow::Result<String> {
 }
 
 impl AdminClient {
-    /// A client for `url` (`http://host:port`).
-    pub fn new(url: &str, token: String) -> anyhow::Result<Self> {
+    /// A client for `url` (`http://host:port` or `https://host[:port]`), trusting the CA file
+    /// `ca` (PEM) besides the usual roots for `https://`.
+    pub fn new(url: &str, token: String, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let Some(rest) = url.strip_prefix("https://") else {
+            return Ok(AdminClient {
+                authority: authority(url)?,
+                tls: None,
+                token,
+            });
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            bail!("URL must be https://HOST[:PORT] (got {url:?})");
+        }
+        // HOST, [IPv6], HOST:PORT or [IPv6]:PORT; the port defaults to 443.
+        let (host, authority) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !p.contains(']') => {
+                (h, rest.to_string())
+            }
+            _ => (rest, format!("{rest}:443")),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| anyhow!("{host:?} is not a host name or IP address"))?;
         Ok(AdminClient {
-            authority: authority(url)?,
+            authority,
+            tls: Some((tls_connector(ca)?, name)),
             token,
         })
     }
@@ -71,8 +140,24 @@ impl AdminClient {
         .await
         .map_err(|_| anyhow!("connecting to {} timed out", self.authority))?
         .with_context(|| format!("cannot connect to quotad at {}", self.authority))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let mut send = match &self.tls {
+            None => {
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                send
+            }
+            Some((tls, name)) => {
+                let stream = tls
+                    .connect(name.clone(), stream)
+                    .await
+                    .with_context(|| format!("TLS with {} failed", self.authority))?;
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                send
+            }
+        };
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(method)

@@ -35,9 +35,13 @@ pub struct GlobalArgs {
     /// Admin token (else QUOTAD_ADMIN_TOKEN, else DATA_DIR/admin.token).
     #[arg(long, global = true)]
     pub token: Option<String>,
-    /// Admin API base URL (default http://127.0.0.1:8686; `quotad bench`: its --http-url).
+    /// Admin API base URL, http:// or https:// (default http://127.0.0.1:8686; `quotad
+    /// bench`: its --http-url).
     #[arg(long, env = "QUOTAD_ADMIN_URL", global = true)]
     pub admin_url: Option<String>,
+    /// A CA certificate file (PEM) to trust for an https:// admin URL, besides the usual roots.
+    #[arg(long, env = "QUOTAD_ADMIN_CA", global = true, value_name = "FILE")]
+    pub admin_ca: Option<std::path::PathBuf>,
 }
 
 /// Log output format.
@@ -131,6 +135,7 @@ pub fn main() -> i32 {
     let admin = |mut a: ops::AdminArgs| {
         a.json = g.json;
         a.token = g.token.clone();
+        a.admin_ca = g.admin_ca.clone();
         a.admin_url = g
             .admin_url
             .clone()
@@ -142,6 +147,7 @@ pub fn main() -> i32 {
         Command::Bench(mut args) => {
             args.json = g.json;
             args.token = g.token.clone();
+            args.admin_ca = g.admin_ca.clone();
             args.admin_url = g.admin_url.clone();
             bench::run(args)
         }

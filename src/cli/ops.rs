@@ -35,6 +35,9 @@ pub struct AdminArgs {
     /// Print JSON (from the global `--json`).
     #[arg(skip)]
     pub json: bool,
+    /// A CA file to trust for https:// (from the global `--admin-ca`).
+    #[arg(skip)]
+    pub admin_ca: Option<PathBuf>,
 }
 
 pub(super) fn duration_secs(s: &str) -> anyhow::Result<u64> {
@@ -241,7 +244,7 @@ pub(super) fn print_raw_key(k: &Value) {
 pub(super) fn ctx(a: &AdminArgs) -> anyhow::Result<Ctx> {
     let token = resolve_token(a.token.as_deref(), &a.data_dir)?;
     Ok(Ctx {
-        client: AdminClient::new(&a.admin_url, token)?,
+        client: AdminClient::new(&a.admin_url, token, a.admin_ca.as_deref())?,
         json: a.json,
     })
 }

@@ -68,7 +68,11 @@ pub(super) async fn prepare_keys(a: &BenchArgs) -> anyhow::Result<Prepared> {
         });
     }
     let token = resolve_token(a.token.as_deref(), &a.data_dir)?;
-    let admin = AdminClient::new(a.admin_url.as_deref().unwrap_or(&a.http_url), token)?;
+    let admin = AdminClient::new(
+        a.admin_url.as_deref().unwrap_or(&a.http_url),
+        token,
+        a.admin_ca.as_deref(),
+    )?;
     let mut made_tier = false;
     let tier = match &a.tier {
         Some(t) => t.clone(),

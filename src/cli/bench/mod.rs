@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Admin token (from the global `--token`).
     #[arg(skip)]
     pub token: Option<String>,
+    /// A CA file to trust for an https:// admin URL (from the global `--admin-ca`).
+    #[arg(skip)]
+    pub admin_ca: Option<PathBuf>,
     /// Data directory holding admin.token.
     #[arg(long, default_value = "./quotad-data")]
     pub data_dir: PathBuf,
