@@ -153,8 +153,29 @@ impl RedisServer {
     }
 
     /// Stops the process (SIGSTOP) until [`RedisServer::resume`]: a replica falling behind.
+    /// Returns once every thread of it is stopped (a running thread stops a moment after the
+    /// signal).
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let pid = self.pid().expect("server running");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks
+                        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                        .all(|stat| {
+                            stat.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with('T'))
+                        })
+                })
+                .unwrap_or(true);
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Lets a paused process run again (SIGCONT).
