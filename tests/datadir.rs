@@ -575,3 +575,33 @@ fn a_counters_file_replaced_by_an_older_copy_is_refused() {
     assert_eq!(usage_of(&d, &id), 5, "the accepted loss: the copy's usage");
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn an_acks_file_replaced_by_an_older_copy_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = Daemon::start(&data, &[]);
+    let (_, raw) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "pro"}));
+    use_key(&d, &raw, 2);
+    assert_eq!(d.stop(), 0);
+    let acks = data.join("acks-00000.qd");
+    let old = std::fs::read(&acks).unwrap();
+    // Two more runs: each stop stamps a newer counters generation; a key is created meanwhile.
+    for _ in 0..2 {
+        let d = Daemon::start(&data, &[]);
+        d.client()
+            .create_key(json!({"consumer": "later", "tier": "pro"}));
+        use_key(&d, &raw, 1);
+        assert_eq!(d.stop(), 0);
+    }
+    std::fs::write(&acks, &old).unwrap();
+    let err = refused_start(&data);
+    assert!(
+        err.contains("acks-00000.qd") && err.contains("older copy"),
+        "{err}"
+    );
+    let (code, _, err) = quotad(&["inspect"], &data);
+    assert_eq!(code, 1, "{err}");
+}

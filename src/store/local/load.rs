@@ -178,6 +178,25 @@ fn counters_generation(
                  from a backup instead if you have it)",
                 Vec::new(),
             )),
+            // The acks file is stamped right after the counters, so it is at most one behind;
+            // further behind, it is an older copy of itself (keys created since would be
+            // discarded as never acknowledged).
+            Generation::At(g) if acks.exists() && g > acked.saturating_add(1) => {
+                newest = newest.max(g);
+                findings.push(Finding::lossy(
+                    Acks::first_path(dir),
+                    None,
+                    None,
+                    format!(
+                        "counters generation {acked} is older than {} (generation {g}): \
+                         replaced by an older copy?",
+                        file.display()
+                    ),
+                    "the keys created and the changes acknowledged since that copy was made are \
+                     lost (restore the newer acks file from a backup instead if you have it)",
+                    Vec::new(),
+                ));
+            }
             Generation::At(g) => newest = newest.max(g),
             Generation::Damaged => findings.push(Finding::lossy(
                 file,
