@@ -32,6 +32,18 @@ impl AuthFailure {
     }
 }
 
+/// Every verdict's code, in [`Verdict::index`] order: the names every transport, the metrics
+/// and the load generator use.
+pub const CODES: [&str; 7] = [
+    "allowed",
+    "unauthorized",
+    "forbidden",
+    "plan_required",
+    "rate_limited",
+    "quota_exceeded",
+    "unavailable",
+];
+
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -54,14 +66,19 @@ pub enum Verdict {
 impl Verdict {
     /// The stable code used on every transport.
     pub fn code(self) -> &'static str {
+        CODES[self.index()]
+    }
+
+    /// This verdict's position in [`CODES`].
+    pub fn index(self) -> usize {
         match self {
-            Verdict::Allowed => "allowed",
-            Verdict::Unauthorized(_) => "unauthorized",
-            Verdict::Forbidden => "forbidden",
-            Verdict::PlanRequired => "plan_required",
-            Verdict::RateLimited(_) => "rate_limited",
-            Verdict::QuotaExceeded => "quota_exceeded",
-            Verdict::Unavailable => "unavailable",
+            Verdict::Allowed => 0,
+            Verdict::Unauthorized(_) => 1,
+            Verdict::Forbidden => 2,
+            Verdict::PlanRequired => 3,
+            Verdict::RateLimited(_) => 4,
+            Verdict::QuotaExceeded => 5,
+            Verdict::Unavailable => 6,
         }
     }
 

@@ -50,15 +50,7 @@ pub enum Transport {
 }
 
 const TRANSPORTS: [&str; 2] = ["http", "binary"];
-const DECISIONS: [&str; 7] = [
-    "allowed",
-    "unauthorized",
-    "forbidden",
-    "plan_required",
-    "rate_limited",
-    "quota_exceeded",
-    "unavailable",
-];
+const DECISIONS: [&str; 7] = crate::engine::decision::CODES;
 const REASONS: [&str; 5] = ["missing", "malformed", "unknown", "revoked", "expired"];
 /// Histogram bucket upper bounds, nanoseconds.
 const BUCKETS_NS: [u64; 12] = [
@@ -90,18 +82,6 @@ fn bucket_of(latency_ns: u64) -> Option<usize> {
 
 fn tier_slot(tier: u16) -> usize {
     usize::from(tier).min(TIER_SLOTS - 1)
-}
-
-fn decision_index(v: Verdict) -> usize {
-    match v {
-        Verdict::Allowed => 0,
-        Verdict::Unauthorized(_) => 1,
-        Verdict::Forbidden => 2,
-        Verdict::PlanRequired => 3,
-        Verdict::RateLimited(_) => 4,
-        Verdict::QuotaExceeded => 5,
-        Verdict::Unavailable => 6,
-    }
 }
 
 fn reason_index(r: AuthFailure) -> usize {
@@ -170,7 +150,7 @@ impl Tally {
     /// Counts one decision; its time comes with the others of its batch, by [`Tally::time_batch`].
     #[inline]
     pub fn count_decision(&mut self, v: Verdict, tier: Option<u16>) {
-        let d = decision_index(v);
+        let d = v.index();
         self.checks[d] += 1;
         if let Verdict::Unauthorized(r) = v {
             self.unauthorized[reason_index(r)] += 1;
@@ -228,9 +208,9 @@ impl Metrics {
     #[inline]
     pub fn record_check(&self, t: Transport, v: Verdict, tier: Option<u16>, latency_ns: u64) {
         let s = &self.stripes[STRIPE.with(|i| *i)];
-        s.checks[t as usize][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+        s.checks[t as usize][v.index()].fetch_add(1, Ordering::Relaxed);
         if let Some(tier) = tier {
-            s.tiers[tier_slot(tier)][decision_index(v)].fetch_add(1, Ordering::Relaxed);
+            s.tiers[tier_slot(tier)][v.index()].fetch_add(1, Ordering::Relaxed);
         }
         if let Verdict::Unauthorized(r) = v {
             s.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);

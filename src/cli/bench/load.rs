@@ -151,17 +151,9 @@ fn parse_answer(target: Target, buf: &[u8]) -> anyhow::Result<Option<(&'static s
                 "allowed"
             } else {
                 let body = std::str::from_utf8(&buf[end + 4..total]).unwrap_or("");
-                const CODES: [&str; 7] = [
-                    "unauthorized",
-                    "forbidden",
-                    "plan_required",
-                    "rate_limited",
-                    "quota_exceeded",
-                    "unavailable",
-                    "bad_request",
-                ];
-                CODES
+                crate::engine::decision::CODES
                     .into_iter()
+                    .chain(["bad_request"])
                     .find(|c| body.contains(&format!("\"code\":\"{c}\"")))
                     .unwrap_or("error")
             };
