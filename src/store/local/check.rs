@@ -215,6 +215,7 @@ impl Local {
             catalog,
             latest_ns,
             first_use,
+            written,
             ..
         } = &mut *guard;
         let now = now.max(*latest_ns);
@@ -307,6 +308,7 @@ impl Local {
         }
         // The durable write: a 64-byte store into the older half of the mapped slot.
         cs[into] = next;
+        *written = true;
         if entry.counters.seq == 0 {
             first_use.push(slot);
         }

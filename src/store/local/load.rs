@@ -45,6 +45,8 @@ pub(super) struct Loaded {
     pub(super) free: Vec<u32>,
     /// The counters generation to carry on from (see `acks::stamp_segment`).
     pub(super) counters_generation: u32,
+    /// Whether the last process closed the directory cleanly (its ack words are then up to date).
+    pub(super) clean_stop: bool,
 }
 
 /// What the acks file says was acknowledged.
@@ -80,25 +82,21 @@ pub(super) fn load(
     let counters_generation = counters_generation(dir, &acks, &counters, &mut findings);
     if let Some(n) = acked.keys.filter(|&n| n > 0) {
         let last = n - 1;
-        if records.capacity() <= u64::from(last) {
-            return Err(DataDirError::corrupt(
-                Arena::segment_path(dir, &KEYS, records.segment_count()),
-                format!(
-                    "missing, but {} acknowledges {n} keys",
-                    Acks::first_path(dir).display()
-                ),
-            )
-            .into());
-        }
-        if acks.capacity() <= u64::from(last) {
-            return Err(DataDirError::corrupt(
-                Arena::segment_path(dir, &ACKS, acks.segment_count()),
-                format!(
-                    "missing, but {} acknowledges {n} keys",
-                    Acks::first_path(dir).display()
-                ),
-            )
-            .into());
+        // Records and acks cannot be made up: a missing segment refuses start-up.
+        for (kind, capacity, segments) in [
+            (&KEYS, records.capacity(), records.segment_count()),
+            (&ACKS, acks.capacity(), acks.segment_count()),
+        ] {
+            if capacity <= u64::from(last) {
+                return Err(DataDirError::corrupt(
+                    Arena::segment_path(dir, kind, segments),
+                    format!(
+                        "missing, but {} acknowledges {n} keys",
+                        Acks::first_path(dir).display()
+                    ),
+                )
+                .into());
+            }
         }
         if counters.capacity() <= u64::from(last) {
             let first = counters.capacity();
@@ -148,6 +146,7 @@ pub(super) fn load(
         month_ahead,
         free,
         counters_generation,
+        clean_stop: acked.clean,
     })
 }
 

@@ -314,18 +314,21 @@ impl Local {
     /// for the first time since the last flush are then marked used in their ack words, so that
     /// a zeroed counter slot of a used key is recognised as damage.
     fn flush(&self) -> Result<(), StoreError> {
-        let first_uses = self.shards.take_first_uses();
+        let (first_uses, written) = self.shards.take_changes();
         self.counters.flush_all()?;
-        // The counters as of now are durable: stamp a new generation into every counters file,
-        // then acknowledge it (an older copy of a counters file is then recognised at start-up).
-        let generation = self.counters_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        for n in 0..self.counters.segment_count() {
-            acks::stamp_segment(&self.counters, n, generation);
-            self.counters.flush_header_of(n)?;
+        // The counters as of now are durable: if checks changed them, stamp a new generation
+        // into every counters file, then acknowledge it (an older copy of a counters file is
+        // then recognised at start-up). An idle store writes nothing.
+        if written {
+            let generation = self.counters_generation.fetch_add(1, Ordering::Relaxed) + 1;
+            for n in 0..self.counters.segment_count() {
+                acks::stamp_segment(&self.counters, n, generation);
+                self.counters.flush_header_of(n)?;
+            }
+            self.acks
+                .set_header(HeaderWord::CountersGeneration, generation);
+            self.acks.flush_header()?;
         }
-        self.acks
-            .set_header(HeaderWord::CountersGeneration, generation);
-        self.acks.flush_header()?;
         // Record changes are msynced as they are made, unless the store was opened without that.
         if !self.sync_records {
             self.records.flush_all()?;

@@ -15,7 +15,8 @@ use crate::store::StoreError;
 /// Applies every finding's fixes, then makes the acks file agree with the files: each key's ack
 /// word acknowledges its record as it now stands (`used` when its counters are written), words
 /// past the last key are cleared, and the header holds the key count and catalog generation.
-/// The files are msynced record and counters first, acks last.
+/// The files are msynced record and counters first, acks last. After a clean stop with nothing
+/// found, the ack words already agree (the checks compared each one), and are not visited.
 pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
     let Loaded {
         records,
@@ -25,6 +26,7 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
         key_count,
         generation,
         counters_generation,
+        clean_stop,
         ..
     } = loaded;
     for f in findings {
@@ -53,6 +55,32 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
     acks.ensure(key_count.saturating_sub(1))?;
     records.flush_all()?;
     counters.flush_all()?;
+    if !(findings.is_empty() && *clean_stop) {
+        acknowledge_all(loaded)?;
+    }
+    // Every counters file stamped with the generation carried on, then the acks header.
+    for n in 0..counters.segment_count() {
+        acks::stamp_segment(counters, n, *counters_generation);
+        counters.flush_header_of(n)?;
+    }
+    acks.set_header(HeaderWord::CountersGeneration, *counters_generation);
+    acks.set_header(HeaderWord::AckedKeys, *key_count);
+    acks.set_header(HeaderWord::CatalogGeneration, *generation);
+    acks.set_header(HeaderWord::Clean, 0);
+    acks.flush_header()?;
+    Ok(())
+}
+
+/// Sets each key's ack word to its record as it now stands (`used` when its counters are
+/// written) and clears the words past the last key; then msyncs them.
+fn acknowledge_all(loaded: &Loaded) -> Result<(), StoreError> {
+    let Loaded {
+        records,
+        counters,
+        acks,
+        key_count,
+        ..
+    } = loaded;
     for slot in 0..acks.capacity() as u32 {
         if slot >= *key_count {
             if acks.get(slot) != Ack::None {
@@ -74,16 +102,6 @@ pub(super) fn settle(loaded: &Loaded) -> Result<(), StoreError> {
         }
     }
     acks.flush(0, acks.capacity().saturating_sub(1) as u32)?;
-    // Every counters file stamped with the generation carried on, then the acks header.
-    for n in 0..counters.segment_count() {
-        acks::stamp_segment(counters, n, *counters_generation);
-        counters.flush_header_of(n)?;
-    }
-    acks.set_header(HeaderWord::CountersGeneration, *counters_generation);
-    acks.set_header(HeaderWord::AckedKeys, *key_count);
-    acks.set_header(HeaderWord::CatalogGeneration, *generation);
-    acks.set_header(HeaderWord::Clean, 0);
-    acks.flush_header()?;
     Ok(())
 }
 

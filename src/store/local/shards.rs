@@ -87,6 +87,8 @@ pub struct ShardData {
     /// Slots whose counters were written for the first time since the last `msync`: their ack
     /// words get the `used` bit once the counters are durable (see `acks`).
     pub first_use: Vec<u32>,
+    /// Whether a check wrote counters of this shard since the last `msync`.
+    pub written: bool,
 }
 
 #[repr(align(128))]
@@ -147,6 +149,7 @@ impl Shards {
                     catalog_gen: 0,
                     latest_ns: 0,
                     first_use: Vec::new(),
+                    written: false,
                 }))
             })
             .collect();
@@ -194,16 +197,19 @@ impl Shards {
         (slot as usize % SHARDS, slot as usize / SHARDS)
     }
 
-    /// Takes every shard's list of first uses.
-    pub fn take_first_uses(&self) -> Vec<u32> {
+    /// Takes every shard's list of first uses, and whether any shard's counters were written,
+    /// since the last call.
+    pub fn take_changes(&self) -> (Vec<u32>, bool) {
         let mut out = Vec::new();
+        let mut written = false;
         for s in self.shards.iter() {
             let mut g = s.0.lock();
+            written |= std::mem::take(&mut g.written);
             if !g.first_use.is_empty() {
                 out.append(&mut g.first_use);
             }
         }
-        out
+        (out, written)
     }
 
     /// Locks the shard holding `slot`.
