@@ -4,6 +4,7 @@
 mod common;
 
 use common::blocking::Blocking;
+use common::{flip, patch};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,18 +65,6 @@ fn refuses(dir: &Path, file: &str, fault: &str) {
     assert!(err.contains(file), "error does not name {file}: {err}");
     assert!(err.contains(fault), "error does not say {fault:?}: {err}");
     assert!(snapshot(dir) == before, "a failed start-up changed files");
-}
-
-fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(bytes).unwrap();
-}
-
-fn flip(path: &Path, offset: u64) {
-    let b = std::fs::read(path).unwrap()[offset as usize];
-    patch(path, offset, &[b ^ 0x5a]);
 }
 
 #[test]

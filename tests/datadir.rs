@@ -7,10 +7,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{bin, Daemon};
+use common::{bin, flip, patch, Daemon};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -18,30 +17,7 @@ const HEADER: u64 = 4096;
 
 /// Starts `quotad serve` on `dir` expecting it to refuse: returns its stderr.
 fn refused_start(dir: &Path) -> String {
-    let mut child = Command::new(bin())
-        .args(["serve", "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("QUOTAD_ADMIN_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("quotad started on a directory it must refuse");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = common::serve_until_exit(dir, &[]);
     assert_ne!(status.code(), Some(0), "{err}");
     err
 }
@@ -54,18 +30,6 @@ fn quotad(args: &[&str], dir: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(bytes).unwrap();
-}
-
-fn flip(path: &Path, offset: u64) {
-    let b = std::fs::read(path).unwrap()[offset as usize];
-    patch(path, offset, &[b ^ 0x5a]);
 }
 
 /// Offset of the newest half of slot `slot` in a file of `slot_size`-byte double-buffered slots.

@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{bin, Daemon};
+use common::Daemon;
 use reqwest::Method;
 use serde_json::json;
 
@@ -142,29 +141,13 @@ fn a_full_disk_is_a_clean_error_and_loses_no_count() {
 
     // A new data directory on the full disk: start-up exits with a message, no signal.
     let fresh = mnt.join("fresh");
-    let mut child = Command::new(bin())
-        .args(["serve", "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&fresh)
-        .env(
+    let (status, err) = common::serve_until_exit(
+        &fresh,
+        &[(
             "QUOTAD_ADMIN_TOKEN",
             "full-disk-test-token-0123456789abcdef",
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "quotad started on a full disk");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        )],
+    );
     assert_eq!(status.code(), Some(1), "exit by signal? {status:?}: {err}");
     assert!(err.to_lowercase().contains("no space left"), "{err}");
     if fresh.exists() {

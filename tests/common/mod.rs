@@ -361,3 +361,53 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Runs `quotad serve` on `data_dir` (with `env` set, the admin token unset unless given there)
+/// expecting it to exit on its own rather than start: its exit status and stderr. Panics if it
+/// is still running after 30 s.
+pub fn serve_until_exit(
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("QUOTAD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("quotad started where it must not");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Writes `bytes` at `offset` of `path` (damaging a data file on purpose).
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// Flips bits of the byte at `offset` of `path`.
+pub fn flip(path: &Path, offset: u64) {
+    let b = std::fs::read(path).unwrap()[offset as usize];
+    patch(path, offset, &[b ^ 0x5a]);
+}
