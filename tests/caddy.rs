@@ -236,7 +236,17 @@ fn the_admin_cli_speaks_https_and_verifies_the_certificate() {
             .output()
             .unwrap()
     };
-    let out = cli(&["--admin-ca", root.to_str().unwrap()]);
+    // Caddy issues the site's certificate a moment after it starts listening; until then its
+    // handshakes end in an "internal error" alert.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = cli(&["--admin-ca", root.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("InternalError") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         out.status.success(),
         "{}",
