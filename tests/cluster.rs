@@ -577,7 +577,9 @@ fn fail_closed_and_fail_open_while_redis_is_stopped_then_recovery() {
 }
 
 /// The grant is `min(L, max(cost, ⌊available / 4⌋))` (SCALING.md): a fresh key on a roomy tier
-/// gets the whole lease, and a tight limit gets a quarter of what is left each time.
+/// gets the whole lease, and a tight limit gets a quarter of what is left. A lease down to `L/10`
+/// is topped up to `L` off the check path, so a node never holds more than `L` of a key. What
+/// Redis counts as used is what nodes took: taken − spent is what the node holds.
 #[test]
 fn lease_grants_are_the_documented_size() {
     let redis = common::redis::RedisServer::start();
@@ -593,42 +595,69 @@ fn lease_grants_are_the_documented_size() {
         ],
     );
     let c = a.client();
+    let taken = |id: &str| -> u64 {
+        let r = c.admin(Method::GET, &format!("/keys/{id}"), None);
+        r.body["usage"]["monthlyUsed"].as_u64().unwrap()
+    };
     let r = c.admin(
         Method::PUT,
         "/tiers/roomy",
-        Some(json!({"limits": [{"requests": 10_000, "periodSeconds": 60}]})),
+        Some(json!({
+            "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
+            "monthlyQuota": 10_000
+        })),
     );
     assert_eq!(r.status, 200, "{}", r.text);
-    let (_, k) = c.create_key(json!({"consumer": "roomy", "tier": "roomy"}));
-    for _ in 0..40 {
+    let (id, k) = c.create_key(json!({"consumer": "roomy", "tier": "roomy"}));
+    assert_eq!(c.check(Some(&k), &[]).status, 200);
+    assert_eq!(taken(&id), 20, "the first check takes a whole lease");
+    for spent in 2..=18 {
         assert_eq!(c.check(Some(&k), &[]).status, 200);
+        assert!(taken(&id) - spent <= 20, "never more than L held");
     }
+    // 18 spent, 2 held (= L/10): the renewal takes the 18 missing, off the path.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while taken(&id) != 38 {
+        assert!(
+            Instant::now() < deadline,
+            "no renewal: {} taken",
+            taken(&id)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metric(&a, "quotad_store_leases_total"), 2.0);
+    assert_eq!(metric(&a, "quotad_store_lease_renewals_total"), 1.0);
     assert_eq!(
-        metric(&a, "quotad_store_leases_total"),
-        2.0,
-        "40 checks, leases of 20"
+        metric(&a, "quotad_store_local_checks_total"),
+        17.0,
+        "every check after the first was answered from the lease"
     );
-    assert_eq!(metric(&a, "quotad_store_local_checks_total"), 38.0);
+    // The renewed lease answers with the node's view: a quota of 10,000, 18 spent and this one.
+    let r = c.check(Some(&k), &[]);
+    assert_eq!(
+        r.header_u64("x-ratelimit-remaining"),
+        10_000 - 19,
+        "{}",
+        r.text
+    );
 
-    // 40 per hour (no refill to speak of): leases of 10, 7, 5, 4, 3, 2, 2 (a quarter of what is
-    // left), then a grant of exactly the cost for each of the 7 tokens left, which is a plain
-    // check, not a lease: exactly 40 admitted.
+    // 40 per hour (no refill to speak of): the first lease is a quarter of 40, and grants shrink
+    // to exactly the cost near the end: exactly 40 admitted, and nothing held once spent.
     let r = c.admin(
         Method::PUT,
         "/tiers/tight",
         Some(json!({"limits": [{"requests": 40, "periodSeconds": 3600}]})),
     );
     assert_eq!(r.status, 200, "{}", r.text);
-    let (_, k) = c.create_key(json!({"consumer": "tight", "tier": "tight"}));
-    let admitted = (0..60)
-        .filter(|_| c.check(Some(&k), &[]).status == 200)
-        .count();
+    let (id, k) = c.create_key(json!({"consumer": "tight", "tier": "tight"}));
+    assert_eq!(c.check(Some(&k), &[]).status, 200);
+    assert_eq!(taken(&id), 10, "a quarter of the 40 available");
+    let admitted = 1
+        + (1..60)
+            .filter(|_| c.check(Some(&k), &[]).status == 200)
+            .count();
     assert_eq!(admitted, 40);
-    assert_eq!(metric(&a, "quotad_store_leases_total"), 2.0 + 7.0);
-    assert_eq!(
-        metric(&a, "quotad_store_local_checks_total"),
-        38.0 + (9 + 6 + 4 + 3 + 2 + 1 + 1) as f64
-    );
+    assert_eq!(taken(&id), 40);
 }
 
 /// Log lines at INFO or above.

@@ -68,8 +68,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
     /// Where keys, tiers and counters live: `mmap` (this node's data directory, the default),
-    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…` (shared by several nodes).
-    #[arg(long, env = "QUOTAD_STORE", default_value = "mmap")]
+    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…` (shared by several nodes);
+    /// `rediss://`, `rediss-cluster://` for TLS; `USER:PASSWORD@` before the first host for
+    /// Redis AUTH (better given in the environment than on the command line).
+    #[arg(
+        long,
+        env = "QUOTAD_STORE",
+        default_value = "mmap",
+        hide_env_values = true
+    )]
     pub store: String,
     /// On Redis: `exact` (every check goes to Redis) or `lease` (a node takes a few tokens of a
     /// key at once and spends them locally; see docs/SCALING.md).
@@ -109,17 +116,29 @@ pub struct ServeArgs {
     /// `quotad_store_unreplicated_changes_total`.
     #[arg(long, env = "QUOTAD_REDIS_REPLICA_WAIT_MS", default_value_t = 1000)]
     pub redis_replica_wait_ms: u64,
+    /// On TLS Redis: a PEM file of the CA certificates the server's certificate must chain to,
+    /// instead of the system's roots.
+    #[arg(long, env = "QUOTAD_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// On Redis: prefix of every Redis key quotad writes.
     #[arg(long, env = "QUOTAD_REDIS_NAMESPACE", default_value = "quotad")]
     pub redis_namespace: String,
 }
 
 impl ServeArgs {
-    fn redis_options(&self, tiers: Option<Vec<crate::tiers::TierSpec>>) -> Option<RedisOptions> {
+    fn redis_options(
+        &self,
+        tiers: Option<Vec<crate::tiers::TierSpec>>,
+    ) -> anyhow::Result<Option<RedisOptions>> {
         if self.store == "mmap" {
-            return None;
+            return Ok(None);
         }
         let mut o = RedisOptions::new(&self.store);
+        if let Some(ca) = &self.redis_ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("--redis-ca {}: cannot read", ca.display()))?;
+            o.ca_pem = Some(pem);
+        }
         o.namespace = self.redis_namespace.clone();
         o.mode = if self.store_mode == "lease" {
             Mode::Lease {
@@ -141,7 +160,7 @@ impl ServeArgs {
         }
         o.replica_wait = Duration::from_millis(self.redis_replica_wait_ms.max(1));
         o.tiers = tiers;
-        Some(o)
+        Ok(Some(o))
     }
 }
 
@@ -149,7 +168,7 @@ impl ServeArgs {
 /// once Redis does.
 async fn open_redis(opts: RedisOptions) -> anyhow::Result<RedisStore> {
     let started = std::time::Instant::now();
-    tracing::info!(store = %opts.url, mode = ?opts.mode, fail = ?opts.fail, "connecting to redis");
+    tracing::info!(store = %opts.shown_url(), mode = ?opts.mode, fail = ?opts.fail, "connecting to redis");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         match RedisStore::connect(opts.clone(), Arc::new(QuantaClock::new())).await {
@@ -240,7 +259,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let redis = args.redis_options(tiers.clone());
+        let redis = args.redis_options(tiers.clone())?;
         let settings = Settings {
             args,
             token,
@@ -380,7 +399,7 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
     let _ = upkeep.await;
     // Every check has been answered: the final msync, or every lease given back.
     state.store.upkeep(true).await?;
-    if args.redis_options(None).is_some() {
+    if args.store != "mmap" {
         tracing::info!("leases given back to redis; bye");
     } else {
         tracing::info!("counters flushed to disk; bye");

@@ -205,6 +205,14 @@ impl Decision {
         }
     }
 
+    /// Adds `n` to every limit's remaining figure (never past the limit).
+    pub(crate) fn add_remaining(&mut self, n: u64) {
+        let len = usize::from(self.len);
+        for l in &mut self.limits[..len] {
+            l.remaining = l.remaining.saturating_add(n).min(l.limit);
+        }
+    }
+
     /// Every limit: the tier's windows (shortest first), then the monthly quota if there is one.
     pub fn limits(&self) -> &[LimitStatus] {
         &self.limits[..usize::from(self.len)]

@@ -105,19 +105,24 @@ pub(crate) async fn accept_admitted<L: Accept>(
     }
 }
 
-/// Runs [`Store::upkeep`] every [`Store::upkeep_interval`] until `shutdown` completes. The final
-/// upkeep is the caller's, once the servers have stopped.
+/// Runs [`Store::upkeep`] every [`Store::upkeep_interval`], and the store's
+/// [`Store::background`] work beside it, until `shutdown` completes and that work is settled. The
+/// final upkeep is the caller's, once the servers have stopped.
 pub async fn upkeep_loop<S: Store>(store: &S, shutdown: impl std::future::Future<Output = ()>) {
-    let mut tick = tokio::time::interval(store.upkeep_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut shutdown => break,
+    let ticks = async {
+        let mut tick = tokio::time::interval(store.upkeep_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut shutdown => break,
+            }
+            if let Err(err) = store.upkeep(false).await {
+                tracing::error!(error = %err, "periodic upkeep (msync) failed");
+            }
         }
-        if let Err(err) = store.upkeep(false).await {
-            tracing::error!(error = %err, "periodic upkeep (msync) failed");
-        }
-    }
+        store.stop_background();
+    };
+    tokio::join!(ticks, store.background());
 }

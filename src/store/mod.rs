@@ -252,6 +252,16 @@ pub trait Store: Send + Sync + 'static {
     /// and gives back expired leases). With `last`, at shutdown once no check runs any more.
     fn upkeep(&self, last: bool) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Work the store does beside the checks for as long as the node serves (the Redis store in
+    /// lease mode tops up leases that run low), until [`Store::stop_background`]; it returns
+    /// once that work is settled. None by default.
+    fn background(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Ends [`Store::background`].
+    fn stop_background(&self) {}
+
     /// The store's part of `/health`.
     fn health(&self) -> impl Future<Output = Health> + Send;
 

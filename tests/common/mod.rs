@@ -389,7 +389,9 @@ pub fn serve_until_exit(
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("quotad started where it must not");
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+            panic!("quotad started where it must not:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

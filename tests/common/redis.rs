@@ -33,9 +33,10 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+fn redis_cli(port: u16, flags: &[String], args: &[&str]) -> String {
     let mut cmd = Command::new("redis-cli");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(flags)
         .args(args);
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
@@ -70,6 +71,10 @@ fn run_with_input(mut cmd: Command, input: Option<&str>) -> std::process::Output
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Server options beyond the defaults (TLS, passwords, cluster mode), kept for a restart.
+    extra: Vec<String>,
+    /// What redis-cli needs to reach it (`--tls --cacert …`, `--user … --pass …`).
+    cli_flags: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,13 +85,27 @@ impl RedisServer {
     }
 
     fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_secure(&extra, &[], false)
+    }
+
+    /// A server started with `extra` options, reached by redis-cli with `cli_flags`; with `tls`,
+    /// `port` is its TLS port and it has no plain one.
+    pub fn start_secure(extra: &[String], cli_flags: &[String], tls: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = free_port();
-            if let Some(s) = Self::spawn(port, dir.path(), extra) {
+            let mut extra = extra.to_vec();
+            if tls {
+                extra.extend(["--port", "0", "--tls-port"].map(String::from));
+                extra.push(port.to_string());
+            }
+            if let Some(s) = Self::spawn(port, dir.path(), &extra, cli_flags) {
                 return RedisServer {
                     child: Some(s),
                     port,
+                    extra,
+                    cli_flags: cli_flags.to_vec(),
                     _dir: dir,
                 };
             }
@@ -94,13 +113,14 @@ impl RedisServer {
         panic!("could not start redis-server");
     }
 
-    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Option<Child> {
+    fn spawn(port: u16, dir: &Path, extra: &[String], cli_flags: &[String]) -> Option<Child> {
         let g = no_spawns();
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(dir)
+            // Later options win, so `extra` may turn the plain port off.
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,7 +129,7 @@ impl RedisServer {
         drop(g);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if redis_cli(port, &["PING"]).trim() == "PONG" {
+            if redis_cli(port, cli_flags, &["PING"]).trim() == "PONG" {
                 return Some(child);
             }
             if let Ok(Some(_)) = child.try_wait() {
@@ -139,7 +159,8 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(c) = Self::spawn(self.port, self._dir.path(), &[]) {
+            if let Some(c) = Self::spawn(self.port, self._dir.path(), &self.extra, &self.cli_flags)
+            {
                 self.child = Some(c);
                 return;
             }
@@ -192,13 +213,14 @@ impl RedisServer {
     /// A read on this node even when it is a replica (`READONLY` first, in one session).
     pub fn cli_readonly(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_flags);
         let input = format!("READONLY\n{}\n", args.join(" "));
         String::from_utf8_lossy(&run_with_input(cmd, Some(&input)).stdout).into_owned()
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli(self.port, &self.cli_flags, args)
     }
 }
 
@@ -208,38 +230,52 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three masters and three replicas.
+/// Three masters and three replicas (or none).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ])
-            })
+        Self::start_secure(&[], &[], false, 1)
+    }
+
+    /// Three masters with `replicas` replicas each, started with `extra` options and reached
+    /// with `cli_flags` (see [`RedisServer::start_secure`]).
+    pub fn start_secure(
+        extra: &[String],
+        cli_flags: &[String],
+        tls: bool,
+        replicas: usize,
+    ) -> RedisCluster {
+        let mut options: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-replica-validity-factor",
+            "0",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec();
+        options.extend_from_slice(extra);
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
+            .map(|_| RedisServer::start_secure(&options, cli_flags, tls))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
+        let replicas = replicas.to_string();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         let mut cmd = Command::new("redis-cli");
-        cmd.args(&args);
+        cmd.args(cli_flags).args(&args);
         let out = run(cmd);
         assert!(
             out.status.success(),
@@ -256,13 +292,15 @@ impl RedisCluster {
     /// failover would lose everything).
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
+        let masters_only = self.nodes.len() == 3;
         loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
                 let info = n.cli(&["CLUSTER", "INFO"]);
                 let repl = n.cli(&["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_size:3")
-                    && ((repl.contains("role:master") && !repl.contains("connected_slaves:0"))
+                    && ((repl.contains("role:master")
+                        && (masters_only || !repl.contains("connected_slaves:0")))
                         || (repl.contains("master_link_status:up")
                             && repl.contains("master_sync_in_progress:0")))
             });

@@ -21,7 +21,7 @@ use crate::engine::MAX_COST;
 use crate::keys::KeyId;
 use crate::tiers::MAX_LIMITS;
 
-enum Outcome {
+pub(super) enum Outcome {
     Missing,
     Stale,
     State {
@@ -175,8 +175,12 @@ impl RedisStore {
             }
             // The tier's limits at the script's resolution: sent to it and used to decide.
             let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
+            let want = match self.opts.mode {
+                Mode::Exact => cost,
+                Mode::Lease { size, .. } => size.max(cost),
+            };
             match self
-                .run_check(id, &rec, &limits, cost, now_us, quota, month.id)
+                .run_check(id, &rec, &limits, (cost, want), now_us, quota, month.id)
                 .await
             {
                 Err(e) => return self.on_error(&e, id, Some(tier_ix), now_s, true),
@@ -229,6 +233,7 @@ impl RedisStore {
                                 version: tier.version,
                                 template: d,
                                 spent: 0,
+                                renewing: false,
                             });
                             drop(e);
                             self.leased.lock().insert(id.0);
@@ -251,21 +256,18 @@ impl RedisStore {
         )
     }
 
+    /// Runs the check script: takes `cost`, or up to `want` tokens as a lease.
     #[allow(clippy::too_many_arguments)]
-    async fn run_check(
+    pub(super) async fn run_check(
         &self,
         id: KeyId,
         rec: &Rec,
         limits: &[Limit],
-        cost: u64,
+        (cost, want): (u64, u64),
         now_us: u64,
         quota: Option<u64>,
         month: u32,
     ) -> Result<Outcome, RedisError> {
-        let want = match self.opts.mode {
-            Mode::Exact => cost,
-            Mode::Lease { size, .. } => size.max(cost),
-        };
         let mut inv = self.check.key(self.k_key(id.slot()));
         inv.arg(rec.version)
             .arg(now_us)

@@ -45,6 +45,57 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Where `--store` points: one server or a cluster's seed nodes, each as a URL the redis crate
+/// reads (`redis://` or `rediss://`, credentials included).
+struct Target {
+    cluster: bool,
+    tls: bool,
+    nodes: Vec<String>,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, &'static str> {
+        const USAGE: &str = "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT,… \
+                             (rediss:// and rediss-cluster:// for TLS; USER:PASSWORD@ before \
+                             the first host for Redis AUTH)";
+        let (scheme, rest) = url.split_once("://").ok_or(USAGE)?;
+        let (cluster, tls) = match scheme {
+            "redis" => (false, false),
+            "rediss" => (false, true),
+            "redis-cluster" => (true, false),
+            "rediss-cluster" => (true, true),
+            _ => return Err(USAGE),
+        };
+        let node_scheme = if tls { "rediss" } else { "redis" };
+        if !cluster {
+            return Ok(Target {
+                cluster,
+                tls,
+                nodes: vec![format!("{node_scheme}://{rest}")],
+            });
+        }
+        // Every seed node carries the credentials, since any of them may be the one that
+        // answers first; nodes found later get them from the client.
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|n| format!("{node_scheme}://{auth}{n}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err("no cluster node given");
+        }
+        Ok(Target {
+            cluster,
+            tls,
+            nodes,
+        })
+    }
+}
+
 /// A failed Redis call.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -92,53 +143,79 @@ impl RedisStore {
         opts: &RedisOptions,
         reply_within: Duration,
     ) -> Result<Conn, StoreError> {
-        let bad = |m: String| StoreError::invalid(format!("--store {}: {m}", opts.url));
-        let down = |m: String| StoreError::Unavailable(format!("{}: {m}", opts.url));
-        Ok(
-            if let Some(rest) = opts.url.strip_prefix("redis-cluster://") {
-                let nodes: Vec<String> = rest
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|n| format!("redis://{n}"))
-                    .collect();
-                if nodes.is_empty() {
-                    return Err(bad("no cluster node given".into()));
-                }
-                let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                    .connection_timeout(opts.timeout)
-                    .response_timeout(reply_within)
-                    .retries(2)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                let c = tokio::time::timeout(opts.timeout * 4, client.get_async_connection())
-                    .await
-                    .map_err(|_| down("no cluster node answered".into()))?
-                    .map_err(|e| down(e.to_string()))?;
-                Conn::Cluster(c)
-            } else if opts.url.starts_with("redis://") {
-                let client =
-                    redis::Client::open(opts.url.as_str()).map_err(|e| bad(e.to_string()))?;
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(opts.timeout))
-                    .set_response_timeout(Some(reply_within))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(200));
-                let c = tokio::time::timeout(
-                    opts.timeout * 4,
-                    redis::aio::ConnectionManager::new_with_config(client, cfg),
-                )
-                .await
-                .map_err(|_| down("no answer".into()))?
-                .map_err(|e| down(e.to_string()))?;
-                Conn::Single(c)
+        let shown = opts.shown_url();
+        let bad = |m: String| StoreError::invalid(format!("--store {shown}: {m}"));
+        // Wrong credentials or an untrusted certificate will not mend by retrying: they are
+        // refused at once, saying which; anything else may be Redis still starting.
+        let down = |e: redis::RedisError| {
+            let text = e.to_string();
+            if e.kind() == redis::ErrorKind::AuthenticationFailed
+                || text.contains("WRONGPASS")
+                || text.contains("NOAUTH")
+                || text.contains("AuthenticationFailed")
+            {
+                bad(format!(
+                    "Redis refused the credentials (authentication failed): {text}"
+                ))
+            } else if text.contains("certificate") {
+                bad(format!(
+                    "Redis's TLS certificate is not trusted (is --redis-ca its CA?): {text}"
+                ))
             } else {
+                StoreError::Unavailable(format!("{shown}: {text}"))
+            }
+        };
+        let no_answer = |m: &str| StoreError::Unavailable(format!("{shown}: {m}"));
+        let target = Target::parse(&opts.url).map_err(|m| bad(m.into()))?;
+        let certs = match (&opts.ca_pem, target.tls) {
+            (Some(pem), true) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            }),
+            (Some(_), false) => {
                 return Err(bad(
-                    "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT".into(),
-                ));
-            },
-        )
+                    "--redis-ca is for TLS: use rediss:// or rediss-cluster://".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        Ok(if target.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(target.nodes)
+                .connection_timeout(opts.timeout)
+                .response_timeout(reply_within)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200);
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            let client = b.build().map_err(|e| bad(e.to_string()))?;
+            let c = tokio::time::timeout(opts.timeout * 4, client.get_async_connection())
+                .await
+                .map_err(|_| no_answer("no cluster node answered"))?
+                .map_err(down)?;
+            Conn::Cluster(c)
+        } else {
+            let node = target.nodes[0].as_str();
+            let client = match certs {
+                Some(c) => redis::Client::build_with_tls(node, c),
+                None => redis::Client::open(node),
+            }
+            .map_err(|e| bad(e.to_string()))?;
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.timeout))
+                .set_response_timeout(Some(reply_within))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            let c = tokio::time::timeout(
+                opts.timeout * 4,
+                redis::aio::ConnectionManager::new_with_config(client, cfg),
+            )
+            .await
+            .map_err(|_| no_answer("no answer"))?
+            .map_err(down)?;
+            Conn::Single(c)
+        })
     }
 
     pub(super) fn k_catalog(&self) -> String {
@@ -189,7 +266,7 @@ impl RedisStore {
                     let failed = st.unlogged_errors.swap(0, Ordering::Relaxed);
                     if since != 0 {
                         tracing::info!(
-                            store = %self.opts.url,
+                            store = %self.opts.shown_url(),
                             down_ms = now.saturating_sub(since) / 1_000_000,
                             failed_calls = failed,
                             "redis reachable again"
@@ -204,7 +281,7 @@ impl RedisStore {
                     st.down_since_ns
                         .store(self.clock.now_ns().max(1), Ordering::Relaxed);
                     st.unlogged_errors.store(0, Ordering::Relaxed);
-                    tracing::warn!(error = %e, store = %self.opts.url, "redis unreachable");
+                    tracing::warn!(error = %e, store = %self.opts.shown_url(), "redis unreachable");
                 }
             }
         }

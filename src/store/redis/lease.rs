@@ -26,6 +26,8 @@ pub(super) struct Lease {
     pub(super) template: Decision,
     /// Tokens spent from it so far (subtracted from the template's figures).
     pub(super) spent: u64,
+    /// A renewal has been asked for and not yet answered.
+    pub(super) renewing: bool,
 }
 
 impl RedisStore {
@@ -122,6 +124,13 @@ impl RedisStore {
         }
         l.left -= cost;
         l.spent += cost;
+        // Running low: ask the renewal task to top it up before it runs out, so that the next
+        // checks need no round trip. Never more than `size` held: the top-up is what is missing.
+        if let Mode::Lease { size, .. } = self.opts.mode {
+            if !l.renewing && l.left <= (size / 10).max(1) {
+                l.renewing = self.renew_tx.try_send(id.0).is_ok();
+            }
+        }
         let mut d = l.template;
         d.sub_remaining(l.spent);
         d.now_s = now / NANOS_PER_SEC;

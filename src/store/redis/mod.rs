@@ -34,6 +34,7 @@ mod conn;
 mod lease;
 mod options;
 mod record;
+mod renew;
 mod scripts;
 mod service;
 mod stats;
@@ -60,6 +61,10 @@ pub use self::stats::StoreStats;
 /// A cached record older than this is re-read before a denial decided from it.
 pub const RECORD_RECHECK: Duration = Duration::from_secs(1);
 
+/// Lease renewals waiting for the renewal task; past this, a lease runs out and its next check
+/// takes a new one on its own path.
+const RENEWALS_QUEUED: usize = 4096;
+
 /// The Redis store. Every method takes `&self`; share it behind an `Arc`.
 pub struct RedisStore {
     /// Checks and reads.
@@ -73,6 +78,10 @@ pub struct RedisStore {
     cache: DashMap<u64, Cached>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
     leased: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    /// Lease mode: keys whose lease runs low, for [`RedisStore::renewals`] to top up.
+    renew_tx: tokio::sync::mpsc::Sender<u64>,
+    renew_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<u64>>>,
+    renew_stop: tokio::sync::Notify,
     digest: keyfmt::FastDigest,
     stats: StoreStats,
     check: Script,
@@ -85,7 +94,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.opts.url)
+            .field("url", &self.opts.shown_url())
             .field("mode", &self.opts.mode)
             .finish()
     }
@@ -102,6 +111,7 @@ impl RedisStore {
             conn.clone()
         };
         let empty = Catalog::compile(CatalogDoc::new(0, Vec::new()))?;
+        let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(RENEWALS_QUEUED);
         let store = RedisStore {
             conn,
             admin,
@@ -109,6 +119,9 @@ impl RedisStore {
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::new(),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            renew_tx,
+            renew_rx: parking_lot::Mutex::new(Some(renew_rx)),
+            renew_stop: tokio::sync::Notify::new(),
             digest: keyfmt::FastDigest::random()
                 .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
             stats: StoreStats::default(),

@@ -31,8 +31,13 @@ pub enum FailPolicy {
 /// How to reach Redis and behave on it.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…`.
+    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,…`; `rediss` for TLS
+    /// (`rediss://`, `rediss-cluster://`); `USER:PASSWORD@` before the first host for Redis AUTH.
+    /// Never printed as given: see [`RedisOptions::shown_url`].
     pub url: String,
+    /// PEM certificates that a TLS Redis's certificate must chain to, instead of the system's
+    /// roots (`--redis-ca`).
+    pub ca_pem: Option<Vec<u8>>,
     /// Key-name prefix, so that several deployments can share one Redis.
     pub namespace: String,
     /// Exact or lease.
@@ -62,6 +67,7 @@ impl RedisOptions {
         let replica_acks = u32::from(url.starts_with("redis-cluster://"));
         RedisOptions {
             url,
+            ca_pem: None,
             namespace: "quotad".into(),
             mode: Mode::Exact,
             fail: FailPolicy::Closed,
@@ -73,6 +79,11 @@ impl RedisOptions {
         }
     }
 
+    /// The URL with its password replaced by `***`, for logs and error messages.
+    pub fn shown_url(&self) -> String {
+        redact(&self.url)
+    }
+
     /// How long a call on the admin connection may take: its own timeout, plus the wait for
     /// replicas that it (a `WAIT`) or an admin call queued before it (on the same connection)
     /// may spend.
@@ -82,5 +93,37 @@ impl RedisOptions {
         } else {
             self.timeout
         }
+    }
+}
+
+/// `url` with the password of its `USER:PASSWORD@` part replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, hosts)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+        // `redis://PASSWORD@host` is a password alone.
+        None => format!("{scheme}://***@{hosts}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("rediss://u:p@ss@h:1/0"), "rediss://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://secret@h:1"), "redis://***@h:1");
+        assert_eq!(
+            redact("rediss-cluster://app:pw@a:1,b:2"),
+            "rediss-cluster://app:***@a:1,b:2"
+        );
     }
 }

@@ -63,6 +63,14 @@ impl Store for RedisStore {
         }
     }
 
+    async fn background(&self) {
+        self.renewals().await;
+    }
+
+    fn stop_background(&self) {
+        self.stop_renewals();
+    }
+
     async fn create_keys(&self, news: Vec<NewKey>) -> Result<Vec<CreatedKey>, StoreError> {
         self.create_keys_in(news).await
     }
@@ -146,7 +154,7 @@ impl Store for RedisStore {
                 let failed = self.stats.unlogged_errors.swap(0, Ordering::Relaxed);
                 if failed > 0 {
                     tracing::warn!(
-                        store = %self.opts.url,
+                        store = %self.opts.shown_url(),
                         failed_calls = failed,
                         down_ms = self.clock.now_ns().saturating_sub(since) / 1_000_000,
                         "redis still unreachable"
@@ -221,6 +229,12 @@ impl Store for RedisStore {
                 "counter",
                 "Leases taken from Redis (lease mode).",
                 st.leases_taken(),
+            ),
+            g(
+                "quotad_store_lease_renewals_total",
+                "counter",
+                "Leases topped up off the check path before they ran out (also in quotad_store_leases_total).",
+                st.lease_renewals(),
             ),
             g(
                 "quotad_store_lease_tokens_returned_total",

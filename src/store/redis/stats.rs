@@ -13,6 +13,7 @@ pub struct StoreStats {
     pub(super) fail_open: AtomicU64,
     pub(super) stale_records: AtomicU64,
     pub(super) leases_taken: AtomicU64,
+    pub(super) lease_renewals: AtomicU64,
     pub(super) leases_returned_tokens: AtomicU64,
     pub(super) local_spends: AtomicU64,
     pub(super) unreplicated: AtomicU64,
@@ -49,6 +50,10 @@ impl StoreStats {
     /// Leases taken (lease mode).
     pub fn leases_taken(&self) -> u64 {
         self.leases_taken.load(Ordering::Relaxed)
+    }
+    /// Leases topped up before they ran out (lease mode; also counted in `leases_taken`).
+    pub fn lease_renewals(&self) -> u64 {
+        self.lease_renewals.load(Ordering::Relaxed)
     }
     /// Unspent lease tokens given back.
     pub fn leases_returned_tokens(&self) -> u64 {
