@@ -39,7 +39,7 @@ RPID=$!
 start_quotad() {
     rm -rf "$WORK/data"
     QUOTAD_ADMIN_TOKEN=bench-token $PIN_SERVER "$QUOTAD" serve --data-dir "$WORK/data" \
-        --http "127.0.0.1:$HPORT" --bind "127.0.0.1:$BPORT" "$@" >"$WORK/quotad.log" 2>&1 &
+        --http "127.0.0.1:$HPORT" --bind "127.0.0.1:$BPORT" --grpc 127.0.0.1:0 "$@" >"$WORK/quotad.log" 2>&1 &
     QPID=$!
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$HPORT/health" >/dev/null && return

@@ -54,7 +54,7 @@ node() { # name, extra serve args... ; sets H_<name> B_<name>
     local h b
     h=$(free_port); b=$(free_port)
     QUOTAD_ADMIN_TOKEN=bench-token "$QUOTAD" serve --data-dir "$WORK/$name" --http "127.0.0.1:$h" \
-        --bind "127.0.0.1:$b" "$@" >"$WORK/$name.log" 2>&1 &
+        --bind "127.0.0.1:$b" --grpc 127.0.0.1:0 "$@" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 200); do curl -sf "http://127.0.0.1:$h/health" >/dev/null && break; sleep 0.05; done
     printf -v "H_$name" '%s' "$h"

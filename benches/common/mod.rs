@@ -73,6 +73,7 @@ pub fn bench_state(dir: &std::path::Path, n: usize) -> (Arc<AppState<LocalStore>
         http: Default::default(),
         binary: Default::default(),
         busy_poll: quotad::server::busy_poll::BusyPoll::new(0),
+        grpc: Default::default(),
     });
     (state, keys)
 }

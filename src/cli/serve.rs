@@ -36,6 +36,13 @@ pub struct ServeArgs {
     /// Binary protocol TCP listen address.
     #[arg(long, env = "QUOTAD_BIND", default_value = "127.0.0.1:8687")]
     pub bind: SocketAddr,
+    /// Envoy's gRPC APIs (rate limit service v3, external authorization v3, gRPC health) listen
+    /// address, or `off`.
+    #[arg(long, env = "QUOTAD_GRPC", default_value = "127.0.0.1:8688", value_parser = parse_grpc_addr)]
+    pub grpc: GrpcListen,
+    /// The rate limit service's descriptor entry that carries the raw API key.
+    #[arg(long, env = "QUOTAD_GRPC_KEY_ENTRY", default_value = "api_key")]
+    pub grpc_key_entry: String,
     /// Binary protocol Unix socket path (optional).
     #[arg(long, env = "QUOTAD_UNIX")]
     pub unix: Option<PathBuf>,
@@ -212,6 +219,19 @@ fn open_local(
     Ok(store)
 }
 
+/// `--grpc`: an address, or `off` (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcListen(pub Option<SocketAddr>);
+
+fn parse_grpc_addr(s: &str) -> Result<GrpcListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(GrpcListen(None));
+    }
+    s.parse()
+        .map(|a| GrpcListen(Some(a)))
+        .map_err(|e| format!("{e}: give HOST:PORT or off"))
+}
+
 /// What the daemon needs besides its store.
 struct Settings {
     args: ServeArgs,
@@ -303,6 +323,9 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
             ),
         },
         busy_poll: crate::server::busy_poll::BusyPoll::new(args.busy_poll_us),
+        grpc: crate::server::grpc::GrpcConfig {
+            key_entry: args.grpc_key_entry.clone(),
+        },
     });
     let bin_listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -319,6 +342,16 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
             let l = tokio::net::UnixListener::bind(p)
                 .with_context(|| format!("cannot listen on unix socket {}", p.display()))?;
             tracing::info!(path = %p.display(), "binary listening on unix socket");
+            Some(l)
+        }
+        None => None,
+    };
+    let grpc_listener = match args.grpc.0 {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--grpc)"))?;
+            tracing::info!(addr = %l.local_addr()?, "grpc listening");
             Some(l)
         }
         None => None,
@@ -348,6 +381,14 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
             l,
             state.clone(),
             permits.clone(),
+            stopped(stop_rx.clone()),
+            drain,
+        ))
+    });
+    let grpc_task = grpc_listener.map(|l| {
+        tokio::spawn(crate::server::grpc::run(
+            l,
+            state.clone(),
             stopped(stop_rx.clone()),
             drain,
         ))
@@ -390,6 +431,13 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "http task failed"),
     }
     let _ = bin_task.await;
+    if let Some(t) = grpc_task {
+        match t.await {
+            Ok(Ok(())) => tracing::info!("grpc stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "grpc server failed"),
+            Err(e) => tracing::error!(error = %e, "grpc task failed"),
+        }
+    }
     if let Some(t) = unix_task {
         let _ = t.await;
     }

@@ -47,9 +47,11 @@ pub enum Transport {
     Http = 0,
     /// The binary protocol.
     Binary = 1,
+    /// Envoy's gRPC APIs (rate limit service and external authorization).
+    Grpc = 2,
 }
 
-const TRANSPORTS: [&str; 2] = ["http", "binary"];
+const TRANSPORTS: [&str; 3] = ["http", "binary", "grpc"];
 const DECISIONS: [&str; 7] = crate::engine::decision::CODES;
 const REASONS: [&str; 5] = ["missing", "malformed", "unknown", "revoked", "expired"];
 /// Histogram bucket upper bounds, nanoseconds.
@@ -99,8 +101,8 @@ fn reason_index(r: AuthFailure) -> usize {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct CheckStripe {
-    checks: [[AtomicU64; 7]; 2],
-    unauthorized: [[AtomicU64; 5]; 2],
+    checks: [[AtomicU64; 7]; TRANSPORTS.len()],
+    unauthorized: [[AtomicU64; 5]; TRANSPORTS.len()],
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -192,10 +194,10 @@ impl Tally {
 #[derive(Debug, Default)]
 pub struct Metrics {
     stripes: [CheckStripe; STRIPES],
-    connections: [AtomicI64; 2],
-    bad_requests: [AtomicU64; 2],
+    connections: [AtomicI64; TRANSPORTS.len()],
+    bad_requests: [AtomicU64; TRANSPORTS.len()],
     admin_requests: AtomicU64,
-    rejected_connections: [AtomicU64; 2],
+    rejected_connections: [AtomicU64; TRANSPORTS.len()],
 }
 
 impl Metrics {

@@ -1,5 +1,5 @@
 //! The daemon's transports around one shared [`Store`]: the HTTP server ([`http`], with the
-//! admin API in `admin`), the binary protocol ([`binary`]), and the store's periodic upkeep
+//! admin API in `admin`), the binary protocol ([`binary`]), Envoy's gRPC APIs ([`grpc`]), and the store's periodic upkeep
 //! ([`upkeep_loop`]). A transport parses, asks the store, renders; it never knows which store it
 //! has and never computes a limit.
 //!
@@ -9,6 +9,7 @@ pub(crate) mod admin;
 pub mod binary;
 pub mod busy_poll;
 mod check;
+pub mod grpc;
 pub mod http;
 mod openapi;
 mod render;
@@ -41,6 +42,8 @@ pub struct AppState<S> {
     pub binary: binary::BinaryConfig,
     /// Busy polling after requests (off unless `--busy-poll-us`).
     pub busy_poll: busy_poll::BusyPoll,
+    /// gRPC settings.
+    pub grpc: grpc::GrpcConfig,
 }
 
 /// A listener a server can accept from (TCP or Unix).

@@ -10,7 +10,7 @@
 use crate::engine::decision::{Decision, LimitKind, LimitStatus, Verdict};
 
 /// Writes the policy name of a limit: `minute`, `hour`, `day`, `<n>s`, or `month`.
-fn push_policy_name(s: &mut String, l: &LimitStatus) {
+pub(super) fn push_policy_name(s: &mut String, l: &LimitStatus) {
     match l.kind {
         LimitKind::Monthly => s.push_str("month"),
         LimitKind::Window { period_secs } => match period_secs {
@@ -71,6 +71,31 @@ pub fn push_ratelimit(s: &mut String, d: &Decision) {
     items(s, d, "r", "t", |l| {
         (l.remaining, l.reset.saturating_sub(d.now_s))
     })
+}
+
+/// A decision's rate-limit headers, named in lower case: `x-ratelimit-limit`,
+/// `x-ratelimit-remaining` and `x-ratelimit-reset` (the primary limit: the one that denied, else
+/// the one with the fewest requests left), `ratelimit-policy`, `ratelimit`, and `retry-after`
+/// when the answer has one. The HTTP check writes the same values into its answer's buffer
+/// (check.rs) with these functions.
+pub fn rate_limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(6);
+    if let Some(p) = d.primary() {
+        let mut num = itoa::Buffer::new();
+        out.push(("x-ratelimit-limit", num.format(p.limit).to_string()));
+        out.push(("x-ratelimit-remaining", num.format(p.remaining).to_string()));
+        out.push(("x-ratelimit-reset", num.format(p.reset).to_string()));
+        let mut policy = String::new();
+        push_ratelimit_policy(&mut policy, d);
+        out.push(("ratelimit-policy", policy));
+        let mut rl = String::new();
+        push_ratelimit(&mut rl, d);
+        out.push(("ratelimit", rl));
+    }
+    if let Some(ra) = d.retry_after {
+        out.push(("retry-after", ra.max(1).to_string()));
+    }
+    out
 }
 
 /// HTTP status for a verdict.

@@ -71,6 +71,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub http: SocketAddr,
     pub binary: SocketAddr,
+    /// The gRPC listener (`None` when started with `--grpc off`).
+    pub grpc: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub token: String,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -95,6 +97,8 @@ impl Daemon {
             "--http",
             "127.0.0.1:0",
             "--bind",
+            "127.0.0.1:0",
+            "--grpc",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -127,6 +131,10 @@ impl Daemon {
                             v["addr"].as_str().unwrap_or("").to_string(),
                         )));
                     }
+                    Ok(v) if v["message"] == "grpc listening" => {
+                        let _ =
+                            tx.send(Some(("grpc", v["addr"].as_str().unwrap_or("").to_string())));
+                    }
                     Ok(v) if v["message"] == "ready" => {
                         let _ = tx.send(Some(("ready", String::new())));
                     }
@@ -143,11 +151,12 @@ impl Daemon {
             }
             let _ = tx.send(None);
         });
-        let (mut http, mut binary) = (String::new(), String::new());
+        let (mut http, mut binary, mut grpc) = (String::new(), String::new(), String::new());
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(Some(("http", a))) => http = a,
                 Ok(Some(("binary", a))) => binary = a,
+                Ok(Some(("grpc", a))) => grpc = a,
                 Ok(Some(_)) => break,
                 _ => {
                     let _ = child.kill();
@@ -171,6 +180,7 @@ impl Daemon {
             child: Some(child),
             http: http.parse().unwrap(),
             binary: binary.parse().unwrap(),
+            grpc: grpc.parse().ok(),
             data_dir: data_dir.to_path_buf(),
             token,
             logs,
@@ -371,6 +381,7 @@ pub fn serve_until_exit(
 ) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
+        .args(["--grpc", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("QUOTAD_ADMIN_TOKEN")

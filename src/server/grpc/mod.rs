@@ -1,0 +1,170 @@
+//! Envoy's gRPC APIs on one HTTP/2 port (tonic): the rate limit service
+//! (`envoy.service.ratelimit.v3.RateLimitService`, [`rls`]), external authorization
+//! (`envoy.service.auth.v3.Authorization`, [`authz`]) and gRPC health (`grpc.health.v1.Health`).
+//! The same store, so the same counters, as HTTP and the binary protocol. docs/ENVOY.md is the
+//! contract.
+
+mod authz;
+mod rls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use futures_util::FutureExt;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+use super::AppState;
+use crate::engine::decision::{Decision, Verdict};
+use crate::metrics::Transport;
+use crate::store::Store;
+
+/// gRPC settings.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// The descriptor entry whose value is the raw API key (rate limit service).
+    pub key_entry: String,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            key_entry: "api_key".into(),
+        }
+    }
+}
+
+/// The services [`run`] serves, as `grpc.health.v1` names them.
+const SERVICES: [&str; 2] = [
+    "envoy.service.ratelimit.v3.RateLimitService",
+    "envoy.service.auth.v3.Authorization",
+];
+
+/// How often health follows the store (degraded on Redis) once serving.
+const HEALTH_EVERY: Duration = Duration::from_millis(200);
+
+/// Serves the gRPC APIs on `listener` until `shutdown` completes; then health says NOT_SERVING,
+/// no new call is accepted, and calls in flight get up to `drain` to finish.
+pub async fn run<S: Store>(
+    listener: TcpListener,
+    state: Arc<AppState<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let set = |status: ServingStatus| {
+        let reporter = reporter.clone();
+        async move {
+            reporter.set_service_status("", status).await;
+            for s in SERVICES {
+                reporter.set_service_status(s, status).await;
+            }
+        }
+    };
+    set(ServingStatus::Serving).await;
+    // Health follows the store: NOT_SERVING while it cannot decide (Redis unreachable).
+    let follow = {
+        let state = state.clone();
+        let stop = shutdown.clone();
+        async move {
+            let mut serving = true;
+            let mut tick = tokio::time::interval(HEALTH_EVERY);
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stop => break,
+                }
+                let ok = state.store.health().await.ok;
+                if ok != serving {
+                    serving = ok;
+                    set(if ok {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    })
+                    .await;
+                }
+            }
+            set(ServingStatus::NotServing).await;
+        }
+    };
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(RateLimitServiceServer::from_arc(Arc::new(rls::Rls {
+            state: state.clone(),
+        })))
+        .add_service(AuthorizationServer::from_arc(Arc::new(authz::Authz {
+            state: state.clone(),
+        })))
+        .add_service(health)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone());
+    let deadline = async {
+        shutdown.await;
+        tokio::time::sleep(drain).await;
+    };
+    let (served, ()) = tokio::join!(
+        async {
+            tokio::select! {
+                r = server => r.map_err(anyhow::Error::from),
+                () = deadline => {
+                    tracing::warn!(?drain, "grpc calls still in flight after the drain period");
+                    Ok(())
+                }
+            }
+        },
+        follow
+    );
+    served
+}
+
+/// `key: value` as Envoy's header option: set (replacing any value the request or upstream had).
+fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// A decision's rate-limit headers (render.rs writes them) as Envoy header options.
+fn rate_limit_headers(d: &Decision) -> Vec<HeaderValueOption> {
+    super::render::rate_limit_headers(d)
+        .into_iter()
+        .map(|(k, v)| header(k, v))
+        .collect()
+}
+
+/// Counts a decided check.
+fn record<S>(state: &AppState<S>, d: &Decision, elapsed_ns: u64) {
+    state
+        .metrics
+        .record_check(Transport::Grpc, d.verdict, d.tier, elapsed_ns);
+}
+
+/// The gRPC answer for a store that cannot decide (Redis down, fail-closed).
+fn unavailable() -> tonic::Status {
+    tonic::Status::unavailable("rate-limit store unavailable")
+}
+
+/// A malformed request: INVALID_ARGUMENT, counted as a bad request.
+fn invalid<S>(state: &AppState<S>, message: String) -> tonic::Status {
+    state.metrics.record_bad_request(Transport::Grpc);
+    tonic::Status::invalid_argument(message)
+}
+
+/// Whether `d` could not be decided by the store.
+fn is_unavailable(d: &Decision) -> bool {
+    d.verdict == Verdict::Unavailable
+}
