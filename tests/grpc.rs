@@ -603,3 +603,78 @@ fn on_redis_health_follows_the_store_and_a_drain_answers_the_call_in_flight() {
     redis.resume();
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn the_load_generator_drives_both_grpc_apis() {
+    let (d, _dir) = start();
+    let c = d.client();
+    for target in ["grpc", "grpc-authz"] {
+        let out = std::process::Command::new(common::bin())
+            .args(["--token", &d.token, "bench", "--target", target, "--json"])
+            .args(["--grpc-addr", &d.grpc.unwrap().to_string()])
+            .args(["--http-url", &format!("http://{}", d.http)])
+            .args([
+                "--keys",
+                "20",
+                "--requests",
+                "300",
+                "--connections",
+                "2",
+                "--depth",
+                "4",
+            ])
+            .output()
+            .unwrap();
+        common::record_output(&out);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["config"]["target"], target);
+        assert_eq!(v["decisions"]["allowed"], 300, "{v}");
+    }
+    let m = c.get("/metrics").text;
+    assert!(
+        m.contains("quotad_checks_total{transport=\"grpc\",decision=\"allowed\"} 600"),
+        "{m}"
+    );
+    // The load generator runs gRPC closed-loop only, and says so.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--token", &d.token, "bench", "--target", "grpc", "--rate", "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed-loop"));
+}
+
+#[test]
+fn the_envoy_configurations_name_what_quotad_serves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rl = std::fs::read_to_string(root.join("docs/envoy/ratelimit.yaml")).unwrap();
+    let ea = std::fs::read_to_string(root.join("docs/envoy/ext_authz.yaml")).unwrap();
+    // quotad's defaults: the gRPC port and the descriptor entries it reads.
+    for y in [&rl, &ea] {
+        assert!(y.contains("port_value: 8688"));
+        assert!(y.contains("http2_protocol_options: {}"));
+        assert!(y.contains("transport_api_version: V3"));
+    }
+    assert!(rl.contains("envoy.filters.http.ratelimit"));
+    assert!(rl.contains("descriptor_key: api_key"));
+    assert!(rl.contains("descriptor_key: scope"));
+    assert!(rl.contains("service_name: envoy.service.ratelimit.v3.RateLimitService"));
+    assert!(ea.contains("envoy.filters.http.ext_authz"));
+    assert!(ea.contains("service_name: envoy.service.auth.v3.Authorization"));
+    for h in [
+        "x-api-key",
+        "authorization",
+        "x-quota-scope",
+        "x-quota-cost",
+    ] {
+        assert!(ea.contains(&format!("exact: {h}")), "{h}");
+    }
+    assert!(ea.contains("allowed_upstream_headers") && ea.contains("allowed_client_headers"));
+}

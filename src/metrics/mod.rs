@@ -424,22 +424,22 @@ impl Metrics {
             &mut s,
             "quotad_open_connections",
             "gauge",
-            "Connections open now, by transport.",
-            |t| load(&self.connections[t]),
+            "Connections open now, by transport (http and binary; gRPC connections are HTTP/2, held by the gateway).",
+            |t| (t != Transport::Grpc as usize).then(|| load(&self.connections[t])),
         );
         per_transport(
             &mut s,
             "quotad_rejected_connections_total",
             "counter",
-            "Connections refused by the connection limit.",
-            |t| load_u(&self.rejected_connections[t]),
+            "Connections refused by the connection limit (http and binary).",
+            |t| (t != Transport::Grpc as usize).then(|| load_u(&self.rejected_connections[t])),
         );
         per_transport(
             &mut s,
             "quotad_bad_requests_total",
             "counter",
             "Requests refused as malformed.",
-            |t| load_u(&self.bad_requests[t]),
+            |t| Some(load_u(&self.bad_requests[t])),
         );
         let mut gauges = vec![
             (
@@ -491,11 +491,19 @@ fn family(s: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(s, "# TYPE {name} {kind}");
 }
 
-/// Writes a family with one sample per transport.
-fn per_transport(s: &mut String, name: &str, kind: &str, help: &str, value: impl Fn(usize) -> i64) {
+/// Writes a family with one sample per transport that has one.
+fn per_transport(
+    s: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(usize) -> Option<i64>,
+) {
     family(s, name, kind, help);
     for (ti, tn) in TRANSPORTS.iter().enumerate() {
-        let _ = writeln!(s, "{name}{{transport=\"{tn}\"}} {}", value(ti));
+        if let Some(v) = value(ti) {
+            let _ = writeln!(s, "{name}{{transport=\"{tn}\"}} {v}");
+        }
     }
 }
 

@@ -70,6 +70,7 @@ impl Picker {
 pub(super) struct Load {
     pub(super) target: Target,
     pub(super) addr: SocketAddr,
+    pub(super) grpc_addr: SocketAddr,
     pub(super) http_authority: String,
     pub(super) connections: usize,
     pub(super) depth: usize,
@@ -98,6 +99,7 @@ fn encode_request(
         Target::Binary => {
             frame::put_check_frame(out, id, 1, key.as_bytes(), scope.as_bytes());
         }
+        Target::Grpc | Target::GrpcAuthz => {}
         Target::Http => {
             out.extend_from_slice(b"GET /v1/check HTTP/1.1\r\nHost: ");
             out.extend_from_slice(authority.as_bytes());
@@ -128,6 +130,7 @@ fn parse_answer(target: Target, buf: &[u8]) -> anyhow::Result<Option<(&'static s
                 bail!("the server sent a frame this client cannot read")
             }
         },
+        Target::Grpc | Target::GrpcAuthz => bail!("gRPC answers are read by their client"),
         Target::Http => {
             let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 return Ok(None);
@@ -169,11 +172,14 @@ async fn connection(
     credits: Option<Arc<Vec<Credit>>>,
     deadline: Instant,
 ) -> anyhow::Result<Tally> {
+    if matches!(load.target, Target::Grpc | Target::GrpcAuthz) {
+        return grpc_connection(load, shared, conn_index, deadline).await;
+    }
     let mut hist = latency_histogram()?;
     let mut count = 0u64;
     let stream = tokio::net::TcpStream::connect(match load.target {
-        Target::Binary => load.addr.to_string(),
         Target::Http => load.http_authority.clone(),
+        _ => load.addr.to_string(),
     })
     .await
     .context("cannot connect")?;
@@ -334,6 +340,58 @@ async fn connection(
             .into_iter()
             .map(|(l, n)| (l.to_string(), n))
             .collect(),
+        count,
+    })
+}
+
+/// A connection of a gRPC target (closed loop): `depth` calls in flight on one HTTP/2
+/// connection, latency as the client reads each answer.
+async fn grpc_connection(
+    load: Arc<Load>,
+    shared: Arc<Shared>,
+    conn_index: usize,
+    deadline: Instant,
+) -> anyhow::Result<Tally> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let caller =
+        super::grpc::Caller::connect(load.grpc_addr, load.target == Target::GrpcAuthz).await?;
+    let mut hist = latency_histogram()?;
+    let mut rng =
+        Rng(0x9E37_79B9_7F4A_7C15 ^ (conn_index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let scope = load.scope.clone().unwrap_or_default();
+    let origin = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut count = 0u64;
+    loop {
+        let stopping = Instant::now() >= deadline || shared.done.load(Ordering::Relaxed);
+        while !stopping && in_flight.len() < load.depth {
+            if let Some(b) = &shared.budget {
+                if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+                    .is_err()
+                {
+                    shared.done.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            let key = &load.keys[load.picker.pick(&mut rng)];
+            let sent = origin.elapsed().as_nanos() as u64;
+            let call = caller.call(key, &scope);
+            in_flight.push(async move { (call.await, sent) });
+        }
+        let Some((label, sent)) = in_flight.next().await else {
+            break;
+        };
+        let ns = (origin.elapsed().as_nanos() as u64).saturating_sub(sent);
+        hist.record(ns.clamp(1, MAX_LATENCY_NS))?;
+        *decisions.entry(label.to_string()).or_default() += 1;
+        count += 1;
+        shared.answered.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Tally {
+        socket: None,
+        client: hist,
+        decisions,
         count,
     })
 }

@@ -8,6 +8,7 @@
 //! rate up past saturation and writes the latency-versus-throughput curve as CSV and SVG; past
 //! saturation the achieved rate stops following the offered one.
 
+mod grpc;
 mod keys;
 mod load;
 mod sweep;
@@ -33,6 +34,10 @@ pub enum Target {
     Binary,
     /// The HTTP check endpoint.
     Http,
+    /// Envoy's rate limit service over gRPC (`ShouldRateLimit`, one descriptor per call).
+    Grpc,
+    /// Envoy's external authorization over gRPC (`Authorization/Check`).
+    GrpcAuthz,
 }
 
 /// How keys are picked.
@@ -53,6 +58,9 @@ pub struct BenchArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:8687")]
     pub addr: SocketAddr,
+    /// gRPC address (targets grpc and grpc-authz).
+    #[arg(long, default_value = "127.0.0.1:8688")]
+    pub grpc_addr: SocketAddr,
     /// HTTP base URL (the check endpoint, and the admin API unless --admin-url is given).
     #[arg(long, default_value = "http://127.0.0.1:8686")]
     pub http_url: String,
@@ -213,8 +221,14 @@ fn micros_at(h: &Histogram<u64>, q: f64) -> f64 {
 
 fn print_report(r: &Report, a: &BenchArgs) {
     println!(
-        "target {:?}, {} connections x depth {}, {} keys ({:?})",
-        a.target, a.connections, a.depth, a.keys, a.distribution
+        "target {}, {} connections x depth {}, {} keys ({:?})",
+        a.target
+            .to_possible_value()
+            .map_or(String::new(), |v| v.get_name().to_string()),
+        a.connections,
+        a.depth,
+        a.keys,
+        a.distribution
     );
     println!(
         "{} requests in {:.2} s: {:.0} req/s",
@@ -259,6 +273,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.connections == 0 || a.depth == 0 {
         bail!("--connections and --depth must be at least 1");
     }
+    if matches!(a.target, Target::Grpc | Target::GrpcAuthz) && (a.rate > 0.0 || a.sweep) {
+        bail!("--rate and --sweep are for the binary and http targets; gRPC runs closed-loop");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.max(1))
         .enable_all()
@@ -279,6 +296,7 @@ async fn measure(a: &BenchArgs, keys: Vec<String>) -> anyhow::Result<()> {
         let load = Arc::new(Load {
             target: a.target,
             addr: a.addr,
+            grpc_addr: a.grpc_addr,
             http_authority: super::admin_client::authority(&a.http_url)?,
             connections: a.connections,
             depth: a.depth,
@@ -365,8 +383,9 @@ async fn measure(a: &BenchArgs, keys: Vec<String>) -> anyhow::Result<()> {
 /// The run's configuration, repeated in its JSON report.
 fn config_json(a: &BenchArgs, keys: usize) -> serde_json::Value {
     serde_json::json!({
-        "target": format!("{:?}", a.target).to_lowercase(),
+        "target": a.target.to_possible_value().map(|v| v.get_name().to_string()),
         "addr": a.addr.to_string(),
+        "grpcAddr": a.grpc_addr.to_string(),
         "httpUrl": a.http_url,
         "connections": a.connections,
         "depth": a.depth,
