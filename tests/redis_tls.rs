@@ -73,6 +73,22 @@ fn tls_cli(pki: &Pki) -> Vec<String> {
     vec!["--tls".into(), "--cacert".into(), path(&pki.ca)]
 }
 
+/// A quotad on `store`, trusting `pki`'s authority.
+fn node(store: &str, pki: &Pki, extra: &[&str]) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = path(&pki.ca);
+    let mut args = vec![
+        "--store",
+        store,
+        "--redis-ca",
+        &ca,
+        "--redis-poll-ms",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    (Daemon::start(&dir.path().join("d"), &args), dir)
+}
+
 /// Creates a tier and `n` keys through `d`; checks each key twice over HTTP and asserts the
 /// second check was counted after the first (the counter lives in Redis).
 fn keys_are_counted(d: &Daemon, n: usize) {
@@ -133,19 +149,7 @@ fn one_tls_server_with_an_acl_user() {
     let server = RedisServer::start_secure(&options, &cli, true);
 
     let store = format!("rediss://quotad:{PASSWORD}@127.0.0.1:{}", server.port);
-    let dir = tempfile::tempdir().unwrap();
-    let ca = path(&pki.ca);
-    let d = Daemon::start(
-        &dir.path().join("d"),
-        &[
-            "--store",
-            &store,
-            "--redis-ca",
-            &ca,
-            "--redis-poll-ms",
-            "100",
-        ],
-    );
+    let (d, _dir) = node(&store, &pki, &[]);
     keys_are_counted(&d, 3);
     assert!(
         server.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap() > 0,
@@ -211,21 +215,7 @@ fn a_tls_cluster_with_a_password() {
         "rediss-cluster://:{PASSWORD}@127.0.0.1:{},127.0.0.1:{}",
         cluster.nodes[0].port, cluster.nodes[1].port
     );
-    let dir = tempfile::tempdir().unwrap();
-    let ca = path(&pki.ca);
-    let d = Daemon::start(
-        &dir.path().join("d"),
-        &[
-            "--store",
-            &store,
-            "--redis-ca",
-            &ca,
-            "--redis-poll-ms",
-            "100",
-            "--redis-replica-acks",
-            "0",
-        ],
-    );
+    let (d, _dir) = node(&store, &pki, &["--redis-replica-acks", "0"]);
     keys_are_counted(&d, 12);
     for (i, n) in cluster.nodes.iter().enumerate() {
         let keys: u64 = n.cli(&["DBSIZE"]).trim().parse().unwrap();

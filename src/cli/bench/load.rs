@@ -20,6 +20,13 @@ use crate::protocol::result::WireResult;
 struct Rng(u64);
 
 impl Rng {
+    /// A sequence of its own for connection `i`.
+    fn for_connection(i: usize) -> Rng {
+        Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407))
+    }
+}
+
+impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -85,6 +92,23 @@ struct Shared {
     done: AtomicBool,
     answered: AtomicU64,
     budget: Option<AtomicU64>,
+}
+
+impl Shared {
+    /// Takes one request from the `--requests` budget: false, and the run is done, once it is
+    /// spent.
+    fn take_one(&self) -> bool {
+        let Some(b) = &self.budget else {
+            return true;
+        };
+        let taken = b
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok();
+        if !taken {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        taken
+    }
 }
 
 fn encode_request(
@@ -208,8 +232,7 @@ async fn connection(
             }
         }
     }
-    let mut rng =
-        Rng(0x9E37_79B9_7F4A_7C15 ^ (conn_index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = Rng::for_connection(conn_index);
     let scope = load.scope.clone().unwrap_or_default();
     // Open loop: the pacer adds to this connection's credit; each unit is one request to send.
     let paced = credits.as_ref().map(|c| &c[conn_index]);
@@ -244,13 +267,8 @@ async fn connection(
                     }
                     credit -= 1;
                 }
-                if let Some(b) = &shared.budget {
-                    if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
-                        .is_err()
-                    {
-                        shared.done.store(true, Ordering::Relaxed);
-                        break;
-                    }
+                if !shared.take_one() {
+                    break;
                 }
                 let key = &load.keys[load.picker.pick(&mut rng)];
                 encode_request(
@@ -356,8 +374,7 @@ async fn grpc_connection(
     let caller =
         super::grpc::Caller::connect(load.grpc_addr, load.target == Target::GrpcAuthz).await?;
     let mut hist = latency_histogram()?;
-    let mut rng =
-        Rng(0x9E37_79B9_7F4A_7C15 ^ (conn_index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = Rng::for_connection(conn_index);
     let scope = load.scope.clone().unwrap_or_default();
     let origin = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -366,13 +383,8 @@ async fn grpc_connection(
     loop {
         let stopping = Instant::now() >= deadline || shared.done.load(Ordering::Relaxed);
         while !stopping && in_flight.len() < load.depth {
-            if let Some(b) = &shared.budget {
-                if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
-                    .is_err()
-                {
-                    shared.done.store(true, Ordering::Relaxed);
-                    break;
-                }
+            if !shared.take_one() {
+                break;
             }
             let key = &load.keys[load.picker.pick(&mut rng)];
             let sent = origin.elapsed().as_nanos() as u64;
