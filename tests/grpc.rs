@@ -678,3 +678,27 @@ fn the_envoy_configurations_name_what_quotad_serves() {
     }
     assert!(ea.contains("allowed_upstream_headers") && ea.contains("allowed_client_headers"));
 }
+
+#[test]
+fn an_oversized_call_is_refused_and_the_port_serves_on() {
+    let (d, _dir) = start();
+    let c = d.client();
+    tier(&c, "small", 50, None, &[]);
+    let (_, key) = c.create_key(json!({"consumer": "acme", "tier": "small"}));
+    let rt = common::runtime();
+    let ch = channel(&rt, d.grpc.unwrap());
+    // 2 MiB of descriptors: over the 1 MiB message limit.
+    let big = "v".repeat(2048);
+    let many: Vec<RateLimitDescriptor> = (0..1024).map(|_| descriptor(&[("x", &big)])).collect();
+    let e = rls(&rt, &ch, rls_request(many, 0)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("1048576"), "{e:?}");
+    assert_eq!(
+        rls_key(&rt, &ch, &key).unwrap().overall_code,
+        Code::Ok as i32
+    );
+    // Off: no gRPC port at all.
+    let dir = tempfile::tempdir().unwrap();
+    let off = Daemon::start(&dir.path().join("d"), &["--grpc", "off"]);
+    assert!(off.grpc.is_none());
+}

@@ -98,8 +98,6 @@ impl Daemon {
             "127.0.0.1:0",
             "--bind",
             "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -111,6 +109,9 @@ impl Daemon {
         .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if !extra.contains(&"--grpc") {
+            cmd.args(["--grpc", "127.0.0.1:0"]);
         }
         let mut child = cmd.spawn().expect("spawn quotad");
         let stderr = child.stderr.take().unwrap();

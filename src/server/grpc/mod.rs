@@ -49,6 +49,18 @@ const SERVICES: [&str; 2] = [
 /// How often health follows the store (degraded on Redis) once serving.
 const HEALTH_EVERY: Duration = Duration::from_millis(200);
 
+/// The largest request message accepted (1,024 descriptors of a 256-byte key and a scope fit
+/// with room): a larger one is refused with OUT_OF_RANGE, saying the limit, and the connection
+/// lives on.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Calls one HTTP/2 connection may have open at once (Envoy multiplexes its calls over a few
+/// connections).
+const MAX_STREAMS: u32 = 1024;
+
+/// A connection that stops answering HTTP/2 pings for this long after one is sent is closed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Serves the gRPC APIs on `listener` until `shutdown` completes; then health says NOT_SERVING,
 /// no new call is accepted, and calls in flight get up to `drain` to finish.
 pub async fn run<S: Store>(
@@ -98,12 +110,21 @@ pub async fn run<S: Store>(
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .add_service(RateLimitServiceServer::from_arc(Arc::new(rls::Rls {
-            state: state.clone(),
-        })))
-        .add_service(AuthorizationServer::from_arc(Arc::new(authz::Authz {
-            state: state.clone(),
-        })))
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE / 3))
+        .add_service(
+            RateLimitServiceServer::from_arc(Arc::new(rls::Rls {
+                state: state.clone(),
+            }))
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            AuthorizationServer::from_arc(Arc::new(authz::Authz {
+                state: state.clone(),
+            }))
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
         .add_service(health)
         .serve_with_incoming_shutdown(incoming, shutdown.clone());
     let deadline = async {
