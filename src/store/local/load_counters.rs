@@ -38,19 +38,20 @@ pub(super) fn check_counters(
         };
         // SAFETY: start-up, single-threaded; one 128-byte slot.
         let cs = unsafe { &*(ptr as *const CounterSlot) };
-        let file = counters.path_of(slot);
+        // Paths and descriptions only when a finding needs them (not per slot: see load.rs).
+        let file = || counters.path_of(slot);
         let state = layout::read_checked(cs);
         if slot >= key_count {
             if !matches!(state, SlotState::Empty) {
                 if !count_known {
                     return Err(DataDirError::corrupt(
-                        file,
+                        file(),
                         format!("counter slot {slot} holds data but no key record exists"),
                     )
                     .into());
                 }
                 findings.push(Finding::automatic(
-                    file,
+                    file(),
                     Some(slot),
                     "counters of a key creation that never returned (cleared)",
                     vec![Fix::ClearCounter(slot)],
@@ -67,7 +68,7 @@ pub(super) fn check_counters(
         if entry.flags & FLAG_DELETED != 0 {
             if !matches!(state, SlotState::Empty) {
                 findings.push(Finding::automatic(
-                    file,
+                    file(),
                     Some(slot),
                     "counters of a deleted key (cleared)",
                     vec![Fix::ClearCounter(slot)],
@@ -75,15 +76,18 @@ pub(super) fn check_counters(
             }
             continue;
         }
-        let key = describe_entry(entry.id, slot);
+        let key = || describe_entry(entry.id, slot);
         let used = matches!(acks.get(slot), Ack::Valid { used: true, .. });
         let unused = |what: &str| -> Finding {
             Finding::lossy(
-                file.clone(),
+                file(),
                 Some(slot),
                 Some(entry.id),
                 what.to_string(),
-                format!("{key} reads as unused this month (usage 0, full buckets)"),
+                format!(
+                    "{} reads as unused this month (usage 0, full buckets)",
+                    key()
+                ),
                 vec![Fix::ClearCounter(slot)],
             )
         };
@@ -98,7 +102,7 @@ pub(super) fn check_counters(
                     findings.push(unused("counter slot: one copy zeroed, the other damaged"));
                 } else {
                     findings.push(Finding::automatic(
-                        file,
+                        file(),
                         Some(slot),
                         "a torn first counter write of a killed process (cleared)",
                         vec![Fix::ClearCounter(slot)],
@@ -127,26 +131,27 @@ pub(super) fn check_counters(
                     // Intact.
                 } else if older_damaged {
                     findings.push(Finding::automatic(
-                        file.clone(),
+                        file(),
                         Some(slot),
                         "the counter slot's older copy fails its checksum (rewritten)",
                         vec![Fix::Counter(slot, c)],
                     ));
                 } else if clean {
                     findings.push(Finding::lossy(
-                        file.clone(),
+                        file(),
                         Some(slot),
                         Some(entry.id),
                         "the newest counter copy fails its checksum after a clean shutdown",
                         format!(
-                            "{key} falls back to the copy before its last check: its usage is \
-                             lower by that check's cost"
+                            "{} falls back to the copy before its last check: its usage is \
+                             lower by that check's cost",
+                            key()
                         ),
                         vec![Fix::Counter(slot, c)],
                     ));
                 } else {
                     findings.push(Finding::automatic(
-                        file.clone(),
+                        file(),
                         Some(slot),
                         "a torn counter write of a killed process (the check it counted never \
                          answered; the older copy is kept)",
