@@ -702,3 +702,35 @@ fn an_oversized_call_is_refused_and_the_port_serves_on() {
     let off = Daemon::start(&dir.path().join("d"), &["--grpc", "off"]);
     assert!(off.grpc.is_none());
 }
+
+#[test]
+fn a_health_watch_sees_not_serving_when_the_drain_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--drain-secs", "2"]);
+    let rt = common::runtime();
+    let ch = channel(&rt, d.grpc.unwrap());
+    let mut h = HealthClient::new(ch);
+    let mut watch = rt
+        .block_on(h.watch(HealthCheckRequest {
+            service: "envoy.service.ratelimit.v3.RateLimitService".into(),
+        }))
+        .unwrap()
+        .into_inner();
+    let first = rt.block_on(watch.message()).unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    d.signal(libc::SIGTERM);
+    let next = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), watch.message()).await })
+        .expect("a status change within 5 s")
+        .expect("the watch stream")
+        .expect("a message");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The open watch does not hold the shutdown past the drain period.
+    let started = Instant::now();
+    assert_eq!(d.stop(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
