@@ -734,3 +734,62 @@ fn a_health_watch_sees_not_serving_when_the_drain_begins() {
         started.elapsed()
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--max-grpc-connections", "2"]);
+    let c = d.client();
+    tier(&c, "small", 50, None, &[]);
+    let (_, key) = c.create_key(json!({"consumer": "acme", "tier": "small"}));
+    let rt = common::runtime();
+    let addr = d.grpc.unwrap();
+    let a = channel(&rt, addr);
+    let b = channel(&rt, addr);
+    for ch in [&a, &b] {
+        assert_eq!(
+            rls_key(&rt, ch, &key).unwrap().overall_code,
+            Code::Ok as i32
+        );
+    }
+    let m = c.get("/metrics").text;
+    assert!(
+        m.contains("quotad_open_connections{transport=\"grpc\"} 2"),
+        "{m}"
+    );
+    // A third: accepted by the kernel, then closed by quotad without an answer.
+    let third = rt.block_on(async {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut c = RateLimitServiceClient::new(ch);
+        c.should_rate_limit(rls_request(vec![descriptor(&[("api_key", &key)])], 0))
+            .await
+    });
+    assert!(third.is_err(), "{third:?}");
+    let m = c.get("/metrics").text;
+    assert!(
+        m.contains("quotad_rejected_connections_total{transport=\"grpc\"} 1"),
+        "{m}"
+    );
+    // One closes: a new connection is admitted.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c
+        .get("/metrics")
+        .text
+        .contains("quotad_open_connections{transport=\"grpc\"} 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection is still counted"
+        );
+        // The runtime runs the channel's connection task, which closes it.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+    }
+    let fresh = channel(&rt, addr);
+    assert_eq!(
+        rls_key(&rt, &fresh, &key).unwrap().overall_code,
+        Code::Ok as i32
+    );
+}

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// address, or `off`.
     #[arg(long, env = "QUOTAD_GRPC", default_value = "127.0.0.1:8688", value_parser = parse_grpc_addr)]
     pub grpc: GrpcListen,
+    /// Most gRPC connections open at once; one more is closed at once.
+    #[arg(long, env = "QUOTAD_MAX_GRPC_CONNECTIONS", default_value_t = 1024)]
+    pub max_grpc_connections: usize,
     /// The rate limit service's descriptor entry that carries the raw API key.
     #[arg(long, env = "QUOTAD_GRPC_KEY_ENTRY", default_value = "api_key")]
     pub grpc_key_entry: String,
@@ -325,6 +328,7 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
         busy_poll: crate::server::busy_poll::BusyPoll::new(args.busy_poll_us),
         grpc: crate::server::grpc::GrpcConfig {
             key_entry: args.grpc_key_entry.clone(),
+            max_connections: args.max_grpc_connections.max(1),
         },
     });
     let bin_listener = tokio::net::TcpListener::bind(args.bind)

@@ -424,15 +424,15 @@ impl Metrics {
             &mut s,
             "quotad_open_connections",
             "gauge",
-            "Connections open now, by transport (http and binary; gRPC connections are HTTP/2, held by the gateway).",
-            |t| (t != Transport::Grpc as usize).then(|| load(&self.connections[t])),
+            "Connections open now, by transport.",
+            |t| Some(load(&self.connections[t])),
         );
         per_transport(
             &mut s,
             "quotad_rejected_connections_total",
             "counter",
-            "Connections refused by the connection limit (http and binary).",
-            |t| (t != Transport::Grpc as usize).then(|| load_u(&self.rejected_connections[t])),
+            "Connections refused by the connection limit.",
+            |t| Some(load_u(&self.rejected_connections[t])),
         );
         per_transport(
             &mut s,

@@ -5,6 +5,7 @@
 //! contract.
 
 mod authz;
+mod conns;
 mod rls;
 
 use std::future::Future;
@@ -30,12 +31,15 @@ use crate::store::Store;
 pub struct GrpcConfig {
     /// The descriptor entry whose value is the raw API key (rate limit service).
     pub key_entry: String,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             key_entry: "api_key".into(),
+            max_connections: 1024,
         }
     }
 }
@@ -108,7 +112,12 @@ pub async fn run<S: Store>(
             set(ServingStatus::NotServing).await;
         }
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = conns::incoming(
+        listener,
+        state.grpc.max_connections,
+        state.metrics.clone(),
+        shutdown.clone(),
+    );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE))
