@@ -217,6 +217,12 @@ fn a_tls_cluster_with_a_password() {
     );
     let (d, _dir) = node(&store, &pki, &["--redis-replica-acks", "0"]);
     keys_are_counted(&d, 12);
+    let health = d.client().get("/health");
+    assert_eq!(
+        health.body["persistence"]["store"], "redis-cluster",
+        "{}",
+        health.text
+    );
     for (i, n) in cluster.nodes.iter().enumerate() {
         let keys: u64 = n.cli(&["DBSIZE"]).trim().parse().unwrap();
         assert!(keys > 0, "master {i} holds some of the keys");

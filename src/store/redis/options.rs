@@ -64,7 +64,7 @@ impl RedisOptions {
     /// on a cluster, admin changes wait up to 1 s for one replica.
     pub fn new(url: impl Into<String>) -> Self {
         let url: String = url.into();
-        let replica_acks = u32::from(url.starts_with("redis-cluster://"));
+        let replica_acks = u32::from(scheme(&url).is_some_and(|s| s.cluster));
         RedisOptions {
             url,
             ca_pem: None,
@@ -96,6 +96,27 @@ impl RedisOptions {
     }
 }
 
+/// What a `--store` URL's scheme says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Scheme {
+    /// A Redis Cluster (`redis-cluster`, `rediss-cluster`), else one server.
+    pub(super) cluster: bool,
+    /// TLS (`rediss`, `rediss-cluster`).
+    pub(super) tls: bool,
+}
+
+/// The scheme of `url`, if it is one of quotad's four.
+pub(super) fn scheme(url: &str) -> Option<Scheme> {
+    let (cluster, tls) = match url.split_once("://")?.0 {
+        "redis" => (false, false),
+        "rediss" => (false, true),
+        "redis-cluster" => (true, false),
+        "rediss-cluster" => (true, true),
+        _ => return None,
+    };
+    Some(Scheme { cluster, tls })
+}
+
 /// `url` with the password of its `USER:PASSWORD@` part replaced by `***`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -113,7 +134,19 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, RedisOptions};
+
+    #[test]
+    fn a_cluster_waits_for_a_replica_by_default_with_or_without_tls() {
+        for (url, acks) in [
+            ("redis://h:1", 0),
+            ("rediss://h:1", 0),
+            ("redis-cluster://a:1,b:2", 1),
+            ("rediss-cluster://u:p@a:1,b:2", 1),
+        ] {
+            assert_eq!(RedisOptions::new(url).replica_acks, acks, "{url}");
+        }
+    }
 
     #[test]
     fn passwords_never_show() {

@@ -174,12 +174,13 @@ impl Store for RedisStore {
         let last_ok = st.last_ok_ns();
         let ok = st.reachable();
         let o = &self.opts;
+        let cluster = super::options::scheme(&o.url).is_some_and(|s| s.cluster);
         let mut fields = serde_json::Map::new();
         fields.insert("keys".into(), serde_json::json!(keys));
         fields.insert(
             "persistence".into(),
             serde_json::json!({
-                "store": if o.url.starts_with("redis-cluster://") { "redis-cluster" } else { "redis" },
+                "store": if cluster { "redis-cluster" } else { "redis" },
                 "reachable": ok,
                 "lastOkAgeSeconds": (last_ok != 0).then(|| (now.saturating_sub(last_ok) as f64 / 1e6).round() / 1e3),
                 "unreachableForSeconds": st.down_since_ns().map(|t| (now.saturating_sub(t) as f64 / 1e6).round() / 1e3),
