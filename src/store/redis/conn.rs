@@ -8,7 +8,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisFuture, Value};
 
-use super::options::RedisOptions;
+use super::options::{scheme, RedisOptions, Scheme};
 use super::RedisStore;
 use crate::store::StoreError;
 
@@ -58,14 +58,8 @@ impl Target {
         const USAGE: &str = "use redis://HOST:PORT or redis-cluster://HOST:PORT,HOST:PORT,… \
                              (rediss:// and rediss-cluster:// for TLS; USER:PASSWORD@ before \
                              the first host for Redis AUTH)";
-        let (scheme, rest) = url.split_once("://").ok_or(USAGE)?;
-        let (cluster, tls) = match scheme {
-            "redis" => (false, false),
-            "rediss" => (false, true),
-            "redis-cluster" => (true, false),
-            "rediss-cluster" => (true, true),
-            _ => return Err(USAGE),
-        };
+        let Scheme { cluster, tls } = scheme(url).ok_or(USAGE)?;
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
         let node_scheme = if tls { "rediss" } else { "redis" };
         if !cluster {
             return Ok(Target {
