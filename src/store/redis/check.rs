@@ -13,6 +13,7 @@ use super::record::Rec;
 use super::{RedisStore, RECORD_RECHECK};
 use crate::engine::admission::{self, Grants, KeyView};
 use crate::engine::bucket::Limit;
+use crate::engine::catalog::{Catalog, CompiledTier};
 use crate::engine::clock::NANOS_PER_SEC;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::limits::{self, Terms};
@@ -20,6 +21,16 @@ use crate::engine::month::MonthWindow;
 use crate::engine::MAX_COST;
 use crate::keys::KeyId;
 use crate::tiers::MAX_LIMITS;
+
+/// What the gate made of a check on this node's copy of the key's record.
+struct Gate<'c> {
+    /// The key's tier, if the catalog has it.
+    tier_ix: Option<u16>,
+    /// Whether the presented secret is the key's.
+    authenticated: bool,
+    /// The tier the check runs under, or the verdict that refuses it before its limits.
+    admitted: Result<&'c CompiledTier, Verdict>,
+}
 
 pub(super) enum Outcome {
     Missing,
@@ -50,6 +61,37 @@ impl RedisStore {
         d
     }
 
+    /// The gate on `rec`, this node's copy of key `id`'s record: authenticates `raw` (whose fast
+    /// digest is `fast`) and admits a check needing `scope` under `cat`. Both the lease path and
+    /// the full path decide with it.
+    fn gate<'c>(
+        &self,
+        id: KeyId,
+        rec: &Rec,
+        (raw, fast): (&str, u64),
+        cat: &'c Catalog,
+        scope: Option<&str>,
+        now: u64,
+    ) -> Gate<'c> {
+        let tier_ix = cat.tier_index(&rec.tier);
+        let authenticated = self.authenticate(id, rec, raw, fast, now);
+        let admitted = if authenticated {
+            let view = KeyView {
+                revoked: rec.revoked,
+                expires_at_ns: admission::expiry_ns(rec.expires_at_s),
+                grants: Grants::Names(&rec.scopes),
+            };
+            admission::admit(&view, tier_ix.and_then(|t| cat.tier(t)), cat, scope, now)
+        } else {
+            Err(Verdict::Unauthorized(AuthFailure::Unknown))
+        };
+        Gate {
+            tier_ix,
+            authenticated,
+            admitted,
+        }
+    }
+
     /// Lease mode's fast path: a key whose record this node has cached, which authenticates,
     /// passes the gate and fits in the node's current lease, is decided here without an await
     /// (and without building a future). `None`: the full path ([`Self::check_one`]) decides.
@@ -67,16 +109,10 @@ impl RedisStore {
         let cost = cost.clamp(1, MAX_COST);
         let rec = self.cache.get(&id.0).map(|e| e.rec.clone())?;
         let cat = self.catalog.load();
-        let tier_ix = cat.1.tier_index(&rec.tier)?;
-        if !self.authenticate(id, &rec, raw, self.digest.of(raw), now) {
+        let g = self.gate(id, &rec, (raw, self.digest.of(raw)), &cat.1, scope, now);
+        let (Some(tier_ix), Ok(tier)) = (g.tier_ix, g.admitted) else {
             return None;
-        }
-        let view = KeyView {
-            revoked: rec.revoked,
-            expires_at_ns: admission::expiry_ns(rec.expires_at_s),
-            grants: Grants::Names(&rec.scopes),
         };
-        let tier = admission::admit(&view, cat.1.tier(tier_ix), &cat.1, scope, now).ok()?;
         let month = MonthWindow::containing(now);
         self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
     }
@@ -132,20 +168,12 @@ impl RedisStore {
                 }
                 cat_arc = self.catalog.load_full();
             }
-            let cat = &cat_arc.1;
-            let tier_ix = cat.tier_index(&rec.tier);
-            let view = KeyView {
-                revoked: rec.revoked,
-                expires_at_ns: admission::expiry_ns(rec.expires_at_s),
-                grants: Grants::Names(&rec.scopes),
-            };
-            let authenticated = self.authenticate(id, &rec, raw, fast, now);
-            let gate = if !authenticated {
-                Err(Verdict::Unauthorized(AuthFailure::Unknown))
-            } else {
-                admission::admit(&view, tier_ix.and_then(|t| cat.tier(t)), cat, scope, now)
-            };
-            let tier = match gate {
+            let Gate {
+                tier_ix,
+                authenticated,
+                admitted,
+            } = self.gate(id, &rec, (raw, fast), &cat_arc.1, scope, now);
+            let tier = match admitted {
                 Ok(t) => t,
                 Err(v) => {
                     if stale && !matches!(v, Verdict::Unauthorized(AuthFailure::Revoked)) {
