@@ -81,12 +81,8 @@ fn presented_key<'a, S, B>(
     if let Some(k) = header_str(req, &X_API_KEY)? {
         return Ok(Some(k));
     }
-    if let Some(a) = header_str(req, &hyper::header::AUTHORIZATION)? {
-        if let Some((scheme, token)) = a.split_once(' ') {
-            if scheme.eq_ignore_ascii_case("bearer") {
-                return Ok(Some(token.trim()));
-            }
-        }
+    if let Some(token) = header_str(req, &hyper::header::AUTHORIZATION)?.and_then(bearer_token) {
+        return Ok(Some(token));
     }
     for h in &state.http.key_headers {
         if let Some(k) = header_str(req, h)? {
@@ -104,27 +100,39 @@ fn bad_check<S>(state: &AppState<S>, message: &str, rid: &str) -> Resp {
 
 /// The scope and cost a check request asks for, or the message of its 400.
 fn scope_and_cost<B>(req: &Request<B>) -> Result<(Option<&str>, u64), String> {
-    let scope = match header_str(req, &X_QUOTA_SCOPE) {
-        Ok(Some(s)) if !crate::tiers::valid_scope(s) => {
-            return Err(format!("header X-Quota-Scope: invalid scope {s:?}"))
-        }
-        Ok(s) => s.filter(|s| !s.is_empty()),
-        Err(m) => return Err(m),
-    };
-    let cost = match header_str(req, &X_QUOTA_COST) {
-        Ok(None) => 1,
-        Ok(Some(c)) => match c.parse::<u64>() {
-            Ok(n) if (1..=MAX_COST).contains(&n) => n,
-            _ => {
-                return Err(format!(
-                    "header X-Quota-Cost must be an integer from 1 to {}",
-                    MAX_COST
-                ))
-            }
-        },
-        Err(m) => return Err(m),
-    };
+    let scope = read_scope("X-Quota-Scope", header_str(req, &X_QUOTA_SCOPE)?)?;
+    let cost = read_cost("X-Quota-Cost", header_str(req, &X_QUOTA_COST)?)?;
     Ok((scope, cost))
+}
+
+/// The token of an `Authorization` value in the Bearer scheme.
+pub(super) fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The scope a check needs, from the value of header `name` (`None`: absent); `Err` is the
+/// message of its refusal (an empty value is not a scope). Shared by `/v1/check` and gRPC's
+/// external authorization.
+pub(super) fn read_scope<'a>(name: &str, v: Option<&'a str>) -> Result<Option<&'a str>, String> {
+    match v {
+        Some(s) if !crate::tiers::valid_scope(s) => {
+            Err(format!("header {name}: invalid scope {s:?}"))
+        }
+        v => Ok(v),
+    }
+}
+
+/// The cost a check counts for, from the value of header `name` (1 when absent); `Err` is the
+/// message of its refusal.
+pub(super) fn read_cost(name: &str, v: Option<&str>) -> Result<u64, String> {
+    match v.map(str::parse::<u64>) {
+        None => Ok(1),
+        Some(Ok(n)) if (1..=MAX_COST).contains(&n) => Ok(n),
+        Some(_) => Err(format!(
+            "header {name} must be an integer from 1 to {MAX_COST}"
+        )),
+    }
 }
 
 /// Answers one `/v1/check` request.

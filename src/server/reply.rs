@@ -43,12 +43,16 @@ pub(super) fn push_request_id<B>(buf: &mut String, req: &Request<B>) {
 /// The caller's `x-request-id`, if acceptable.
 fn callers_request_id<B>(req: &Request<B>) -> Option<&str> {
     let v = req.headers().get(&X_REQUEST_ID)?;
-    let b = v.as_bytes();
-    if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+    if acceptable_request_id(v.as_bytes()) {
         v.to_str().ok()
     } else {
         None
     }
+}
+
+/// Whether a caller's request id is used as ours: 1-128 visible ASCII characters.
+pub(super) fn acceptable_request_id(b: &[u8]) -> bool {
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
 }
 
 /// A new request id.

@@ -17,11 +17,11 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{header, invalid, is_unavailable, rate_limit_headers, record, unavailable};
 use crate::engine::decision::Verdict;
-use crate::engine::MAX_COST;
 use crate::keys::KeyId;
 use crate::metrics::Stopwatch;
-use crate::protocol::frame::{MAX_KEY, MAX_SCOPE};
-use crate::server::reply::{new_request_id, MAX_REQUEST_ID, WWW_AUTHENTICATE};
+use crate::protocol::frame::MAX_KEY;
+use crate::server::check::{bearer_token, read_cost, read_scope};
+use crate::server::reply::{acceptable_request_id, new_request_id, WWW_AUTHENTICATE};
 use crate::server::{render, AppState};
 use crate::store::{CheckRequest, Identity, Store};
 
@@ -65,34 +65,14 @@ fn asked<'a>(
     key_headers: &[hyper::header::HeaderName],
 ) -> Result<(Option<&'a str>, Option<&'a str>, u64), String> {
     let get = |n: &str| h.get(n).map(|v| v.trim());
-    let bearer = get("authorization").and_then(|a| {
-        let (scheme, token) = a.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
     let key = get("x-api-key")
-        .or(bearer)
+        .or_else(|| get("authorization").and_then(bearer_token))
         .or_else(|| key_headers.iter().find_map(|n| get(n.as_str())));
     if key.is_some_and(|k| k.len() > MAX_KEY) {
         return Err(format!("the API key is longer than {MAX_KEY} bytes"));
     }
-    let scope = match get("x-quota-scope") {
-        Some(s) if s.len() > MAX_SCOPE || !crate::tiers::valid_scope(s) => {
-            return Err(format!("header x-quota-scope: invalid scope {s:?}"))
-        }
-        Some(s) if !s.is_empty() => Some(s),
-        _ => None,
-    };
-    let cost = match get("x-quota-cost") {
-        None => 1,
-        Some(c) => match c.parse::<u64>() {
-            Ok(n) if (1..=MAX_COST).contains(&n) => n,
-            _ => {
-                return Err(format!(
-                    "header x-quota-cost must be an integer from 1 to {MAX_COST}"
-                ))
-            }
-        },
-    };
+    let scope = read_scope("x-quota-scope", get("x-quota-scope"))?;
+    let cost = read_cost("x-quota-cost", get("x-quota-cost"))?;
     Ok((key, scope, cost))
 }
 
@@ -104,7 +84,7 @@ fn request_id(req: &AuthzRequest) -> String {
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
         .map_or("", |h| h.id.as_str());
-    if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic()) {
+    if acceptable_request_id(id.as_bytes()) {
         id.to_string()
     } else {
         new_request_id()

@@ -16,7 +16,7 @@ use super::{header, invalid, is_unavailable, rate_limit_headers, record, unavail
 use crate::engine::decision::{Decision, LimitKind, LimitStatus};
 use crate::engine::MAX_COST;
 use crate::metrics::Stopwatch;
-use crate::protocol::frame::{MAX_BATCH, MAX_KEY, MAX_SCOPE};
+use crate::protocol::frame::{MAX_BATCH, MAX_KEY};
 use crate::server::AppState;
 use crate::store::{CheckRequest, Store};
 
@@ -51,15 +51,15 @@ fn asked<'a>(
             "descriptors[{i}]: entry {key_entry} is longer than {MAX_KEY} bytes"
         ));
     }
+    // A scope entry must hold a scope (an empty value is not one).
     let scope = match entry(SCOPE_ENTRY) {
-        Some(s) if s.value.len() > MAX_SCOPE || !crate::tiers::valid_scope(&s.value) => {
+        Some(s) if !crate::tiers::valid_scope(&s.value) => {
             return Err(format!(
                 "descriptors[{i}]: entry scope is not a valid scope: {:?}",
                 s.value
             ))
         }
-        Some(s) if !s.value.is_empty() => Some(s.value.as_str()),
-        _ => None,
+        s => s.map(|s| s.value.as_str()),
     };
     // The descriptor's own hits_addend overrides the request's; 0 is 1.
     let cost = d.hits_addend.map_or(u64::from(hits), |h| h.value).max(1);
