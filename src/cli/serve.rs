@@ -429,18 +429,10 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
         w.abort();
     }
     let _ = stop_tx.send(true);
-    match http_task.await {
-        Ok(Ok(())) => tracing::info!("http stopped"),
-        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
-        Err(e) => tracing::error!(error = %e, "http task failed"),
-    }
+    log_stopped("http", http_task.await);
     let _ = bin_task.await;
     if let Some(t) = grpc_task {
-        match t.await {
-            Ok(Ok(())) => tracing::info!("grpc stopped"),
-            Ok(Err(e)) => tracing::error!(error = %e, "grpc server failed"),
-            Err(e) => tracing::error!(error = %e, "grpc task failed"),
-        }
+        log_stopped("grpc", t.await);
     }
     if let Some(t) = unix_task {
         let _ = t.await;
@@ -457,6 +449,18 @@ async fn serve<S: Store>(store: S, settings: Settings) -> anyhow::Result<()> {
         tracing::info!("counters flushed to disk; bye");
     }
     anyhow::Ok(())
+}
+
+/// Logs how the `name` server's task ended.
+fn log_stopped<E: std::fmt::Display>(
+    name: &str,
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+) {
+    match ended {
+        Ok(Ok(())) => tracing::info!("{name} stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "{name} server failed"),
+        Err(e) => tracing::error!(error = %e, "{name} task failed"),
+    }
 }
 
 /// Tells systemd (Type=notify) about our state; a no-op outside systemd.

@@ -18,21 +18,13 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use tonic::transport::Channel;
 
-use crate::engine::decision::CODES;
+use super::decision_label;
 
 /// One gRPC connection of the load.
 #[derive(Clone)]
 pub(super) struct Caller {
     channel: Channel,
     authz: bool,
-}
-
-/// quotad's decision code named in `text` (a header value or an error body), else `error`.
-fn code_in(text: &str) -> &'static str {
-    CODES
-        .into_iter()
-        .find(|c| text == *c || text.contains(&format!("\"code\":\"{c}\"")))
-        .unwrap_or("error")
 }
 
 /// The label of a failed call: `bad_request` for INVALID_ARGUMENT, `unavailable`, else `error`.
@@ -89,7 +81,7 @@ impl Caller {
                 match AuthorizationClient::new(channel).check(req).await {
                     Ok(r) => match r.into_inner().http_response {
                         Some(HttpResponse::OkResponse(_)) => "allowed",
-                        Some(HttpResponse::DeniedResponse(d)) => code_in(&d.body),
+                        Some(HttpResponse::DeniedResponse(d)) => decision_label(&d.body),
                         _ => "error",
                     },
                     Err(s) => failed(&s),
@@ -125,7 +117,7 @@ impl Caller {
                             r.response_headers_to_add
                                 .iter()
                                 .find(|h| h.key == "x-quota-error")
-                                .map_or("error", |h| code_in(&h.value))
+                                .map_or("error", |h| decision_label(&h.value))
                         }
                     }
                     Err(s) => failed(&s),

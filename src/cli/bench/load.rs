@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 
-use super::{latency_histogram, Distribution, Report, Target, MAX_LATENCY_NS};
+use super::{decision_label, latency_histogram, Distribution, Report, Target, MAX_LATENCY_NS};
 use crate::cli::stamped::{realtime_ns, StampedStream};
 use crate::protocol::frame::{self, op, DecodeError};
 use crate::protocol::result::WireResult;
@@ -24,9 +24,7 @@ impl Rng {
     fn for_connection(i: usize) -> Rng {
         Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407))
     }
-}
 
-impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -177,12 +175,7 @@ fn parse_answer(target: Target, buf: &[u8]) -> anyhow::Result<Option<(&'static s
             let label = if status == "200" {
                 "allowed"
             } else {
-                let body = std::str::from_utf8(&buf[end + 4..total]).unwrap_or("");
-                crate::engine::decision::CODES
-                    .into_iter()
-                    .chain(["bad_request"])
-                    .find(|c| body.contains(&format!("\"code\":\"{c}\"")))
-                    .unwrap_or("error")
+                decision_label(std::str::from_utf8(&buf[end + 4..total]).unwrap_or(""))
             };
             Ok(Some((label, total)))
         }

@@ -380,6 +380,17 @@ async fn measure(a: &BenchArgs, keys: Vec<String>) -> anyhow::Result<()> {
     }
 }
 
+/// The label of a denied answer: quotad's decision code (or `bad_request`) named in `text`, an
+/// `x-quota-error` value or a JSON error body; `error` when it names none. The same names on
+/// every target.
+fn decision_label(text: &str) -> &'static str {
+    crate::engine::decision::CODES
+        .into_iter()
+        .chain(["bad_request"])
+        .find(|c| text == *c || text.contains(&format!("\"code\":\"{c}\"")))
+        .unwrap_or("error")
+}
+
 /// The run's configuration, repeated in its JSON report.
 fn config_json(a: &BenchArgs, keys: usize) -> serde_json::Value {
     serde_json::json!({
