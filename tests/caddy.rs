@@ -7,11 +7,10 @@ mod common;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::gateway::{free_port, get, get_with, upstream};
+use common::gateway::{behind_gateway, free_port, get, get_with, Behind};
 use common::Daemon;
 use serde_json::json;
 
@@ -42,27 +41,54 @@ impl Drop for Caddy {
     }
 }
 
+/// Starts `caddy` on the Caddyfile `file`, with its home and log (`caddy.log`) in `dir`, and
+/// waits up to `within` for `ready()`.
+fn start_caddy(
+    caddy: &str,
+    dir: &Path,
+    file: &Path,
+    within: Duration,
+    ready: impl Fn() -> bool,
+) -> Caddy {
+    let home = dir.join("caddy-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(file)
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("XDG_CONFIG_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("caddy.log")).unwrap())
+        .spawn()
+        .expect("start caddy");
+    let caddy = Caddy(child);
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "caddy did not start:\n{}",
+            std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    caddy
+}
+
 #[test]
 fn caddy_forward_auth_passes_identity_and_headers_and_returns_quotad_errors() {
     let caddy = caddy_binary();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
-    let c = d.client();
-    let r = c.admin(
-        reqwest::Method::PUT,
-        "/tiers/tight",
-        Some(json!({"limits": [{"requests": 10, "periodSeconds": 60}]})),
-    );
-    assert_eq!(r.status, 200);
-    let (id, key) =
-        c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (up_port, up) = upstream(stop.clone());
-    let port = free_port();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/caddy/Caddyfile"))
-            .unwrap();
+    let Behind {
+        dir,
+        d,
+        id,
+        key,
+        stop,
+        up,
+        up_port,
+        port,
+        shipped,
+    } = behind_gateway(10, "docs/caddy/Caddyfile");
     let site = shipped
         .replace(
             "forward_auth 127.0.0.1:8686",
@@ -76,28 +102,9 @@ fn caddy_forward_auth_passes_identity_and_headers_and_returns_quotad_errors() {
     assert_ne!(site, shipped);
     let file = dir.path().join("Caddyfile");
     std::fs::write(&file, site).unwrap();
-    let home = dir.path().join("caddy-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let child = Command::new(&caddy)
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&file)
-        .env("HOME", &home)
-        .env("XDG_DATA_HOME", &home)
-        .env("XDG_CONFIG_HOME", &home)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("caddy.log")).unwrap())
-        .spawn()
-        .expect("start caddy");
-    let _caddy = Caddy(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "caddy did not start:\n{}",
-            std::fs::read_to_string(dir.path().join("caddy.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _caddy = start_caddy(&caddy, dir.path(), &file, Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 
     // 200: the upstream is reached, sees who is calling but not the raw key, and the client gets
     // the rate-limit headers.
@@ -195,29 +202,10 @@ fn the_admin_cli_speaks_https_and_verifies_the_certificate() {
         ),
     )
     .unwrap();
-    let home = dir.path().join("caddy-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let child = Command::new(&caddy)
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&file)
-        .env("HOME", &home)
-        .env("XDG_DATA_HOME", &home)
-        .env("XDG_CONFIG_HOME", &home)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("caddy.log")).unwrap())
-        .spawn()
-        .expect("start caddy");
-    let _caddy = Caddy(child);
     let root = store.join("pki/authorities/local/root.crt");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || !root.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "caddy did not start:\n{}",
-            std::fs::read_to_string(dir.path().join("caddy.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _caddy = start_caddy(&caddy, dir.path(), &file, Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && root.exists()
+    });
     let url = format!("https://127.0.0.1:{port}");
     let cli = |extra: &[&str]| {
         Command::new(common::bin())

@@ -6,12 +6,10 @@ mod common;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::gateway::{free_port, get, get_with, upstream};
-use common::Daemon;
+use common::gateway::{behind_gateway, get, get_with, Behind};
 use serde_json::json;
 
 fn nginx_binary() -> String {
@@ -72,25 +70,18 @@ impl Drop for Nginx {
 fn nginx_auth_request_passes_identity_upstream_and_returns_quotad_errors() {
     // (also: route costs, no raw key upstream, and quotad slow or down; see the end)
     let nginx = nginx_binary();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let Behind {
+        dir,
+        d,
+        id,
+        key,
+        stop,
+        up,
+        up_port,
+        port,
+        shipped,
+    } = behind_gateway(2, "docs/nginx/quotad.conf");
     let c = d.client();
-    let r = c.admin(
-        reqwest::Method::PUT,
-        "/tiers/tight",
-        Some(json!({"limits": [{"requests": 2, "periodSeconds": 60}]})),
-    );
-    assert_eq!(r.status, 200);
-    let (id, key) =
-        c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (up_port, up) = upstream(stop.clone());
-    let port = free_port();
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/nginx/quotad.conf"),
-    )
-    .unwrap();
     let site = shipped
         .replace("server 127.0.0.1:8686;", &format!("server {};", d.http))
         .replace(

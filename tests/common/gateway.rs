@@ -9,6 +9,59 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::Daemon;
+
+/// What a gateway test puts behind the gateway: quotad with a tier `tight` of `per_minute`
+/// requests and a key on it (consumer `acme-corp`, scope `api:read`), a running [`upstream`], a
+/// free port for the gateway, and the configuration shipped to users at `doc` (a path in the
+/// repository), to be pointed at them.
+pub struct Behind {
+    pub dir: tempfile::TempDir,
+    pub d: Daemon,
+    /// The key's id and raw key.
+    pub id: String,
+    pub key: String,
+    /// Stops the upstream; `up` is its thread and `up_port` its port.
+    pub stop: Arc<AtomicBool>,
+    pub up: std::thread::JoinHandle<()>,
+    pub up_port: u16,
+    /// The port for the gateway.
+    pub port: u16,
+    /// The shipped configuration's text.
+    pub shipped: String,
+}
+
+/// Sets up [`Behind`].
+pub fn behind_gateway(per_minute: u64, doc: &str) -> Behind {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let c = d.client();
+    let r = c.admin(
+        reqwest::Method::PUT,
+        "/tiers/tight",
+        Some(json!({"limits": [{"requests": per_minute, "periodSeconds": 60}]})),
+    );
+    assert_eq!(r.status, 200);
+    let (id, key) =
+        c.create_key(json!({"consumer": "acme-corp", "tier": "tight", "scopes": ["api:read"]}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (up_port, up) = upstream(stop.clone());
+    let shipped =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+            .unwrap();
+    Behind {
+        dir,
+        d,
+        id,
+        key,
+        stop,
+        up,
+        up_port,
+        port: free_port(),
+        shipped,
+    }
+}
+
 /// An upstream that answers 200 and echoes the identity headers it received.
 pub fn upstream(stop: Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
