@@ -57,16 +57,23 @@ fn use_key(d: &Daemon, raw: &str, n: usize) {
     }
 }
 
+/// Starts quotad on `data`, creates a key on tier `pro`, checks it `uses` times and stops: the
+/// key's id and raw key.
+fn key_used(data: &Path, uses: usize) -> (String, String) {
+    let d = Daemon::start(data, &[]);
+    let (id, raw) = d
+        .client()
+        .create_key(json!({"consumer": "c", "tier": "pro"}));
+    use_key(&d, &raw, uses);
+    assert_eq!(d.stop(), 0);
+    (id, raw)
+}
+
 #[test]
 fn a_missing_counters_file_refuses_start_until_the_loss_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let d = Daemon::start(&data, &[]);
-    let (id, raw) = d
-        .client()
-        .create_key(json!({"consumer": "c", "tier": "pro"}));
-    use_key(&d, &raw, 5);
-    assert_eq!(d.stop(), 0);
+    let (id, raw) = key_used(&data, 5);
     std::fs::remove_file(data.join("counters-00000.qd")).unwrap();
 
     let err = refused_start(&data);
@@ -513,12 +520,7 @@ fn random_damage_is_refused_or_harmless_and_inspect_agrees() {
 fn a_counters_file_replaced_by_an_older_copy_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let d = Daemon::start(&data, &[]);
-    let (id, raw) = d
-        .client()
-        .create_key(json!({"consumer": "c", "tier": "pro"}));
-    use_key(&d, &raw, 5);
-    assert_eq!(d.stop(), 0);
+    let (id, raw) = key_used(&data, 5);
     let counters = data.join("counters-00000.qd");
     let old = std::fs::read(&counters).unwrap();
     let d = Daemon::start(&data, &[]);
@@ -544,12 +546,7 @@ fn a_counters_file_replaced_by_an_older_copy_is_refused() {
 fn an_acks_file_replaced_by_an_older_copy_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let d = Daemon::start(&data, &[]);
-    let (_, raw) = d
-        .client()
-        .create_key(json!({"consumer": "c", "tier": "pro"}));
-    use_key(&d, &raw, 2);
-    assert_eq!(d.stop(), 0);
+    let (_, raw) = key_used(&data, 2);
     let acks = data.join("acks-00000.qd");
     let old = std::fs::read(&acks).unwrap();
     // Two more runs: each stop stamps a newer counters generation; a key is created meanwhile.
