@@ -41,7 +41,8 @@ impl CompiledTier {
 pub struct Catalog {
     doc: CatalogDoc,
     tiers: Vec<Option<CompiledTier>>,
-    tier_by_name: HashMap<String, u16>,
+    /// Looked up on every check on the Redis store: foldhash, not SipHash, as below.
+    tier_by_name: HashMap<String, u16, foldhash::fast::RandomState>,
     /// Looked up on every check that names a scope: foldhash, not SipHash (the map is built
     /// from operator-defined names, not attacker input).
     scope_ids: HashMap<String, u16, foldhash::fast::RandomState>,
@@ -63,7 +64,8 @@ impl Catalog {
             scope_ids.insert(s.clone(), i as u16);
         }
         let mut tiers = Vec::with_capacity(doc.tiers.len());
-        let mut tier_by_name = HashMap::new();
+        let mut tier_by_name: HashMap<String, u16, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(doc.tiers.len(), Default::default());
         for (i, t) in doc.tiers.iter().enumerate() {
             let Some(spec) = t else {
                 tiers.push(None);

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use redis::Value;
 
+use super::cache::Cached;
 use super::conn::{int, RedisError};
 use super::lease::Lease;
 use super::options::{FailPolicy, Mode};
@@ -42,6 +43,15 @@ pub(super) enum Outcome {
     },
 }
 
+/// The record as the policy's gate reads it.
+fn key_view(rec: &Rec) -> KeyView<'_> {
+    KeyView {
+        revoked: rec.revoked,
+        expires_at_ns: admission::expiry_ns(rec.expires_at_s),
+        grants: Grants::Names(&rec.scopes),
+    }
+}
+
 impl RedisStore {
     pub(super) fn on_error(
         &self,
@@ -76,12 +86,13 @@ impl RedisStore {
         let tier_ix = cat.tier_index(&rec.tier);
         let authenticated = self.authenticate(id, rec, raw, fast, now);
         let admitted = if authenticated {
-            let view = KeyView {
-                revoked: rec.revoked,
-                expires_at_ns: admission::expiry_ns(rec.expires_at_s),
-                grants: Grants::Names(&rec.scopes),
-            };
-            admission::admit(&view, tier_ix.and_then(|t| cat.tier(t)), cat, scope, now)
+            admission::admit(
+                &key_view(rec),
+                tier_ix.and_then(|t| cat.tier(t)),
+                cat,
+                scope,
+                now,
+            )
         } else {
             Err(Verdict::Unauthorized(AuthFailure::Unknown))
         };
@@ -92,29 +103,52 @@ impl RedisStore {
         }
     }
 
-    /// Lease mode's fast path: a key whose record this node has cached, which authenticates,
-    /// passes the gate and fits in the node's current lease, is decided here without an await
-    /// (and without building a future). `None`: the full path ([`Self::check_one`]) decides.
+    /// Lease mode's fast path: a key whose record this node has cached, whose secret it has
+    /// verified before, which passes the policy's gate and fits in the node's current lease, is
+    /// decided here under one lock of the cache entry, without an await. `None`: the full path
+    /// ([`Self::check_one`]) decides, with the same gate.
     pub(super) fn try_lease(
         &self,
         raw_key: Option<&str>,
         scope: Option<&str>,
         cost: u64,
     ) -> Option<Decision> {
-        if !matches!(self.opts.mode, Mode::Lease { .. }) {
+        let Mode::Lease { size, .. } = self.opts.mode else {
             return None;
-        }
+        };
         let now = self.clock.now_ns() / 1_000 * 1_000;
         let (raw, id) = admission::presented(raw_key).ok()?;
         let cost = cost.clamp(1, MAX_COST);
-        let rec = self.cache.get(&id.0).map(|e| e.rec.clone())?;
+        let fast = self.digest.of(raw);
         let cat = self.catalog.load();
-        let g = self.gate(id, &rec, (raw, self.digest.of(raw)), &cat.1, scope, now);
-        let (Some(tier_ix), Ok(tier)) = (g.tier_ix, g.admitted) else {
+        let mut e = self.cache.get_mut(&id.0)?;
+        let Cached {
+            rec,
+            fast: verified,
+            fast_prev,
+            lease,
+            ..
+        } = &mut *e;
+        // Only a secret this node verified against this record: a first sight is hashed on the
+        // full path.
+        let known =
+            fast != 0 && (*verified == fast || (*fast_prev == fast && now < rec.prev_until_ns));
+        if !known {
             return None;
-        };
-        let month = MonthWindow::containing(now);
-        self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
+        }
+        let tier_ix = cat.1.tier_index(&rec.tier)?;
+        let tier =
+            admission::admit(&key_view(rec), cat.1.tier(tier_ix), &cat.1, scope, now).ok()?;
+        let month = MonthWindow::containing(now).id;
+        let d = lease
+            .as_mut()?
+            .spend((tier_ix, tier.version), cost, now, month, size)?;
+        if d.1 {
+            drop(e);
+            self.ask_renewal(id);
+        }
+        self.stats.local_spends.fetch_add(1, Ordering::Relaxed);
+        Some(d.0)
     }
 
     /// Decides whether `raw_key` may make a call needing `scope` at `cost`: the same order and

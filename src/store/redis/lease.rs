@@ -109,32 +109,67 @@ impl RedisStore {
         now: u64,
         month: u32,
     ) -> Option<Decision> {
+        let Mode::Lease { size, .. } = self.opts.mode else {
+            return None;
+        };
         let mut e = self.cache.get_mut(&id.0)?;
         if e.rec.version != version {
             return None;
         }
-        let l = e.lease.as_mut()?;
-        if l.left < cost
-            || now >= l.until_ns
-            || l.month != month
-            || l.tier != tier_ix
-            || l.version != tier.version
+        let (d, renew) =
+            e.lease
+                .as_mut()?
+                .spend((tier_ix, tier.version), cost, now, month, size)?;
+        drop(e);
+        if renew {
+            self.ask_renewal(id);
+        }
+        self.stats.local_spends.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// Asks the renewal task to top up key `id`'s lease; if its queue is full, the lease runs
+    /// out as it would have without renewal (and may be asked for again by a later check).
+    pub(super) fn ask_renewal(&self, id: KeyId) {
+        if self.renew_tx.try_send(id.0).is_err() {
+            if let Some(mut e) = self.cache.get_mut(&id.0) {
+                if let Some(l) = e.lease.as_mut() {
+                    l.renewing = false;
+                }
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// Spends `cost` from this lease if it holds enough, is unexpired and was taken in `month`
+    /// under tier `tier` at `version`: the decision, and whether a renewal should now be asked
+    /// for (marked as asked).
+    pub(super) fn spend(
+        &mut self,
+        (tier, version): (u16, u16),
+        cost: u64,
+        now: u64,
+        month: u32,
+        size: u64,
+    ) -> Option<(Decision, bool)> {
+        if self.left < cost
+            || now >= self.until_ns
+            || self.month != month
+            || self.tier != tier
+            || self.version != version
         {
             return None;
         }
-        l.left -= cost;
-        l.spent += cost;
+        self.left -= cost;
+        self.spent += cost;
         // Running low: ask the renewal task to top it up before it runs out, so that the next
         // checks need no round trip. Never more than `size` held: the top-up is what is missing.
-        if let Mode::Lease { size, .. } = self.opts.mode {
-            if !l.renewing && l.left <= (size / 10).max(1) {
-                l.renewing = self.renew_tx.try_send(id.0).is_ok();
-            }
-        }
-        let mut d = l.template;
-        d.sub_remaining(l.spent);
+        let renew = !self.renewing && self.left <= (size / 10).max(1);
+        self.renewing |= renew;
+        let mut d = self.template;
+        d.sub_remaining(self.spent);
         d.now_s = now / NANOS_PER_SEC;
-        self.stats.local_spends.fetch_add(1, Ordering::Relaxed);
-        Some(d)
+        Some((d, renew))
     }
 }

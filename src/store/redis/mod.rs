@@ -75,7 +75,8 @@ pub struct RedisStore {
     opts: RedisOptions,
     clock: Arc<dyn Clock>,
     catalog: ArcSwap<(u64, Catalog)>,
-    cache: DashMap<u64, Cached>,
+    /// Looked up several times a check: foldhash (seeded per process), not SipHash.
+    cache: DashMap<u64, Cached, foldhash::fast::RandomState>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
     leased: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// Lease mode: keys whose lease runs low, for [`RedisStore::renewals`] to top up.
@@ -117,7 +118,7 @@ impl RedisStore {
             admin,
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
-            cache: DashMap::new(),
+            cache: DashMap::with_hasher(Default::default()),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             renew_tx,
             renew_rx: parking_lot::Mutex::new(Some(renew_rx)),

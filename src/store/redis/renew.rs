@@ -18,6 +18,9 @@ use crate::engine::month::MonthWindow;
 use crate::keys::KeyId;
 use crate::tiers::MAX_LIMITS;
 
+/// The most renewals started at once.
+const RENEW_BATCH: usize = 256;
+
 impl RedisStore {
     /// Tops up the leases that run low, several at once, until [`Self::stop_renewals`]; then
     /// waits for the renewals in flight, so that no token taken from Redis is left unheld.
@@ -26,12 +29,20 @@ impl RedisStore {
             return;
         };
         let mut inflight = FuturesUnordered::new();
+        let mut ids = Vec::with_capacity(RENEW_BATCH);
         loop {
             tokio::select! {
                 biased;
                 _ = self.renew_stop.notified() => break,
                 Some(()) = inflight.next(), if !inflight.is_empty() => {}
-                Some(id) = asked.recv() => inflight.push(self.renew(KeyId(id))),
+                // All the renewals asked for meanwhile start together: their script calls leave
+                // in one write per Redis connection.
+                n = asked.recv_many(&mut ids, RENEW_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    inflight.extend(ids.drain(..).map(|id| self.renew(KeyId(id))));
+                }
             }
         }
         while inflight.next().await.is_some() {}

@@ -3,9 +3,10 @@
 //!
 //! Lua numbers are doubles: every quantity here (microseconds since 1970, token counts, month ids)
 //! stays below 2^53, where doubles are exact integers, and numbers are written back with
-//! `string.format('%.0f')` so that none is ever stored in exponent form. The bucket math is the
-//! one of `engine::bucket::evaluate`, in microseconds; the node recomputes the figures from the
-//! state the script returns with the Rust function, so both stores render the same decision.
+//! `string.format('%d')` (through a C `long`, exact for them, and cheaper than `'%.0f'`) so that
+//! none is ever stored in exponent form. The bucket math is the one of `engine::bucket::evaluate`,
+//! in microseconds; the node recomputes the figures from the state the script returns with the
+//! Rust function, so both stores render the same decision.
 
 /// One check (exact mode: `want` = cost) or one lease (lease mode: `want` = the lease size).
 ///
@@ -87,7 +88,7 @@ if g > 0 then
   for j = 1, n do
     local base = tats[j]
     if base < now then base = now end
-    local iv = string.format('%.0f', ivs[j])
+    local iv = string.format('%d', ivs[j])
     -- Period and interval are written only when they change (a new key, a tier change).
     if old[3 * (j - 1) + 2] ~= pers[j] or old[3 * (j - 1) + 3] ~= iv then
       f[#f + 1] = 'p' .. j
@@ -96,7 +97,7 @@ if g > 0 then
       f[#f + 1] = iv
     end
     f[#f + 1] = 't' .. j
-    f[#f + 1] = string.format('%.0f', base + g * ivs[j])
+    f[#f + 1] = string.format('%d', base + g * ivs[j])
   end
   for j = n + 1, 4 do
     if old[3 * (j - 1) + 2] then
@@ -106,9 +107,9 @@ if g > 0 then
   f[#f + 1] = 'm'
   f[#f + 1] = month
   f[#f + 1] = 'u'
-  f[#f + 1] = string.format('%.0f', used + g)
+  f[#f + 1] = string.format('%d', used + g)
   f[#f + 1] = 'lu'
-  f[#f + 1] = string.format('%.0f', math.floor(now / 1000000))
+  f[#f + 1] = string.format('%d', math.floor(now / 1000000))
   redis.call('HSET', k, unpack(f))
 end
 local out = {2, g, used}
@@ -133,7 +134,7 @@ for j = 1, n do
     if s[1] == p and s[2] == iv and s[3] then
       local t = tonumber(s[3]) - r * tonumber(iv)
       if t < 0 then t = 0 end
-      redis.call('HSET', k, 't' .. i, string.format('%.0f', t))
+      redis.call('HSET', k, 't' .. i, string.format('%d', t))
     end
   end
 end
@@ -141,7 +142,7 @@ local s = redis.call('HMGET', k, 'm', 'u')
 if s[1] == month and s[2] then
   local u = tonumber(s[2]) - r
   if u < 0 then u = 0 end
-  redis.call('HSET', k, 'u', string.format('%.0f', u))
+  redis.call('HSET', k, 'u', string.format('%d', u))
 end
 return 1
 "#;
@@ -165,7 +166,7 @@ local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
 if v ~= ARGV[1] then return -2 end
 local nv = tonumber(v) + 1
-redis.call('HSET', KEYS[1], 'v', string.format('%.0f', nv), unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'v', string.format('%d', nv), unpack(ARGV, 2))
 return nv
 "#;
 
@@ -176,6 +177,6 @@ pub const PUT_CATALOG: &str = r#"
 local r = redis.call('HGET', KEYS[1], 'rev') or '0'
 if r ~= ARGV[1] then return -1 end
 local nr = tonumber(r) + 1
-redis.call('HSET', KEYS[1], 'rev', string.format('%.0f', nr), 'doc', ARGV[2])
+redis.call('HSET', KEYS[1], 'rev', string.format('%d', nr), 'doc', ARGV[2])
 return nr
 "#;
