@@ -79,6 +79,19 @@ pub struct TierSpec {
     /// Scopes the plan includes; `None` = every scope.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// `false`: shadow mode. Checks are counted and their figures computed as usual, but what
+    /// the limits or the quota would deny is answered as allowed, marked as a shadow denial, and
+    /// consumes nothing. Authentication and scopes are enforced either way.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub enforce: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// Why a tier description was refused.
@@ -218,6 +231,7 @@ impl TierSpec {
                 .collect(),
             monthly_quota,
             scopes: None,
+            enforce: true,
         }
     }
 }
@@ -283,6 +297,8 @@ struct TierToml {
     monthly_quota: Option<u64>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    enforce: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +333,7 @@ pub fn parse_tiers_toml(text: &str, origin: &str) -> Result<Vec<TierSpec>, TierE
             limits,
             monthly_quota: t.monthly_quota,
             scopes: t.scopes,
+            enforce: t.enforce,
         }
         .normalized();
         spec.validate().map_err(|e| file_err(e.to_string()))?;

@@ -244,6 +244,16 @@ fn tiers_commands_list_show_set_delete_and_apply_with_dry_run() {
         show.contains("60/60s 1000/3600s") && show.contains("5000") && show.contains("a:read"),
         "{show}"
     );
+    assert!(show.contains("enforced"), "{show}");
+    let v = json(&run(
+        &d,
+        &[
+            "tiers", "set", "trial", "--limit", "5/1m", "--shadow", "--json",
+        ],
+    ));
+    assert_eq!(v["enforce"], false, "{v}");
+    let show = ok(&run(&d, &["tiers", "show", "trial"]));
+    assert!(show.contains("shadow"), "{show}");
     fails(
         &run(&d, &["tiers", "set", "bad", "--limit", "sixty/1m"]),
         2,

@@ -1010,6 +1010,7 @@ fn both_stores_give_identical_decisions_on_a_random_workload() {
             .map(|(s, k)| s.check(Some(k), None, cost))
             .collect();
         assert_eq!(d[0].verdict, d[1].verdict, "step {step}");
+        assert_eq!(d[0].shadow, d[1].shadow, "step {step}");
         assert_eq!(d[0].retry_after, d[1].retry_after, "step {step}");
         assert_eq!(d[0].limits(), d[1].limits(), "step {step}");
         assert_eq!(d[0].primary(), d[1].primary(), "step {step}");
@@ -1096,6 +1097,7 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
     };
     let same = |d: &[Decision], step: usize| {
         assert_eq!(d[0].verdict, d[1].verdict, "step {step}");
+        assert_eq!(d[0].shadow, d[1].shadow, "step {step}");
         assert_eq!(d[0].retry_after, d[1].retry_after, "step {step}");
         assert_eq!(d[0].limits(), d[1].limits(), "step {step}");
         assert_eq!(d[0].primary(), d[1].primary(), "step {step}");
@@ -1128,7 +1130,9 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
                     })
                     .collect();
                 same(&d, step);
-                if d[0].verdict.is_allowed() {
+                if d[0].shadow.is_some() {
+                    "shadow"
+                } else if d[0].verdict.is_allowed() {
                     "admitted"
                 } else {
                     d[0].verdict.code()
@@ -1241,8 +1245,11 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
             }
             _ => {
                 let limits = [(rng.gen_range(3..9), 1), (rng.gen_range(15..40), 60)];
+                // Now and then in shadow mode: what it would deny is allowed and not counted.
+                let mut t = plan(&limits);
+                t.enforce = rng.gen_bool(0.6);
                 for s in &stores {
-                    s.put_tier(plan(&limits)).unwrap();
+                    s.put_tier(t.clone()).unwrap();
                 }
                 "tier change"
             }
@@ -1263,6 +1270,7 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
         "create",
         "usage",
         "tier change",
+        "shadow",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) > 0,

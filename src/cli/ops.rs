@@ -231,7 +231,12 @@ pub(super) fn tier_row(t: &Value) -> Vec<String> {
     } else {
         s(&t["monthlyQuota"])
     };
-    vec![s(&t["name"]), limits, quota, scopes]
+    let mode = if t["enforce"] == false {
+        "shadow"
+    } else {
+        "enforced"
+    };
+    vec![s(&t["name"]), limits, quota, scopes, mode.into()]
 }
 
 pub(super) fn print_raw_key(k: &Value) {

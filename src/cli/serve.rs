@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// Tiers TOML file replacing the built-in tiers; re-read on SIGHUP.
     #[arg(long, env = "QUOTAD_TIERS")]
     pub tiers: Option<PathBuf>,
+    /// Every tier in shadow mode: what its limits or quota would deny is allowed, marked with
+    /// `X-Quota-Shadow` and counted in `quotad_shadow_denials_total`; keys and scopes are still
+    /// enforced. For trying new limits on live traffic (a tier's own `enforce = false` does the
+    /// same for one tier).
+    #[arg(long, env = "QUOTAD_SHADOW")]
+    pub shadow: bool,
     /// Another header that may carry the API key (repeatable), e.g. X-Agent-API-Key.
     #[arg(long = "key-header", value_name = "NAME")]
     pub key_headers: Vec<String>,
@@ -170,6 +176,7 @@ impl ServeArgs {
         }
         o.replica_wait = Duration::from_millis(self.redis_replica_wait_ms.max(1));
         o.tiers = tiers;
+        o.shadow = self.shadow;
         Ok(Some(o))
     }
 }
@@ -208,6 +215,7 @@ fn open_local(
     tracing::info!(data_dir = %args.data_dir.display(), "opening data directory");
     let mut opts = LocalOptions::new(&args.data_dir);
     opts.tiers = tiers;
+    opts.shadow = args.shadow;
     opts.msync_interval = Duration::from_millis(args.msync_interval_ms.max(1));
     if args.data_group_readable {
         opts.modes = crate::store::local::Modes::GROUP_READ;
@@ -271,6 +279,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    if args.shadow {
+        tracing::warn!(
+            "--shadow: every tier is in shadow mode; limits and quotas are counted, not enforced"
+        );
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

@@ -31,6 +31,10 @@ pub enum TiersCmd {
         /// A scope the plan includes (repeatable; none: every scope).
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Shadow mode (`enforce: false`): what the limits or quota would deny is allowed,
+        /// marked and counted. Without it the tier is enforced.
+        #[arg(long)]
+        shadow: bool,
     },
     /// Delete a tier no key uses.
     Delete {
@@ -51,7 +55,7 @@ pub enum TiersCmd {
 pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
     let c = ctx(a)?;
     block_on(async move {
-        let headers = ["NAME", "LIMITS", "MONTHLY", "SCOPES"];
+        let headers = ["NAME", "LIMITS", "MONTHLY", "SCOPES", "MODE"];
         match cmd {
             TiersCmd::List => {
                 let v = c.call("GET", "/tiers", None).await?;
@@ -74,6 +78,7 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                 limits,
                 monthly_quota,
                 scopes,
+                shadow,
             } => {
                 let limits = limits
                     .iter()
@@ -85,6 +90,9 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                 }
                 if !scopes.is_empty() {
                     body["scopes"] = json!(scopes);
+                }
+                if shadow {
+                    body["enforce"] = json!(false);
                 }
                 let v = c
                     .call("PUT", &format!("/tiers/{}", urlencode(&name)), Some(body))

@@ -23,6 +23,13 @@ pub struct CompiledTier {
 }
 
 impl CompiledTier {
+    /// Whether the tier's limits and quota deny (`false`: shadow mode), unless `shadow_all`
+    /// puts every tier in shadow mode.
+    #[inline]
+    pub fn enforces(&self, shadow_all: bool) -> bool {
+        self.spec.enforce && !shadow_all
+    }
+
     /// The limits this tier had at `version`, if remembered.
     pub fn limits_at(&self, version: u16) -> Option<&[Limit]> {
         if version == self.version {
@@ -105,6 +112,7 @@ impl Catalog {
                     limits: past.limits.clone(),
                     monthly_quota: None,
                     scopes: None,
+                    enforce: true,
                 };
                 history.push((past.version, compile_limits(&old)?));
             }

@@ -147,6 +147,9 @@ pub struct Decision {
     pub retry_after: Option<u64>,
     /// The time of the check, Unix seconds.
     pub now_s: u64,
+    /// On a tier in shadow mode, the verdict its limits or quota would have given
+    /// (`RateLimited` or `QuotaExceeded`); the check was allowed and nothing was consumed.
+    pub shadow: Option<Verdict>,
     limits: [LimitStatus; MAX_LIMITS + 1],
     len: u8,
     primary: u8,
@@ -161,6 +164,7 @@ impl Decision {
             tier,
             retry_after: None,
             now_s,
+            shadow: None,
             limits: [LimitStatus::EMPTY; MAX_LIMITS + 1],
             len: 0,
             primary: 0,
@@ -182,6 +186,7 @@ impl Decision {
         self.tier = tier;
         self.retry_after = None;
         self.now_s = now_s;
+        self.shadow = None;
         self.len = 0;
         self.primary = 0;
     }
@@ -233,6 +238,7 @@ impl PartialEq for Decision {
             && self.tier == other.tier
             && self.retry_after == other.retry_after
             && self.now_s == other.now_s
+            && self.shadow == other.shadow
             && self.limits() == other.limits()
             && self.primary() == other.primary()
     }

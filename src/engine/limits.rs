@@ -24,12 +24,17 @@ pub struct Terms<'a> {
     pub quota: Option<u64>,
     /// The month `now` falls in.
     pub month: &'a MonthWindow,
+    /// `false` on a tier in shadow mode: what the limits or the quota would deny is allowed,
+    /// marked [`Decision::shadow`], and consumes nothing.
+    pub enforce: bool,
 }
 
 /// Decides the limits phase and fills `d` (which arrives as an `Allowed` decision with no limit
 /// figures). `tat[i]` is the bucket of `terms.limits[i]`; `used` the month's usage so far (0 for a
 /// new month). Returns the TATs to store when the request is admitted, `None` when denied
-/// (nothing may be written then).
+/// (nothing may be written then). Not enforcing, a denial becomes an allowed decision with the
+/// would-be verdict in [`Decision::shadow`], the figures of the denial and no `retry_after`, and
+/// still returns `None`: a check the limits refuse never consumes.
 #[inline]
 pub fn decide(
     tat: &[u64],
@@ -43,6 +48,7 @@ pub fn decide(
         limits,
         quota,
         month,
+        enforce,
     } = *terms;
     let mut evals = [None; MAX_LIMITS];
     let mut denied_by: Option<(usize, u64)> = None;
@@ -104,16 +110,27 @@ pub fn decide(
         d.verdict = Verdict::RateLimited(i);
         d.retry_after = Some(ceil_secs(wait).max(1));
         d.set_primary(i);
+        shadow(d, enforce);
         return None;
     }
     if quota_denied {
         d.verdict = Verdict::QuotaExceeded;
         d.retry_after = Some(month::secs_until_next_month(now));
         d.set_primary(d.limits().len() - 1);
+        shadow(d, enforce);
         return None;
     }
     d.set_primary(tightest.1);
     Some(next)
+}
+
+/// On a tier that does not enforce, turns the denial in `d` into an allowed answer that names it.
+fn shadow(d: &mut Decision, enforce: bool) {
+    if !enforce {
+        d.shadow = Some(d.verdict);
+        d.verdict = Verdict::Allowed;
+        d.retry_after = None;
+    }
 }
 
 /// The monthly quota a key is held to: its own override, else its tier's (`None`: unlimited).

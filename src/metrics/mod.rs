@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 mod process;
 
-use crate::engine::decision::{AuthFailure, Verdict};
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::store::Gauge;
 
 /// Times a check for the latency histogram with raw reads of one calibrated clock (the TSC
@@ -82,6 +82,21 @@ fn bucket_of(latency_ns: u64) -> Option<usize> {
     BUCKETS_NS.iter().position(|&ub| latency_ns <= ub)
 }
 
+/// The counter slot and escaped label of each tier in force: the last slot, shared by the
+/// tiers past it, is labelled `other` and listed once.
+fn tier_labels(tiers: &[(u16, String)]) -> Vec<(usize, String)> {
+    let mut out = Vec::with_capacity(tiers.len().min(TIER_SLOTS));
+    for (ix, name) in tiers {
+        let slot = tier_slot(*ix);
+        if slot == TIER_SLOTS - 1 {
+            out.push((slot, "other".to_string()));
+            break;
+        }
+        out.push((slot, name.replace('\\', "\\\\").replace('"', "\\\"")));
+    }
+    out
+}
+
 fn tier_slot(tier: u16) -> usize {
     usize::from(tier).min(TIER_SLOTS - 1)
 }
@@ -139,6 +154,8 @@ pub struct Tally {
     tiers_len: u8,
     /// ...and the pairs that did not fit (rare: many tiers in one read).
     spill: Vec<(u8, u8)>,
+    /// Shadow denials (tier, would-be verdict): rare, so a list.
+    shadow: Vec<(Option<u16>, Verdict)>,
 }
 
 impl Tally {
@@ -147,6 +164,16 @@ impl Tally {
     pub fn record(&mut self, v: Verdict, tier: Option<u16>, latency_ns: u64) {
         self.count_decision(v, tier);
         self.time_batch(latency_ns);
+    }
+
+    /// Counts decision `d` (and its shadow denial, if any); its time comes with the others of
+    /// its batch, by [`Tally::time_batch`].
+    #[inline]
+    pub fn count(&mut self, d: &Decision) {
+        self.count_decision(d.verdict, d.tier);
+        if let Some(v) = d.shadow {
+            self.shadow.push((d.tier, v));
+        }
     }
 
     /// Counts one decision; its time comes with the others of its batch, by [`Tally::time_batch`].
@@ -198,12 +225,34 @@ pub struct Metrics {
     bad_requests: [AtomicU64; TRANSPORTS.len()],
     admin_requests: AtomicU64,
     rejected_connections: [AtomicU64; TRANSPORTS.len()],
+    /// Shadow denials by tier slot and reason (0 rate_limited, 1 quota_exceeded): rare, so
+    /// not striped.
+    shadow: [[AtomicU64; 2]; TIER_SLOTS],
 }
 
 impl Metrics {
     /// New, all zero.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts a check that a tier in shadow mode allowed but would have denied with `would`.
+    pub fn record_shadow(&self, tier: Option<u16>, would: Verdict) {
+        let reason = match would {
+            Verdict::RateLimited(_) => 0,
+            Verdict::QuotaExceeded => 1,
+            _ => return,
+        };
+        self.shadow[tier_slot(tier.unwrap_or(0))][reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts decision `d` (and its shadow denial, if any) and its engine latency.
+    #[inline]
+    pub fn record_decision(&self, t: Transport, d: &Decision, latency_ns: u64) {
+        self.record_check(t, d.verdict, d.tier, latency_ns);
+        if let Some(v) = d.shadow {
+            self.record_shadow(d.tier, v);
+        }
     }
 
     /// Counts one decision (of a key on `tier`, if any) and its engine latency.
@@ -253,6 +302,9 @@ impl Metrics {
         }
         for &(slot, d) in &tally.spill {
             add(&s.tiers[usize::from(slot)][usize::from(d)], 1);
+        }
+        for &(tier, v) in &tally.shadow {
+            self.record_shadow(tier, v);
         }
         *tally = Tally::default();
     }
@@ -382,7 +434,8 @@ impl Metrics {
         let _ = writeln!(s, "{name}_count {n}");
     }
 
-    /// Checks by tier (named from `tiers`: index and name of each tier in force) and decision.
+    /// Checks by tier (named from `tiers`: index and name of each tier in force) and decision,
+    /// and shadow denials by tier and reason.
     fn render_tiers(&self, s: &mut String, tiers: &[(u16, String)]) {
         family(
             s,
@@ -390,23 +443,29 @@ impl Metrics {
             "counter",
             "Checks of keys on each tier in force, by decision (both transports).",
         );
-        for (ix, name) in tiers {
-            let slot = tier_slot(*ix);
-            let label = if slot == TIER_SLOTS - 1 {
-                "other"
-            } else {
-                name.as_str()
-            };
+        for (slot, label) in tier_labels(tiers) {
             for (di, dn) in DECISIONS.iter().enumerate() {
                 let v = self.sum(|st| &st.tiers[slot][di]);
                 let _ = writeln!(
                     s,
-                    "quotad_tier_checks_total{{tier=\"{}\",decision=\"{dn}\"}} {v}",
-                    label.replace('\\', "\\\\").replace('"', "\\\"")
+                    "quotad_tier_checks_total{{tier=\"{label}\",decision=\"{dn}\"}} {v}"
                 );
             }
-            if slot == TIER_SLOTS - 1 {
-                break;
+        }
+        family(
+            s,
+            "quotad_shadow_denials_total",
+            "counter",
+            "Checks a tier in shadow mode allowed that its limits (rate_limited) or quota \
+             (quota_exceeded) would have denied.",
+        );
+        for (slot, label) in tier_labels(tiers) {
+            for (ri, reason) in ["rate_limited", "quota_exceeded"].iter().enumerate() {
+                let v = self.shadow[slot][ri].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    s,
+                    "quotad_shadow_denials_total{{tier=\"{label}\",reason=\"{reason}\"}} {v}"
+                );
             }
         }
     }

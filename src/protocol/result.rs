@@ -12,6 +12,9 @@ pub struct WireResult {
     pub reason: u8,
     /// Index of the limit reported (for rate_limited: the one that denied).
     pub limit_index: u8,
+    /// On an allowed answer from a tier in shadow mode, the decision its limits or quota would
+    /// have given (4 rate_limited, 5 quota_exceeded); else 0.
+    pub shadow: u8,
     /// Seconds to wait when denied for a limit or the quota (0 otherwise).
     pub retry_after: u32,
     /// The most restrictive limit's requests per period.
@@ -35,6 +38,7 @@ impl WireResult {
         let head = u64::from(self.decision)
             | u64::from(self.reason) << 8
             | u64::from(self.limit_index) << 16
+            | u64::from(self.shadow) << 24
             | u64::from(self.retry_after) << 32;
         out.reserve(RESULT_LEN);
         for w in [head, self.limit, self.remaining, self.reset, self.key_id] {
@@ -51,6 +55,7 @@ impl WireResult {
             decision: b[0],
             reason: b[1],
             limit_index: b[2],
+            shadow: b[3],
             retry_after: u32_at(b, 4),
             limit: u64_at(b, 8),
             remaining: u64_at(b, 16),
@@ -83,6 +88,7 @@ mod tests {
             decision: 4,
             reason: 0,
             limit_index: 1,
+            shadow: 0,
             retry_after: 9,
             limit: 60,
             remaining: 0,

@@ -194,6 +194,12 @@ struct PutTier {
     monthly_quota: Option<u64>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    #[serde(default = "enforced")]
+    enforce: bool,
+}
+
+fn enforced() -> bool {
+    true
 }
 
 /// JSON has one number type: `2441.0` is the integer 2441 (as JSON Schema's `integer` says).
@@ -426,6 +432,7 @@ pub async fn handle<S: Store>(
                         limits: p.limits,
                         monthly_quota: p.monthly_quota,
                         scopes: p.scopes,
+                        enforce: p.enforce,
                     };
                     match store.put_tier(spec).await {
                         Ok(t) => {

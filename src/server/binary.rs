@@ -120,6 +120,11 @@ pub fn to_wire(d: &Decision) -> WireResult {
         decision,
         reason,
         limit_index: primary_index as u8,
+        shadow: match d.shadow {
+            Some(Verdict::RateLimited(_)) => 4,
+            Some(Verdict::QuotaExceeded) => 5,
+            _ => 0,
+        },
         retry_after: d
             .retry_after
             .map_or(0, |r| r.min(u64::from(u32::MAX)) as u32),
@@ -382,7 +387,7 @@ async fn serve_conn<St: Store, S: AsyncRead + AsyncWrite + Unpin>(
             state
                 .store
                 .check_batch(&plan.reqs, &mut |_, d| {
-                    tally.count_decision(d.verdict, d.tier);
+                    tally.count(d);
                     emit.before_check(out);
                     to_wire(d).put(out);
                 })

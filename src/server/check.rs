@@ -23,6 +23,7 @@ pub const MAX_HEADER_VALUE: usize = 1024;
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static X_QUOTA_SHADOW: HeaderName = HeaderName::from_static("x-quota-shadow");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
@@ -252,9 +253,7 @@ fn answered<S>(
     scope: Option<&str>,
 ) -> Resp {
     let elapsed = start.elapsed_ns();
-    state
-        .metrics
-        .record_check(Transport::Http, d.verdict, d.tier, elapsed);
+    state.metrics.record_decision(Transport::Http, d, elapsed);
     render_check(d, buf, rid, admitted, scope)
 }
 
@@ -321,8 +320,8 @@ fn render_check(
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // The common answer (allowed, with limits) fills a copy of a ready header map in place: no
     // header name is hashed (ten inserts' hashing was a fifth of this handler's time).
-    if let (Some((id_r, consumer_r)), Some((l, rem, reset, pol, rl)), None) =
-        (ident.clone(), primary.clone(), retry.clone())
+    if let (Some((id_r, consumer_r)), Some((l, rem, reset, pol, rl)), None, None) =
+        (ident.clone(), primary.clone(), retry.clone(), d.shadow)
     {
         let values = [
             trusted(rid_r.clone()),
@@ -371,6 +370,9 @@ fn render_check(
     }
     if let Some(r) = retry {
         put(&RETRY_AFTER, trusted(r));
+    }
+    if let Some(v) = d.shadow {
+        put(&X_QUOTA_SHADOW, Some(HeaderValue::from_static(v.code())));
     }
     if status == 401 {
         h.insert(

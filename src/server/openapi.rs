@@ -42,6 +42,9 @@ const SCOPE_PATTERN: &str = "^[A-Za-z0-9_.:/-]{1,64}$";
 /// A tier name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
 const TIER_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 
+/// What a tier's `enforce` means.
+const ENFORCE: &str = "false: shadow mode. A check the tier's limits or quota would deny is allowed (200) with X-Quota-Shadow naming the would-be decision, consumes nothing and is counted in quotad_shadow_denials_total; keys and scopes are still enforced. Absent: true (not shown when true).";
+
 /// The document.
 pub fn document() -> Value {
     let identity_headers = json!({
@@ -58,6 +61,8 @@ pub fn document() -> Value {
         "x-request-id": {"schema": {"type": "string"}},
     });
     let mut allowed_headers = rl_headers.clone();
+    allowed_headers["X-Quota-Shadow"] = json!({"schema": {"type": "string", "enum": ["rate_limited", "quota_exceeded"]},
+        "description": "Only on a tier in shadow mode (enforce: false, or serve --shadow), when its limits or quota would have denied this check: the would-be decision. The figures are those of that denial; nothing was consumed."});
     for (k, v) in identity_headers.as_object().into_iter().flatten() {
         allowed_headers[k] = v.clone();
     }
@@ -191,10 +196,12 @@ pub fn document() -> Value {
                 "Tier": {"type": "object", "required": ["name", "limits"], "additionalProperties": false, "properties": {"name": {"$ref": "#/components/schemas/TierName"},
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
                     "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
-                    "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}}}},
+                    "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}},
+                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE}}},
                 "PutTier": {"type": "object", "required": ["limits"], "additionalProperties": false, "properties": {
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
-                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}}}},
+                    "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}},
+                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE}}},
                 "TierList": {"type": "object", "properties": {"tiers": {"type": "array", "items": {"$ref": "#/components/schemas/Tier"}}}},
             }
         }

@@ -75,8 +75,8 @@ pub fn push_ratelimit(s: &mut String, d: &Decision) {
 
 /// A decision's rate-limit headers, named in lower case: `x-ratelimit-limit`,
 /// `x-ratelimit-remaining` and `x-ratelimit-reset` (the primary limit: the one that denied, else
-/// the one with the fewest requests left), `ratelimit-policy`, `ratelimit`, and `retry-after`
-/// when the answer has one. The HTTP check writes the same values into its answer's buffer
+/// the one with the fewest requests left), `ratelimit-policy`, `ratelimit`, `retry-after`
+/// when the answer has one, and `x-quota-shadow` (the would-be verdict) on a shadow denial. The HTTP check writes the same values into its answer's buffer
 /// (check.rs) with these functions.
 pub fn rate_limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(6);
@@ -94,6 +94,9 @@ pub fn rate_limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
     }
     if let Some(ra) = d.retry_after {
         out.push(("retry-after", ra.max(1).to_string()));
+    }
+    if let Some(v) = d.shadow {
+        out.push(("x-quota-shadow", v.code().to_string()));
     }
     out
 }

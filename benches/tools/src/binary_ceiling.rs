@@ -22,6 +22,7 @@ const ALLOWED: WireResult = WireResult {
     decision: 0,
     reason: 0,
     limit_index: 0,
+    shadow: 0,
     retry_after: 0,
     limit: 1_000_000_000,
     remaining: 999_999_999,

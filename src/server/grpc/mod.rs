@@ -180,7 +180,7 @@ fn rate_limit_headers(d: &Decision) -> Vec<HeaderValueOption> {
 fn record<S>(state: &AppState<S>, d: &Decision, elapsed_ns: u64) {
     state
         .metrics
-        .record_check(Transport::Grpc, d.verdict, d.tier, elapsed_ns);
+        .record_decision(Transport::Grpc, d, elapsed_ns);
 }
 
 /// The gRPC answer for a store that cannot decide (Redis down, fail-closed).

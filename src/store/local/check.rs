@@ -22,6 +22,7 @@ use crate::engine::limits::{self, Terms};
 use crate::engine::month::MonthWindow;
 use crate::engine::MAX_COST;
 use crate::keys::format as keyfmt;
+use crate::keys::KeyId;
 use crate::store::{CheckRequest, Identity};
 
 /// Offsets in a record slot of the lines a check lending the key's identity reads: each half's
@@ -269,8 +270,13 @@ impl Local {
             limits: &tier.limits,
             quota: limits::quota_of(quota_override, tier),
             month: &month,
+            enforce: tier.enforces(self.shadow),
         };
         let Some(tat) = limits::decide(&cur.tat, used, now, cost, &terms, d) else {
+            if d.shadow.is_some() {
+                // Allowed in shadow mode: nothing consumed, but the answer names the key.
+                self.lend_identity(slot, id, &tier.spec.name, identity);
+            }
             return;
         };
         let next = CounterHalf::successor(
@@ -295,17 +301,7 @@ impl Local {
         // The identity is handed out before the durable write below: that store may wait for
         // its line, later stores queue behind it, and a load of what they wrote (the caller
         // reading back the names it just copied) would wait as long.
-        if let Some(f) = identity {
-            // SAFETY: shard lock held.
-            if let Some(rs) = unsafe { self.record_slot(slot) } {
-                let r = &rs[layout::newest(rs)];
-                f(Identity {
-                    id,
-                    consumer: layout::get_str(&r.consumer).unwrap_or(""),
-                    tier: &tier.spec.name,
-                });
-            }
-        }
+        self.lend_identity(slot, id, &tier.spec.name, identity);
         // The durable write: a 64-byte store into the older half of the mapped slot.
         cs[into] = next;
         *written = true;
@@ -316,6 +312,29 @@ impl Local {
         let hot = unsafe { self.shards.entry(slot) };
         hot.counters = next;
         hot.newest = into as u8;
+    }
+
+    /// Lends key `id`'s identity (its record is in `slot`, whose shard lock the caller holds).
+    #[inline]
+    fn lend_identity(
+        &self,
+        slot: u32,
+        id: KeyId,
+        tier: &str,
+        identity: Option<&mut (dyn FnMut(Identity<'_>) + Send)>,
+    ) {
+        let Some(f) = identity else {
+            return;
+        };
+        // SAFETY: the caller holds the shard lock.
+        if let Some(rs) = unsafe { self.record_slot(slot) } {
+            let r = &rs[layout::newest(rs)];
+            f(Identity {
+                id,
+                consumer: layout::get_str(&r.consumer).unwrap_or(""),
+                tier,
+            });
+        }
     }
 
     /// Verifies `raw` against the stored SHA-256 (current secret, or the previous one during a

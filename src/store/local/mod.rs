@@ -81,6 +81,8 @@ pub struct LocalOptions {
     pub msync_interval: Duration,
     /// Permissions of the directory and its files (owner only by default).
     pub modes: Modes,
+    /// Every tier in shadow mode, whatever its `enforce` says (`quotad serve --shadow`).
+    pub shadow: bool,
 }
 
 impl LocalOptions {
@@ -92,6 +94,7 @@ impl LocalOptions {
             sync_records: true,
             msync_interval: Duration::from_secs(1),
             modes: Modes::PRIVATE,
+            shadow: false,
         }
     }
 }
@@ -143,6 +146,8 @@ struct Local {
     data_dir: PathBuf,
     sync_records: bool,
     msync_interval: Duration,
+    /// Every tier in shadow mode ([`LocalOptions::shadow`]).
+    shadow: bool,
     last_flush_ns: AtomicU64,
     /// Whether this CPU has `prefetchw` (see `check::prefetch_write`).
     prefetch_exclusive: bool,
@@ -272,6 +277,7 @@ impl LocalStore {
             data_dir: dir,
             sync_records: opts.sync_records,
             msync_interval: opts.msync_interval,
+            shadow: opts.shadow,
             last_flush_ns: AtomicU64::new(now),
             prefetch_exclusive: check::has_prefetch_write(),
             lock,

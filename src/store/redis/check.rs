@@ -268,6 +268,7 @@ impl RedisStore {
                         limits: &limits,
                         quota,
                         month: &month,
+                        enforce: tier.enforces(self.opts.shadow),
                     };
                     if granted <= cost {
                         let admitted = limits::decide(&tat_ns, used, now, cost, &terms, &mut d);

@@ -57,6 +57,8 @@ pub struct RedisOptions {
     /// change stands on the master, the call succeeds, and the shortfall is logged and counted
     /// in `quotad_store_unreplicated_changes_total`.
     pub replica_wait: Duration,
+    /// Every tier in shadow mode, whatever its `enforce` says (`quotad serve --shadow`).
+    pub shadow: bool,
 }
 
 impl RedisOptions {
@@ -76,6 +78,7 @@ impl RedisOptions {
             tiers: None,
             replica_acks,
             replica_wait: Duration::from_secs(1),
+            shadow: false,
         }
     }
 

@@ -125,6 +125,7 @@ impl RedisStore {
             limits: &limits,
             quota,
             month: &month,
+            enforce: tier.enforces(self.opts.shadow),
         };
         limits::decide(&tat_ns, used, now, 1, &terms, &mut d);
         let until_ns = now.saturating_add(ttl.as_nanos() as u64);
