@@ -249,7 +249,11 @@ fn the_checker_sees_imports_it_must_catch() {
             .map(|(_, t)| t.clone())
             .unwrap()
     };
-    let admin = imported_modules("server/admin.rs", &text("server/admin.rs"), &modules);
+    let admin = imported_modules(
+        "server/admin/mod.rs",
+        &text("server/admin/mod.rs"),
+        &modules,
+    );
     assert!(
         admin.contains("server::reply") && admin.contains("store"),
         "{admin:?}"

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::blocking::Blocking;
-use quotad::keys::record::{CreatedKey, KeyInfo, Usage};
+use quotad::keys::record::{CreatedKey, KeyInfo, Reset, Usage};
 use quotad::keys::{KeyId, KeyUpdate, NewKey};
 use quotad::store::redis::{RedisOptions, RedisStore};
 use quotad::store::DataDirError;
@@ -117,6 +117,9 @@ impl Store {
     }
     fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
         either!(self, s => s.usage(id))
+    }
+    fn reset_counters(&self, id: KeyId, what: Reset) -> Result<(Usage, Usage), StoreError> {
+        either!(self, s => s.reset_counters(id, what))
     }
     fn put_tier(&self, t: TierSpec) -> Result<TierSpec, StoreError> {
         either!(self, s => s.put_tier(t))
@@ -1227,7 +1230,36 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
                 keys.push(create(&mut rng));
                 "create"
             }
-            90..=95 => {
+            90..=91 => {
+                let what = match rng.gen_range(0..3) {
+                    0 => Reset {
+                        burst: true,
+                        monthly: false,
+                    },
+                    1 => Reset {
+                        burst: false,
+                        monthly: true,
+                    },
+                    _ => Reset {
+                        burst: true,
+                        monthly: true,
+                    },
+                };
+                let a = stores[0].reset_counters(keys[k].id[0], what).unwrap();
+                let b = stores[1].reset_counters(keys[k].id[1], what).unwrap();
+                assert_eq!(a.0.limits, b.0.limits, "step {step}: before");
+                assert_eq!(a.1.limits, b.1.limits, "step {step}: after");
+                assert_eq!(
+                    (a.0.monthly_used, a.1.monthly_used),
+                    (b.0.monthly_used, b.1.monthly_used),
+                    "step {step}"
+                );
+                if what.monthly {
+                    assert_eq!(a.1.monthly_used, 0, "step {step}");
+                }
+                "reset"
+            }
+            92..=95 => {
                 let a = stores[0].usage(keys[k].id[0]).unwrap();
                 let b = stores[1].usage(keys[k].id[1]).unwrap();
                 assert_eq!(a.limits, b.limits, "step {step}");
@@ -1271,6 +1303,7 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
         "usage",
         "tier change",
         "shadow",
+        "reset",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) > 0,

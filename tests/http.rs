@@ -653,7 +653,10 @@ fn every_documented_route_answers() {
             } else {
                 (&id, "enterprise")
             };
-            let url = path.replace("{id}", key).replace("{name}", tier);
+            let url = path
+                .replace("{id}", key)
+                .replace("{name}", tier)
+                .replace("{consumer}", "c");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = match (method.as_str(), path.as_str()) {
                 ("put", "/admin/v1/tiers") => Some(json!({"tiers": crate_builtin_tiers()})),

@@ -64,6 +64,17 @@ pub enum KeysCmd {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Set a key's counters back (both by default): burst windows to full, month's usage to 0.
+    Reset {
+        /// Key id.
+        id: String,
+        /// Only the burst windows.
+        #[arg(long, conflicts_with = "monthly_only")]
+        burst_only: bool,
+        /// Only the month's usage.
+        #[arg(long)]
+        monthly_only: bool,
+    },
     /// Change a key.
     Update {
         /// Key id.
@@ -200,6 +211,17 @@ pub fn keys(cmd: KeysCmd, a: &AdminArgs) -> anyhow::Result<()> {
                     )
                     .await?;
                 c.print(&v, print_raw_key);
+            }
+            KeysCmd::Reset {
+                id,
+                burst_only,
+                monthly_only,
+            } => {
+                let body = reset_body(burst_only, monthly_only);
+                let v = c
+                    .call("POST", &format!("/keys/{id}/reset"), Some(body))
+                    .await?;
+                c.print(&v, print_key);
             }
             KeysCmd::Update {
                 id,

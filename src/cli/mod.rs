@@ -2,6 +2,7 @@
 
 pub mod admin_client;
 pub mod bench;
+pub mod consumers_cmd;
 pub mod datadir_cmd;
 pub mod keys_cmd;
 pub mod ops;
@@ -78,6 +79,15 @@ pub enum Command {
         #[command(subcommand)]
         cmd: tiers_cmd::TiersCmd,
     },
+    /// What spans every key of one consumer (through the admin API).
+    Consumers {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: ops::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: consumers_cmd::ConsumersCmd,
+    },
     /// One key's live usage.
     Usage {
         /// Where the admin API is.
@@ -153,6 +163,7 @@ pub fn main() -> i32 {
         }
         Command::Keys { admin: a, cmd } => keys_cmd::keys(cmd, &admin(a)),
         Command::Tiers { admin: a, cmd } => tiers_cmd::tiers(cmd, &admin(a)),
+        Command::Consumers { admin: a, cmd } => consumers_cmd::consumers(cmd, &admin(a)),
         Command::Usage { admin: a, id } => keys_cmd::usage(id, &admin(a)),
         Command::Inspect { data_dir } => datadir_cmd::inspect(data_dir, g.json),
         Command::Repair {

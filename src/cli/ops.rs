@@ -211,6 +211,11 @@ pub(super) fn print_usage(u: &Value) {
     table(&["LIMIT", "REMAINING", "RESET"], &rows);
 }
 
+/// The body of a counter reset: both kinds unless one is asked for alone.
+pub(super) fn reset_body(burst_only: bool, monthly_only: bool) -> Value {
+    json!({"burst": !monthly_only, "monthly": !burst_only})
+}
+
 pub(super) fn tier_row(t: &Value) -> Vec<String> {
     let limits = t["limits"]
         .as_array()

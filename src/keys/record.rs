@@ -93,6 +93,15 @@ pub struct LimitUsage {
     pub reset: u64,
 }
 
+/// Which counters a reset sets back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    /// Every burst window to full.
+    pub burst: bool,
+    /// The month's usage to 0.
+    pub monthly: bool,
+}
+
 /// Live usage of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {

@@ -138,6 +138,15 @@ pub fn document() -> Value {
             "/admin/v1/keys/{id}/rotate": {"post": admin(json!({"summary": "New secret for the same record; usage carries over", "parameters": id_param(),
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rotate"}}}},
                 "responses": {"200": ok("The key with its new raw key", "Key"), "404": error_response("Unknown key id")}}))},
+            "/admin/v1/keys/{id}/reset": {"post": admin(json!({"summary": "Set the key's counters back: burst windows to full and/or the month's usage to 0 (an operator's reset after an incident; logged with the usage before)", "parameters": id_param(),
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reset"}}}},
+                "responses": {"200": ok("The key with its usage after the reset", "Key"), "400": error_response("Nothing to reset, or a bad body"), "404": error_response("Unknown key id")}}))},
+            "/admin/v1/consumers/{consumer}/reset": {"post": admin(json!({"summary": "Reset the counters of every key of a consumer (as /admin/v1/keys/{id}/reset)",
+                "parameters": [{"name": "consumer", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Consumer"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reset"}}}},
+                "responses": {"200": {"description": "Every key of the consumer with its usage after the reset", "content": {"application/json": {"schema": {"type": "object", "required": ["consumer", "keys"],
+                    "properties": {"consumer": {"type": "string"}, "keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}}}}},
+                    "400": error_response("Nothing to reset, or a bad body"), "404": error_response("The consumer has no keys")}}))},
             "/admin/v1/tiers": {
                 "get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}})),
                 "put": admin(json!({"summary": "Replace the whole set of tiers at once (a tiers file); tiers left out are deleted, refused (409) while keys use them",
@@ -175,6 +184,10 @@ pub fn document() -> Value {
                     "tier": {"$ref": "#/components/schemas/TierName"}, "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},
                     "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "name": {"type": ["string", "null"], "maxLength": 56, "pattern": "^[^\\u0000]*$"}}},
+                "Reset": {"type": "object", "additionalProperties": false, "properties": {
+                    "burst": {"type": "boolean", "default": true, "description": "Every burst window back to full"},
+                    "monthly": {"type": "boolean", "default": true, "description": "The month's usage back to 0"}},
+                    "description": "At least one true; no body resets both"},
                 "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0, "maximum": 31_536_000, "description": "How long the old secret keeps working, at most a year"}}},
                 "Key": {"type": "object", "properties": {
                     "id": {"type": "string"}, "key": {"type": "string", "description": "Raw key: create and rotate responses only"},

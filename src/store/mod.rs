@@ -20,7 +20,7 @@ use crate::engine::catalog_doc::CatalogError;
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
 use crate::engine::PolicyError;
-use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
 use crate::keys::KeyId;
 use crate::tiers::TierSpec;
 
@@ -222,6 +222,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// A key's live usage (nothing is consumed).
     fn usage(&self, id: KeyId) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+
+    /// Sets key `id`'s counters back as `what` says: its burst windows to full, its month's
+    /// usage to 0. Durable before it returns (as an admin change). The usage before and after.
+    fn reset_counters(
+        &self,
+        id: KeyId,
+        what: Reset,
+    ) -> impl Future<Output = Result<(Usage, Usage), StoreError>> + Send;
+
+    /// Resets the counters of every key of `consumer` (as [`Store::reset_counters`]): each key
+    /// with its usage before and after, in [`Store::list_keys`] order.
+    fn reset_consumer(
+        &self,
+        consumer: &str,
+        what: Reset,
+    ) -> impl Future<Output = Result<Vec<(KeyInfo, Usage, Usage)>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = self
+                    .list_keys(KeyQuery {
+                        consumer: Some(consumer),
+                        tier: None,
+                        after,
+                        limit: 500,
+                    })
+                    .await?;
+                for k in page {
+                    match self.reset_counters(k.id, what).await {
+                        Ok((before, now)) => out.push((k, before, now)),
+                        // Deleted meanwhile: nothing left to reset.
+                        Err(StoreError::UnknownKey) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
 
     /// Number of keys (live, revoked and expired).
     fn key_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -1,7 +1,7 @@
 //! A store called synchronously: each call of the [`Store`] trait is `block_on` on a runtime of
 //! the wrapper's own, so tests read like straight-line code.
 
-use quotad::keys::record::{CreatedKey, KeyInfo, Usage};
+use quotad::keys::record::{CreatedKey, KeyInfo, Reset, Usage};
 use quotad::keys::{KeyId, KeyUpdate, NewKey};
 use quotad::store::KeyQuery;
 use quotad::tiers::TierSpec;
@@ -108,6 +108,9 @@ impl<S: Store> Blocking<S> {
     }
     pub fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
         self.rt.block_on(self.store.usage(id))
+    }
+    pub fn reset_counters(&self, id: KeyId, what: Reset) -> Result<(Usage, Usage), StoreError> {
+        self.rt.block_on(self.store.reset_counters(id, what))
     }
     pub fn key_count(&self) -> u64 {
         self.rt.block_on(self.store.key_count()).expect("key count")

@@ -28,6 +28,7 @@ mod load_counters;
 mod recovery;
 mod registry;
 mod repair;
+mod reset;
 mod service;
 mod shards;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Local, LocalStore};
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
-use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
 use crate::keys::KeyId;
 use crate::store::{CheckRequest, Gauge, Health, Identity, KeyQuery, Store, StoreError};
 use crate::tiers::TierSpec;
@@ -95,6 +95,10 @@ impl Store for LocalStore {
 
     async fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
         self.inner.usage(id)
+    }
+
+    async fn reset_counters(&self, id: KeyId, what: Reset) -> Result<(Usage, Usage), StoreError> {
+        self.inner.reset_counters(id, what)
     }
 
     async fn key_count(&self) -> Result<u64, StoreError> {

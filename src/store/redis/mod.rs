@@ -35,6 +35,7 @@ mod lease;
 mod options;
 mod record;
 mod renew;
+mod reset;
 mod scripts;
 mod service;
 mod stats;
@@ -89,6 +90,7 @@ pub struct RedisStore {
     give_back: Script,
     update: Script,
     delete: Script,
+    reset: Script,
     put_catalog: Script,
 }
 
@@ -130,6 +132,7 @@ impl RedisStore {
             give_back: Script::new(scripts::RETURN),
             update: Script::new(scripts::UPDATE_RECORD),
             delete: Script::new(scripts::DELETE_RECORD),
+            reset: Script::new(scripts::RESET),
             put_catalog: Script::new(scripts::PUT_CATALOG),
             opts,
         };

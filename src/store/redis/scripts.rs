@@ -147,6 +147,21 @@ end
 return 1
 "#;
 
+/// An operator's reset of a key's counters. `KEYS[1]`: the key's hash; `ARGV`: the key id,
+/// `1` to set every burst bucket to full (TAT 0), `1` to set the month's usage to 0. Returns 1,
+/// or 0 when the hash holds no such key.
+pub const RESET: &str = r#"
+local k = KEYS[1]
+if redis.call('HGET', k, 'id') ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  for i = 1, 4 do
+    if redis.call('HEXISTS', k, 't' .. i) == 1 then redis.call('HSET', k, 't' .. i, '0') end
+  end
+end
+if ARGV[3] == '1' and redis.call('HEXISTS', k, 'u') == 1 then redis.call('HSET', k, 'u', '0') end
+return 1
+"#;
+
 /// Deletes a key record (and its counters, in the same hash) if its version is the expected one.
 /// `KEYS[1]`: the hash; `ARGV[1]`: expected version. Returns 1, -1 when the key does not exist,
 /// -2 when another node changed it first.

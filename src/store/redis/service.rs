@@ -9,7 +9,7 @@ use super::options::{FailPolicy, Mode};
 use super::RedisStore;
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
-use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
+use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
 use crate::keys::KeyId;
 use crate::store::{CheckRequest, Gauge, Health, Identity, KeyQuery, Store, StoreError};
 use crate::tiers::TierSpec;
@@ -104,6 +104,10 @@ impl Store for RedisStore {
 
     async fn usage(&self, id: KeyId) -> Result<Usage, StoreError> {
         self.usage_of(id).await
+    }
+
+    async fn reset_counters(&self, id: KeyId, what: Reset) -> Result<(Usage, Usage), StoreError> {
+        self.reset_of(id, what).await
     }
 
     async fn key_count(&self) -> Result<u64, StoreError> {
