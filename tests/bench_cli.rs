@@ -87,11 +87,19 @@ fn bench_reports_throughput_latency_and_decisions_as_json() {
     // The counters moved: 6000 checks over 40 keys.
     let m = d.client().get("/metrics").text;
     assert!(
-        m.contains("quotad_checks_total{transport=\"binary\",decision=\"allowed\"} 3000"),
+        common::metric_sum(
+            &m,
+            "quotad_checks_total",
+            &[("transport", "binary"), ("decision", "allowed")]
+        ) == 3000,
         "{m}"
     );
     assert!(
-        m.contains("quotad_checks_total{transport=\"http\",decision=\"allowed\"} 3000"),
+        common::metric_sum(
+            &m,
+            "quotad_checks_total",
+            &[("transport", "http"), ("decision", "allowed")]
+        ) == 3000,
         "{m}"
     );
     // Unless told to keep them.

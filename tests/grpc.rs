@@ -466,7 +466,11 @@ fn one_key_is_one_counter_over_grpc_http_and_the_binary_protocol() {
     );
     let m = c.get("/metrics").text;
     assert!(
-        m.contains("quotad_checks_total{transport=\"grpc\",decision=\"allowed\"} 2"),
+        common::metric_sum(
+            &m,
+            "quotad_checks_total",
+            &[("transport", "grpc"), ("decision", "allowed")]
+        ) == 2,
         "{m}"
     );
 }
@@ -637,7 +641,11 @@ fn the_load_generator_drives_both_grpc_apis() {
     }
     let m = c.get("/metrics").text;
     assert!(
-        m.contains("quotad_checks_total{transport=\"grpc\",decision=\"allowed\"} 600"),
+        common::metric_sum(
+            &m,
+            "quotad_checks_total",
+            &[("transport", "grpc"), ("decision", "allowed")]
+        ) == 600,
         "{m}"
     );
     // The load generator runs gRPC closed-loop only, and says so.

@@ -522,7 +522,10 @@ fn health_metrics_and_docs_are_public() {
     let m = c.get("/metrics");
     assert!(m.header("content-type").unwrap().starts_with("text/plain"));
     for needle in [
-        "quotad_checks_total{transport=\"http\",decision=\"allowed\"} 1",
+        "quotad_checks_total{transport=\"http\",tier=\"free\",decision=\"allowed\"} 1",
+        "quotad_checks_total{transport=\"http\",tier=\"pro\",decision=\"allowed\"} 0",
+        "quotad_tier_keys{tier=\"free\"} 1",
+        "quotad_tier_keys{tier=\"pro\"} 0",
         "quotad_check_duration_seconds_count 1",
         "quotad_keys 1",
         "quotad_tiers 4",

@@ -143,6 +143,21 @@ fn a_shadow_tier_allows_what_it_would_deny(redis: bool) {
         5
     );
 
+    // The tier is a label of the check counters, and its keys are counted (on Redis, as of the
+    // node's last poll).
+    assert_eq!(
+        metric(
+            &c,
+            "quotad_checks_total{transport=\"binary\",tier=\"trial\",decision=\"allowed\"} "
+        ),
+        1
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(&c, "quotad_tier_keys{tier=\"trial\"} ") != 1 {
+        assert!(std::time::Instant::now() < deadline, "quotad_tier_keys");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
     // Keys and scopes are enforced in shadow mode.
     assert_eq!(c.check(Some("qd_not_a_key"), &[]).status, 401);
     let r = c.check(Some(&key), &[("X-Quota-Scope", "billing:write")]);

@@ -92,9 +92,14 @@ fn tier_labels(tiers: &[(u16, String)]) -> Vec<(usize, String)> {
             out.push((slot, "other".to_string()));
             break;
         }
-        out.push((slot, name.replace('\\', "\\\\").replace('"', "\\\"")));
+        out.push((slot, label_value(name)));
     }
     out
+}
+
+/// `name` escaped as a Prometheus label value.
+fn label_value(name: &str) -> String {
+    name.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 fn tier_slot(tier: u16) -> usize {
@@ -116,18 +121,22 @@ fn reason_index(r: AuthFailure) -> usize {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct CheckStripe {
-    checks: [[AtomicU64; 7]; TRANSPORTS.len()],
+    /// Checks that named no tier (e.g. an unknown key), by transport and decision.
+    untiered: [[AtomicU64; 7]; TRANSPORTS.len()],
     unauthorized: [[AtomicU64; 5]; TRANSPORTS.len()],
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
-    /// Checks of keys on a tier, by tier index slot and decision (a check with no tier, e.g. an
-    /// unknown key, is not counted here).
-    tiers: [[AtomicU64; 7]; TIER_SLOTS],
+    /// Checks of keys on a tier, by transport, tier index slot and decision.
+    tiers: [[[AtomicU64; 7]; TIER_SLOTS]; TRANSPORTS.len()],
     http_buckets: [AtomicU64; HTTP_BUCKETS_NS.len()],
     http_count: AtomicU64,
     http_sum_ns: AtomicU64,
 }
+
+mod tally;
+
+pub use tally::Tally;
 
 const STRIPES: usize = 16;
 
@@ -136,85 +145,6 @@ thread_local! {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
     };
-}
-
-/// Checks counted locally (plain integers) and added to [`Metrics`] in one go with
-/// [`Metrics::add_tally`]: the binary protocol counts a read's checks here.
-#[derive(Debug, Default, Clone)]
-pub struct Tally {
-    checks: [u64; 7],
-    unauthorized: [u64; 5],
-    latency_buckets: [u64; BUCKETS_NS.len()],
-    count: u64,
-    latency_sum_ns: u64,
-    /// Decisions counted but not yet timed.
-    untimed: u64,
-    /// Per-tier counts of this tally, (tier slot, decision, n), in a short inline list...
-    tiers: [(u8, u8, u32); 8],
-    tiers_len: u8,
-    /// ...and the pairs that did not fit (rare: many tiers in one read).
-    spill: Vec<(u8, u8)>,
-    /// Shadow denials (tier, would-be verdict): rare, so a list.
-    shadow: Vec<(Option<u16>, Verdict)>,
-}
-
-impl Tally {
-    /// Counts one decision (of a key on `tier`, if any) and its engine latency.
-    #[inline]
-    pub fn record(&mut self, v: Verdict, tier: Option<u16>, latency_ns: u64) {
-        self.count_decision(v, tier);
-        self.time_batch(latency_ns);
-    }
-
-    /// Counts decision `d` (and its shadow denial, if any); its time comes with the others of
-    /// its batch, by [`Tally::time_batch`].
-    #[inline]
-    pub fn count(&mut self, d: &Decision) {
-        self.count_decision(d.verdict, d.tier);
-        if let Some(v) = d.shadow {
-            self.shadow.push((d.tier, v));
-        }
-    }
-
-    /// Counts one decision; its time comes with the others of its batch, by [`Tally::time_batch`].
-    #[inline]
-    pub fn count_decision(&mut self, v: Verdict, tier: Option<u16>) {
-        let d = v.index();
-        self.checks[d] += 1;
-        if let Verdict::Unauthorized(r) = v {
-            self.unauthorized[reason_index(r)] += 1;
-        }
-        self.untimed += 1;
-        if let Some(t) = tier {
-            let (slot, d) = (tier_slot(t) as u8, d as u8);
-            let n = usize::from(self.tiers_len);
-            if let Some(e) = self.tiers[..n].iter_mut().find(|e| e.0 == slot && e.1 == d) {
-                e.2 += 1;
-            } else if n < self.tiers.len() {
-                self.tiers[n] = (slot, d, 1);
-                self.tiers_len += 1;
-            } else {
-                self.spill.push((slot, d));
-            }
-        }
-    }
-
-    /// The decisions counted since the last call took `total_ns` together: each goes into the
-    /// latency histogram at their mean. (Timing a read's checks together costs two clock reads
-    /// per read instead of two per check.)
-    #[inline]
-    pub fn time_batch(&mut self, total_ns: u64) {
-        if self.untimed == 0 {
-            return;
-        }
-        let each = total_ns / self.untimed;
-        if let Some(b) = bucket_of(each) {
-            self.latency_buckets[b] += self.untimed;
-        }
-        self.count += self.untimed;
-        self.latency_sum_ns = self.latency_sum_ns.wrapping_add(total_ns);
-        self.untimed = 0;
-    }
 }
 
 /// All counters of one process.
@@ -259,10 +189,11 @@ impl Metrics {
     #[inline]
     pub fn record_check(&self, t: Transport, v: Verdict, tier: Option<u16>, latency_ns: u64) {
         let s = &self.stripes[STRIPE.with(|i| *i)];
-        s.checks[t as usize][v.index()].fetch_add(1, Ordering::Relaxed);
-        if let Some(tier) = tier {
-            s.tiers[tier_slot(tier)][v.index()].fetch_add(1, Ordering::Relaxed);
+        match tier {
+            Some(tier) => &s.tiers[t as usize][tier_slot(tier)][v.index()],
+            None => &s.untiered[t as usize][v.index()],
         }
+        .fetch_add(1, Ordering::Relaxed);
         if let Verdict::Unauthorized(r) = v {
             s.unauthorized[t as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
         }
@@ -286,9 +217,8 @@ impl Metrics {
                 a.fetch_add(n, Ordering::Relaxed);
             }
         };
-        for (a, &n) in s.checks[t as usize].iter().zip(&tally.checks) {
-            add(a, n);
-        }
+        // What the tier list does not hold named no tier.
+        let mut untiered = tally.checks;
         for (a, &n) in s.unauthorized[t as usize].iter().zip(&tally.unauthorized) {
             add(a, n);
         }
@@ -297,11 +227,17 @@ impl Metrics {
         }
         add(&s.latency_count, tally.count);
         add(&s.latency_sum_ns, tally.latency_sum_ns);
+        let tiers = &s.tiers[t as usize];
         for &(slot, d, n) in &tally.tiers[..usize::from(tally.tiers_len)] {
-            add(&s.tiers[usize::from(slot)][usize::from(d)], u64::from(n));
+            add(&tiers[usize::from(slot)][usize::from(d)], u64::from(n));
+            untiered[usize::from(d)] -= u64::from(n);
         }
         for &(slot, d) in &tally.spill {
-            add(&s.tiers[usize::from(slot)][usize::from(d)], 1);
+            add(&tiers[usize::from(slot)][usize::from(d)], 1);
+            untiered[usize::from(d)] -= 1;
+        }
+        for (a, &n) in s.untiered[t as usize].iter().zip(&untiered) {
+            add(a, n);
         }
         for &(tier, v) in &tally.shadow {
             self.record_shadow(tier, v);
@@ -351,19 +287,44 @@ impl Metrics {
     }
 
     /// The per-check families: checks by decision, unauthorized by reason, the latency histogram.
-    fn render_checks(&self, s: &mut String) {
+    fn render_checks(&self, s: &mut String, tiers: &[(u16, String)]) {
         family(
             s,
             "quotad_checks_total",
             "counter",
-            "Checks answered, by transport and decision.",
+            "Checks answered, by transport, tier (empty: the check named no tier, e.g. an \
+             unknown key) and decision.",
         );
+        let labels = tier_labels(tiers);
         for (ti, tn) in TRANSPORTS.iter().enumerate() {
+            for (slot, label) in &labels {
+                for (di, dn) in DECISIONS.iter().enumerate() {
+                    let v = self.sum(|s| &s.tiers[ti][*slot][di]);
+                    let _ = writeln!(
+                        s,
+                        "quotad_checks_total{{transport=\"{tn}\",tier=\"{label}\",decision=\"{dn}\"}} {v}"
+                    );
+                }
+            }
+            // Tiers deleted since (indices are never reused), so that the sum over tiers
+            // never goes back.
             for (di, dn) in DECISIONS.iter().enumerate() {
-                let v = self.sum(|s| &s.checks[ti][di]);
+                let v: u64 = (0..TIER_SLOTS)
+                    .filter(|slot| !labels.iter().any(|(l, _)| l == slot))
+                    .map(|slot| self.sum(|s| &s.tiers[ti][slot][di]))
+                    .sum();
+                if v > 0 {
+                    let _ = writeln!(
+                        s,
+                        "quotad_checks_total{{transport=\"{tn}\",tier=\"(deleted)\",decision=\"{dn}\"}} {v}"
+                    );
+                }
+            }
+            for (di, dn) in DECISIONS.iter().enumerate() {
+                let v = self.sum(|s| &s.untiered[ti][di]);
                 let _ = writeln!(
                     s,
-                    "quotad_checks_total{{transport=\"{tn}\",decision=\"{dn}\"}} {v}"
+                    "quotad_checks_total{{transport=\"{tn}\",tier=\"\",decision=\"{dn}\"}} {v}"
                 );
             }
         }
@@ -445,7 +406,9 @@ impl Metrics {
         );
         for (slot, label) in tier_labels(tiers) {
             for (di, dn) in DECISIONS.iter().enumerate() {
-                let v = self.sum(|st| &st.tiers[slot][di]);
+                let v: u64 = (0..TRANSPORTS.len())
+                    .map(|ti| self.sum(|st| &st.tiers[ti][slot][di]))
+                    .sum();
                 let _ = writeln!(
                     s,
                     "quotad_tier_checks_total{{tier=\"{label}\",decision=\"{dn}\"}} {v}"
@@ -473,10 +436,29 @@ impl Metrics {
     /// The Prometheus text exposition, including the store's figures (`keys`: the key count, or
     /// -1 when the store could not say; `tiers`: index and name of each tier in force; `store`:
     /// its own gauges).
-    pub fn render(&self, keys: i64, tiers: &[(u16, String)], store: Vec<Gauge>) -> String {
+    pub fn render(
+        &self,
+        keys: i64,
+        tiers: &[(u16, String)],
+        tier_keys: &[(u16, u64)],
+        store: Vec<Gauge>,
+    ) -> String {
         let mut s = String::with_capacity(4096);
-        self.render_checks(&mut s);
+        self.render_checks(&mut s, tiers);
         self.render_tiers(&mut s, tiers);
+        family(
+            &mut s,
+            "quotad_tier_keys",
+            "gauge",
+            "Keys on each tier in force (live, revoked and expired, as quotad_keys).",
+        );
+        for (ix, name) in tiers {
+            let n = tier_keys
+                .iter()
+                .find(|(i, _)| i == ix)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(s, "quotad_tier_keys{{tier=\"{}\"}} {n}", label_value(name));
+        }
         let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
         let load_u = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
         per_transport(

@@ -4,7 +4,7 @@ use super::*;
 /// The per-check counters' lines of the rendered text.
 fn check_lines(m: &Metrics) -> Vec<String> {
     let mut out = String::new();
-    m.render_checks(&mut out);
+    m.render_checks(&mut out, &[(2, "t2".into())]);
     out.lines()
         .filter(|l| !l.starts_with('#'))
         .map(str::to_string)
@@ -77,7 +77,8 @@ fn a_tally_adds_up_to_the_same_counters_as_one_record_per_check() {
     assert!(
         lines
             .iter()
-            .any(|l| l == "quotad_checks_total{transport=\"binary\",decision=\"allowed\"} 3"),
+            .any(|l| l
+                == "quotad_checks_total{transport=\"binary\",tier=\"t2\",decision=\"allowed\"} 3"),
         "{lines:?}"
     );
 }

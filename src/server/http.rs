@@ -183,9 +183,12 @@ async fn handle<S: Store>(state: &AppState<S>, req: Request<Incoming>) -> Resp {
         }
         "/metrics" => {
             let keys = state.store.key_count().await.map_or(-1, |k| k as i64);
-            let body = state
-                .metrics
-                .render(keys, &state.store.tier_names(), state.store.gauges());
+            let body = state.metrics.render(
+                keys,
+                &state.store.tier_names(),
+                &state.store.tier_keys(),
+                state.store.gauges(),
+            );
             let mut r = json(200, body, &rid);
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -275,6 +275,10 @@ pub trait Store: Send + Sync + 'static {
     /// The index and name of every tier in force (a decision names its tier by index).
     fn tier_names(&self) -> Vec<(u16, String)>;
 
+    /// Keys on each tier by tier index (live, revoked and expired, as [`Store::key_count`]), as
+    /// this node last knew them: no I/O (the Redis store reads them at each upkeep).
+    fn tier_keys(&self) -> Vec<(u16, u64)>;
+
     /// Creates or replaces a tier; counters are kept.
     fn put_tier(&self, spec: TierSpec)
         -> impl Future<Output = Result<TierSpec, StoreError>> + Send;

@@ -425,3 +425,22 @@ pub fn flip(path: &Path, offset: u64) {
     let b = std::fs::read(path).unwrap()[offset as usize];
     patch(path, offset, &[b ^ 0x5a]);
 }
+
+/// The sum of the samples of metric `name` in Prometheus text `text` whose labels include every
+/// `label="value"` of `labels` (whatever their other labels).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<u64>().ok())?
+        })
+        .sum()
+}

@@ -293,6 +293,18 @@ impl LocalStore {
         &self.inner.data_dir
     }
 
+    /// Keys on each tier in force, by tier index.
+    fn keys_per_tier(&self) -> Vec<(u16, u64)> {
+        let cat = self.inner.catalog.load();
+        let admin = self.inner.admin.lock();
+        cat.tiers()
+            .map(|(ix, _)| {
+                let n = admin.tier_use.get(usize::from(ix)).copied().unwrap_or(0);
+                (ix, n)
+            })
+            .collect()
+    }
+
     /// `msync`s every counter page; bounds what a power loss (not a crash) can cost.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()

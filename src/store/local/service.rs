@@ -109,6 +109,10 @@ impl Store for LocalStore {
         self.inner.catalog.load().specs()
     }
 
+    fn tier_keys(&self) -> Vec<(u16, u64)> {
+        self.keys_per_tier()
+    }
+
     fn tier_names(&self) -> Vec<(u16, String)> {
         self.inner
             .catalog

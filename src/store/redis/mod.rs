@@ -78,6 +78,8 @@ pub struct RedisStore {
     catalog: ArcSwap<(u64, Catalog)>,
     /// Looked up several times a check: foldhash (seeded per process), not SipHash.
     cache: DashMap<u64, Cached, foldhash::fast::RandomState>,
+    /// Keys on each tier by index, as read at the last upkeep (for `/metrics`).
+    tier_keys_seen: parking_lot::Mutex<Vec<(u16, u64)>>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
     leased: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// Lease mode: keys whose lease runs low, for [`RedisStore::renewals`] to top up.
@@ -121,6 +123,7 @@ impl RedisStore {
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::with_hasher(Default::default()),
+            tier_keys_seen: parking_lot::Mutex::new(Vec::new()),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             renew_tx,
             renew_rx: parking_lot::Mutex::new(Some(renew_rx)),

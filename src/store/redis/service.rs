@@ -118,6 +118,10 @@ impl Store for RedisStore {
         self.catalog.load().1.specs()
     }
 
+    fn tier_keys(&self) -> Vec<(u16, u64)> {
+        self.tier_keys_seen.lock().clone()
+    }
+
     fn tier_names(&self) -> Vec<(u16, String)> {
         self.catalog
             .load()
@@ -152,6 +156,15 @@ impl Store for RedisStore {
             if let Ok(n) = self.count_keys().await {
                 self.stats.keys.store(n, Ordering::Relaxed);
                 self.stats.keys_known.store(true, Ordering::Relaxed);
+            }
+            // And `/metrics` from this.
+            let cat = self.catalog.load_full();
+            if let Ok(per_index) = self.tier_use(cat.1.doc()).await {
+                *self.tier_keys_seen.lock() = cat
+                    .1
+                    .tiers()
+                    .map(|(ix, _)| (ix, per_index.get(usize::from(ix)).copied().unwrap_or(0)))
+                    .collect();
             }
             // While Redis is down: one line per interval with the count, not one per call.
             if let Some(since) = self.stats.down_since_ns() {
