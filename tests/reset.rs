@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 
 use common::redis::RedisServer;
 use common::{Client, Daemon};
-use quotad::protocol::client::{Check, Client as BinClient};
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,18 +19,7 @@ fn start(redis: Option<&RedisServer>, data: &std::path::Path) -> Daemon {
 }
 
 fn binary_allowed(addr: SocketAddr, key: &str) -> bool {
-    common::runtime().block_on(async {
-        let c = BinClient::connect_tcp(addr).await.unwrap();
-        c.check(Check {
-            key,
-            scope: None,
-            cost: 1,
-        })
-        .await
-        .unwrap()
-        .decision
-            == 0
-    })
+    common::binary_check(addr, key).decision == 0
 }
 
 /// A tier of 3 a minute and 5 a month, and a key on it of consumer `consumer`.

@@ -7,15 +7,13 @@ mod common;
 use std::net::SocketAddr;
 
 use common::redis::RedisServer;
-use common::{Client, Daemon};
+use common::{binary_check, Client, Daemon};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
     rate_limit_descriptor::Entry, RateLimitDescriptor,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use quotad::protocol::client::{Check, Client as BinClient};
-use quotad::protocol::result::WireResult;
 use reqwest::Method;
 use serde_json::json;
 
@@ -29,19 +27,6 @@ fn start(redis: bool, extra: &[&str]) -> (Daemon, Option<RedisServer>, tempfile:
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Daemon::start(dir.path(), &args), server, dir)
-}
-
-fn binary_check(addr: SocketAddr, key: &str) -> WireResult {
-    common::runtime().block_on(async {
-        let c = BinClient::connect_tcp(addr).await.unwrap();
-        c.check(Check {
-            key,
-            scope: None,
-            cost: 1,
-        })
-        .await
-        .unwrap()
-    })
 }
 
 fn rls_check(addr: SocketAddr, key: &str) -> RateLimitResponse {

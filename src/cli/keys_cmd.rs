@@ -64,6 +64,13 @@ pub enum KeysCmd {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Import existing keys from a JSON-lines file (one POST /admin/v1/keys/import body a
+    /// line: `key` or `keyHash` + `prefix`, `consumer`, `tier`, …); reports each line. Exit 1
+    /// if any line failed (the others are imported).
+    Import {
+        /// The file (`-` for standard input).
+        file: std::path::PathBuf,
+    },
     /// Set a key's counters back (both by default): burst windows to full, month's usage to 0.
     Reset {
         /// Key id.
@@ -211,6 +218,51 @@ pub fn keys(cmd: KeysCmd, a: &AdminArgs) -> anyhow::Result<()> {
                     )
                     .await?;
                 c.print(&v, print_raw_key);
+            }
+            KeysCmd::Import { file } => {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(&file)
+                }
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                let mut report = Vec::new();
+                for (n, line) in text.lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let outcome = match serde_json::from_str::<Value>(line) {
+                        Err(e) => Err(format!("not JSON: {e}")),
+                        Ok(body) => c
+                            .call("POST", "/keys/import", Some(body))
+                            .await
+                            .map_err(|e| format!("{e:#}")),
+                    };
+                    report.push(match outcome {
+                        Ok(k) => json!({"line": n + 1, "id": k["id"], "prefix": k["prefix"]}),
+                        Err(e) => json!({"line": n + 1, "error": e}),
+                    });
+                }
+                let failed = report.iter().filter(|r| r.get("error").is_some()).count();
+                let v =
+                    json!({"imported": report.len() - failed, "failed": failed, "lines": report});
+                c.print(&v, |v| {
+                    for r in v["lines"].as_array().into_iter().flatten() {
+                        match r.get("error") {
+                            Some(e) => println!("line {}: failed: {}", r["line"], s(e)),
+                            None => println!(
+                                "line {}: imported {} ({})",
+                                r["line"],
+                                s(&r["id"]),
+                                s(&r["prefix"])
+                            ),
+                        }
+                    }
+                    println!("{} imported, {} failed", v["imported"], v["failed"]);
+                });
+                if failed > 0 {
+                    anyhow::bail!("{failed} line(s) of {} failed", file.display());
+                }
             }
             KeysCmd::Reset {
                 id,

@@ -26,6 +26,19 @@ pub fn validate_new(k: &NewKey) -> Result<(), PolicyError> {
     validate_name(k.name.as_deref())?;
     validate_scopes(&k.scopes)?;
     validate_quota(k.monthly_quota)?;
+    if let Some(i) = &k.import {
+        let d = &i.display_prefix;
+        if d.is_empty() || d.len() > 16 || !d.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PolicyError::Invalid(
+                "prefix of an imported key must be 1-16 visible ASCII characters".into(),
+            ));
+        }
+        if k.prefix.is_some() {
+            return Err(PolicyError::Invalid(
+                "an imported key keeps its own form: no prefix to generate with".into(),
+            ));
+        }
+    }
     if let Some(p) = &k.prefix {
         if !keyfmt::valid_prefix(p) {
             return Err(PolicyError::Invalid(format!(

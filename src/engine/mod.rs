@@ -43,6 +43,9 @@ pub enum PolicyError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// What the change would create exists already (an imported key's secret).
+    #[error("{0}")]
+    Conflict(String),
     /// A bad tier or catalog change.
     #[error(transparent)]
     Catalog(#[from] CatalogError),

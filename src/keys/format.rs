@@ -209,6 +209,33 @@ impl FastDigest {
     }
 }
 
+/// Shortest and longest key that can be imported.
+pub const IMPORT_LEN: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// Whether `raw` could be an imported key: 16 to 256 visible ASCII characters. Also what a check
+/// accepts before it looks for one.
+pub fn importable(raw: &str) -> bool {
+    IMPORT_LEN.contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// What listings show of an imported raw key: its first quarter, at most 12 characters.
+pub fn import_display_prefix(raw: &str) -> String {
+    raw.get(..(raw.len() / 4).min(12)).unwrap_or("").to_string()
+}
+
+/// Parses `sha256:<64 hex digits>`.
+pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// `SHA-256(raw key)`: what is stored.
 pub fn hash(raw: &str) -> [u8; 32] {
     Sha256::digest(raw.as_bytes()).into()

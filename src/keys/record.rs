@@ -27,6 +27,18 @@ pub struct NewKey {
     pub name: Option<String>,
     /// Raw-key prefix; default `qd_`.
     pub prefix: Option<String>,
+    /// An existing key brought in as it is (no secret is generated).
+    pub import: Option<Imported>,
+}
+
+/// A key issued elsewhere, brought in by its SHA-256: the raw key, if the importer had it, was
+/// hashed and dropped at the door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// `SHA-256(raw key)`.
+    pub hash: [u8; 32],
+    /// What listings show of it (at most 16 characters, never the whole key).
+    pub display_prefix: String,
 }
 
 /// A change to a key; `None` leaves a field as it is.

@@ -245,6 +245,8 @@ mod tests {
         ("delete", "/admin/v1/keys/{id}"),
         ("post", "/admin/v1/keys/{id}/revoke"),
         ("post", "/admin/v1/keys/{id}/rotate"),
+        ("post", "/admin/v1/keys/{id}/reset"),
+        ("post", "/admin/v1/consumers/{consumer}/reset"),
         ("get", "/admin/v1/tiers"),
         ("put", "/admin/v1/tiers"),
         ("get", "/admin/v1/tiers/{name}"),

@@ -130,7 +130,9 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::UnknownKey | StoreError::Policy(PolicyError::UnknownTier(_)) => "not_found",
-            StoreError::Policy(PolicyError::TierInUse { .. }) => "conflict",
+            StoreError::Policy(PolicyError::TierInUse { .. } | PolicyError::Conflict(_)) => {
+                "conflict"
+            }
             StoreError::Policy(PolicyError::Invalid(_) | PolicyError::Catalog(_)) => "bad_request",
             StoreError::DataDir(DataDirError::NoSpace { .. }) => "insufficient_storage",
             StoreError::DataDir(_) => "storage",

@@ -444,3 +444,19 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
         })
         .sum()
 }
+
+/// One check of `key` (scope none, cost 1) over the binary protocol at `addr`.
+pub fn binary_check(addr: SocketAddr, key: &str) -> quotad::protocol::result::WireResult {
+    runtime().block_on(async {
+        let c = quotad::protocol::client::Client::connect_tcp(addr)
+            .await
+            .unwrap();
+        c.check(quotad::protocol::client::Check {
+            key,
+            scope: None,
+            cost: 1,
+        })
+        .await
+        .unwrap()
+    })
+}

@@ -5,6 +5,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod import;
 mod json;
 mod reset;
 
@@ -215,6 +216,12 @@ pub async fn handle<S: Store>(
             Method::GET => list_keys(store, query.as_deref(), rid).await,
             _ => not_allowed("GET, POST"),
         },
+        ["keys", "import"] => {
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            import::import_key(store, &body, rid).await
+        }
         ["keys", id] => {
             let Some(id) = KeyId::parse(id) else {
                 return error(404, "not_found", "unknown key id", rid);
@@ -376,6 +383,7 @@ async fn create_key<S: Store>(store: &S, body: &[u8], rid: &str) -> Resp {
         monthly_quota: c.monthly_quota,
         name: c.name,
         prefix: c.prefix,
+        import: None,
     };
     match store.create_key(new).await {
         Ok(k) => {

@@ -25,6 +25,15 @@ use crate::keys::format as keyfmt;
 use crate::keys::KeyId;
 use crate::store::{CheckRequest, Identity};
 
+/// Whether `d` refused a key it could not find (malformed or unknown): it may be an imported one.
+#[inline]
+fn refused_unknown(d: &Decision) -> bool {
+    matches!(
+        d.verdict,
+        Verdict::Unauthorized(AuthFailure::Malformed | AuthFailure::Unknown)
+    )
+}
+
 /// Offsets in a record slot of the lines a check lending the key's identity reads: each half's
 /// `seq` (which half is newest) and its consumer (64 bytes from offset 136: two lines).
 const RECORD_IDENTITY_LINES: [usize; 6] = {
@@ -108,7 +117,16 @@ impl Local {
     ) -> R {
         let now = self.clock.now_ns();
         let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
-        self.decide_into(req, now, identity, &mut d);
+        let mut identity = identity;
+        // Lent for the first try, kept for a retry.
+        // Lent for the first try and kept for a retry: the closure's return type shortens the
+        // trait object's lifetime to the loan's, which `as_deref_mut` cannot.
+        #[allow(clippy::option_as_ref_deref)]
+        let lent = identity.as_mut().map(|f| -> IdentityFn<'_> { &mut **f });
+        self.decide_into(req, None, now, lent, &mut d);
+        if refused_unknown(&d) {
+            self.retry_imported(req, now, identity, &mut d);
+        }
         finish(&d)
     }
 
@@ -129,7 +147,10 @@ impl Local {
                 self.prefetch_entry(next.key);
             }
             let mut d = Decision::bare(Verdict::Allowed, None, None, secs(now));
-            self.decide_into(r, now, None, &mut d);
+            self.decide_into(r, None, now, None, &mut d);
+            if refused_unknown(&d) {
+                self.retry_imported(r, now, None, &mut d);
+            }
             each(i, &d);
         }
     }
@@ -159,7 +180,36 @@ impl Local {
         }
     }
 
-    /// The check itself, into `d` (a bare decision on entry).
+    /// A key refused as malformed or unknown may be an imported one, which does not name its
+    /// id: found by its digest, it is decided again under that id. A generated key comes here
+    /// only when it was refused, and nothing is hashed while no key was imported.
+    #[cold]
+    fn retry_imported(
+        &self,
+        req: CheckRequest<'_>,
+        now: u64,
+        identity: Option<IdentityFn<'_>>,
+        d: &mut Decision,
+    ) {
+        let Some(raw) = req.key.filter(|k| keyfmt::importable(k)) else {
+            return;
+        };
+        let id = {
+            let index = self.imported.read();
+            if index.is_empty() {
+                return;
+            }
+            match index.get(&keyfmt::hash(raw)) {
+                Some(id) => *id,
+                None => return,
+            }
+        };
+        d.reset(Verdict::Allowed, None, None, secs(now));
+        self.decide_into(req, Some(id), now, identity, d);
+    }
+
+    /// The check itself, into `d` (a bare decision on entry); `known`: the id of an imported
+    /// key, found by its digest (else the key names its id).
     ///
     /// Time never goes back for a key: each shard keeps the latest `now` it decided at and
     /// decides an older one at that time instead (a `now` read by another thread just before a
@@ -168,6 +218,7 @@ impl Local {
     fn decide_into(
         &self,
         req: CheckRequest<'_>,
+        known: Option<KeyId>,
         now: u64,
         identity: Option<IdentityFn<'_>>,
         d: &mut Decision,
@@ -183,13 +234,14 @@ impl Local {
         // Only the characters of the id are validated here: a key whose digest then equals the
         // cached digest of a verified key is that key, and only well-formed keys are verified.
         // A key refused before that point is validated whole by the policy, to say why.
-        let Some(id) = keyfmt::id_hint(raw.as_bytes()) else {
+        let Some(id) = known.or_else(|| keyfmt::id_hint(raw.as_bytes())) else {
             return unauthorized(d, AuthFailure::Malformed, None, None);
         };
         // A key refused before it is authenticated names no key: its id part may be a real
         // key's, but nothing shows the caller holds that key.
         let refuse = |d: &mut Decision| match admission::presented(Some(raw)) {
             Ok(_) => unauthorized(d, AuthFailure::Unknown, None, None),
+            Err(_) if known.is_some() => unauthorized(d, AuthFailure::Unknown, None, None),
             Err(why) => unauthorized(d, why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);

@@ -209,6 +209,20 @@ pub const FLAG_REVOKED: u16 = 1;
 pub const FLAG_LIVE: u16 = 2;
 /// The key was deleted: the slot is free for the next creation (the record keeps only its slot).
 pub const FLAG_DELETED: u16 = 8;
+/// The current secret was imported (`hash_current` is of a key issued elsewhere; the display
+/// prefix is stored whole).
+pub const FLAG_IMPORTED: u16 = 0x10;
+/// The previous secret (honoured until `previous_valid_until_ns`) was imported.
+pub const FLAG_PREV_IMPORTED: u16 = 0x20;
+
+/// The digests of imported secrets record `r` holds: each is looked up by its hash, since an
+/// imported key does not name its id.
+pub fn imported_hashes(r: &RecordHalf) -> impl Iterator<Item = [u8; 32]> {
+    let cur = (r.flags & FLAG_IMPORTED != 0).then_some(r.hash_current);
+    let prev = (r.flags & FLAG_PREV_IMPORTED != 0 && r.previous_valid_until_ns != 0)
+        .then_some(r.hash_previous);
+    cur.into_iter().chain(prev)
+}
 /// Bits 8..13 of `flags` hold the length of the key's prefix, which `display_prefix` holds whole
 /// (a prefix is at most 16 bytes); without this flag (records written before it), the display
 /// prefix is the prefix and 8 body characters, cut at 16 bytes.
@@ -222,7 +236,13 @@ pub fn prefix_flags(prefix: &str) -> u16 {
 /// The key prefix and the display prefix of record `r`.
 pub fn prefixes(r: &RecordHalf) -> (String, String) {
     let stored = get_str(&r.display_prefix).unwrap_or("");
-    if r.flags & FLAG_PREFIX_LEN != 0 {
+    if r.flags & FLAG_IMPORTED != 0 {
+        // Rotated, an imported key becomes one of quotad's.
+        (
+            crate::keys::format::DEFAULT_PREFIX.to_string(),
+            stored.to_string(),
+        )
+    } else if r.flags & FLAG_PREFIX_LEN != 0 {
         let len = usize::from(r.flags >> 8 & 0x1f).min(stored.len());
         let prefix = stored.get(..len).unwrap_or("").to_string();
         let display = crate::keys::format::display_prefix_of(&prefix, crate::keys::KeyId(r.id));

@@ -22,7 +22,11 @@ use super::recovery::{describe_key, describe_state, tombstone, Finding, Fix};
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, COUNTERS, KEYS};
 use crate::engine::catalog::Catalog;
+use crate::keys::KeyId;
 use crate::store::StoreError;
+
+/// An imported secret's digest and its key.
+pub(super) type Imported = ([u8; 32], KeyId);
 
 /// A data directory as start-up reads it: every file opened and checked, nothing written yet.
 pub(super) struct Loaded {
@@ -43,6 +47,8 @@ pub(super) struct Loaded {
     pub(super) month_ahead: Option<(u32, u32)>,
     /// Slots of deleted keys.
     pub(super) free: Vec<u32>,
+    /// The digests of imported secrets, with their keys.
+    pub(super) imported: Vec<Imported>,
     /// The counters generation to carry on from (see `acks::stamp_segment`).
     pub(super) counters_generation: u32,
     /// Whether the last process closed the directory cleanly (its ack words are then up to date).
@@ -116,13 +122,14 @@ pub(super) fn load(
     let shards = Shards::new(now);
     let mut tier_use = vec![0u64; catalog.doc().tiers.len()];
     let mut free = Vec::new();
+    let mut imported = Vec::new();
     let key_count = load_records(
         &records,
         &acks,
         acked.keys,
         &catalog,
         &shards,
-        (&mut tier_use, &mut free),
+        (&mut tier_use, &mut free, &mut imported),
         &mut findings,
     )?;
     let month_ahead = load_counters::check_counters(
@@ -145,6 +152,7 @@ pub(super) fn load(
         key_count,
         month_ahead,
         free,
+        imported,
         counters_generation,
         clean_stop: acked.clean,
     })
@@ -314,7 +322,7 @@ fn load_records(
     acked: Option<u32>,
     catalog: &Catalog,
     shards: &Shards,
-    (tier_use, free): (&mut [u64], &mut Vec<u32>),
+    (tier_use, free, imported): (&mut [u64], &mut Vec<u32>, &mut Vec<Imported>),
     findings: &mut Vec<Finding>,
 ) -> Result<u32, StoreError> {
     let mut count: u32 = 0;
@@ -489,6 +497,7 @@ fn load_records(
             _ => {}
         }
         install(shards, slot, &r, tier_use);
+        imported.extend(layout::imported_hashes(&r).map(|h| (h, KeyId(r.id))));
         count = slot + 1;
     }
     Ok(count)

@@ -50,6 +50,7 @@ use crate::engine::catalog_doc::{self, CatalogDoc};
 use crate::engine::clock::{Clock, NANOS_PER_SEC};
 use crate::engine::key_rules::random_u64;
 use crate::keys::format as keyfmt;
+use crate::keys::KeyId;
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
 
@@ -149,11 +150,17 @@ struct Local {
     msync_interval: Duration,
     /// Every tier in shadow mode ([`LocalOptions::shadow`]).
     shadow: bool,
+    /// Imported secrets by digest: an imported key does not name its id. Written under the
+    /// admin lock.
+    imported: parking_lot::RwLock<ImportIndex>,
     last_flush_ns: AtomicU64,
     /// Whether this CPU has `prefetchw` (see `check::prefetch_write`).
     prefetch_exclusive: bool,
     lock: DirLock,
 }
+
+/// Imported secrets' digests and their keys.
+type ImportIndex = std::collections::HashMap<[u8; 32], KeyId, foldhash::fast::RandomState>;
 
 fn secs(ns: u64) -> u64 {
     ns / NANOS_PER_SEC
@@ -236,6 +243,7 @@ impl LocalStore {
             key_count,
             generation,
             free,
+            imported,
             counters_generation,
             ..
         } = loaded;
@@ -279,6 +287,7 @@ impl LocalStore {
             sync_records: opts.sync_records,
             msync_interval: opts.msync_interval,
             shadow: opts.shadow,
+            imported: parking_lot::RwLock::new(imported.into_iter().collect()),
             last_flush_ns: AtomicU64::new(now),
             prefetch_exclusive: check::has_prefetch_write(),
             lock,

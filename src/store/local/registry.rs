@@ -19,7 +19,7 @@ use crate::engine::clock::NANOS_PER_SEC;
 use crate::engine::key_rules::{self, random_u64, NewSecret};
 use crate::engine::limits;
 use crate::engine::month::MonthWindow;
-use crate::engine::MAX_KEYS;
+use crate::engine::{PolicyError, MAX_KEYS};
 use crate::keys::format as keyfmt;
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
 use crate::keys::KeyId;
@@ -44,6 +44,19 @@ impl Local {
                 .ok_or_else(|| StoreError::invalid(format!("unknown tier {:?}", k.tier)))?;
             let set = intern_scope_set(&mut doc, &k.scopes)?;
             plan.push((tier, set));
+        }
+        {
+            let index = self.imported.read();
+            let mut seen = std::collections::HashSet::new();
+            for i in news.iter().filter_map(|k| k.import.as_ref()) {
+                if index.contains_key(&i.hash) || !seen.insert(i.hash) {
+                    return Err(PolicyError::Conflict(format!(
+                        "a key with this secret (shown as {:?}) exists already",
+                        i.display_prefix
+                    ))
+                    .into());
+                }
+            }
         }
         if u64::from(admin.key_count) + news.len() as u64 > MAX_KEYS {
             return Err(DataDirError::Full {
@@ -85,23 +98,41 @@ impl Local {
             let tag = random_u64()? as u32;
             let id = KeyId::new(slot, tag);
             let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
-            let secret = NewSecret::generate(prefix, id)?;
-            let raw = secret.raw;
+            // An imported key keeps its digest and shows the prefix it was given; nothing is
+            // returned raw.
+            let (raw, hash, flags, shown) = match &k.import {
+                Some(i) => (
+                    String::new(),
+                    i.hash,
+                    FLAG_LIVE | layout::FLAG_IMPORTED,
+                    i.display_prefix.as_str(),
+                ),
+                None => {
+                    let secret = NewSecret::generate(prefix, id)?;
+                    (
+                        secret.raw,
+                        secret.hash,
+                        FLAG_LIVE | layout::prefix_flags(prefix),
+                        prefix,
+                    )
+                }
+            };
             let rec = RecordHalf {
                 seq: 0,
                 crc: 0,
                 id: id.0,
-                hash_current: secret.hash,
+                hash_current: hash,
                 hash_previous: [0; 32],
                 previous_valid_until_ns: 0,
                 created_at_s: secs(now),
                 expires_at_s: k.expires_at.unwrap_or(0),
                 monthly_quota: k.monthly_quota.unwrap_or(NO_OVERRIDE),
                 tier,
-                flags: FLAG_LIVE | layout::prefix_flags(prefix),
+                flags,
                 scope_set: set,
-                // The prefix whole (the display prefix is computed from it and the id).
-                display_prefix: layout::put_str(prefix),
+                // The prefix whole (the display prefix is computed from it and the id), or an
+                // imported key's display prefix.
+                display_prefix: layout::put_str(shown),
                 consumer: layout::put_str(&k.consumer),
                 name: layout::put_str(k.name.as_deref().unwrap_or("")),
             };
@@ -128,6 +159,9 @@ impl Local {
                 self.records.flush_slot(slot)?;
             }
             admin.tier_use[usize::from(tier)] += 1;
+            if k.import.is_some() {
+                self.imported.write().insert(hash, id);
+            }
             out.push((slot, raw));
             acked.push((slot, seq));
         }
@@ -382,6 +416,7 @@ impl Local {
             self.acks.flush(slot, slot)?;
         }
         admin.tier_use[usize::from(old.tier)] -= 1;
+        self.imported.write().retain(|_, k| *k != id);
         admin.free.push(slot);
         self.deleted.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -400,8 +435,18 @@ impl Local {
             r.hash_previous = r.hash_current;
             r.hash_current = new.hash;
             r.previous_valid_until_ns = new.previous_valid_until_ns;
-            // Stored from now on as the whole prefix, as new records are.
-            r.flags = r.flags & 0xff & !layout::FLAG_PREFIX_LEN | layout::prefix_flags(&prefix);
+            // Stored from now on as the whole prefix, as new records are; an imported secret
+            // is now the previous one (still looked up by digest while honoured).
+            let was_imported = r.flags & layout::FLAG_IMPORTED != 0;
+            r.flags = r.flags
+                & 0xff
+                & !(layout::FLAG_PREFIX_LEN | layout::FLAG_IMPORTED | layout::FLAG_PREV_IMPORTED)
+                | layout::prefix_flags(&prefix)
+                | if was_imported {
+                    layout::FLAG_PREV_IMPORTED
+                } else {
+                    0
+                };
             r.display_prefix = layout::put_str(&prefix);
             raw = new.raw;
             Ok(())

@@ -50,6 +50,20 @@ impl RedisStore {
         &self,
         news: Vec<NewKey>,
     ) -> Result<Vec<CreatedKey>, StoreError> {
+        // Digests this call claimed in the import index: released if it fails.
+        let mut claimed: Vec<[u8; 32]> = Vec::new();
+        let made = self.create_claiming(news, &mut claimed).await;
+        if made.is_err() {
+            self.release_imports(&claimed).await;
+        }
+        made
+    }
+
+    async fn create_claiming(
+        &self,
+        news: Vec<NewKey>,
+        claimed: &mut Vec<[u8; 32]>,
+    ) -> Result<Vec<CreatedKey>, StoreError> {
         {
             let cat = self.catalog.load();
             for k in &news {
@@ -85,12 +99,25 @@ impl RedisStore {
             let slot = (first + i as u64) as u32;
             let id = KeyId::new(slot, random_u64()? as u32);
             let prefix = k.prefix.as_deref().unwrap_or(keyfmt::DEFAULT_PREFIX);
-            let raw = keyfmt::generate(prefix, id)
-                .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?;
+            // An imported key keeps its digest and the prefix it was given; nothing is raw.
+            let (raw, hash, display_prefix) = match &k.import {
+                Some(i) => {
+                    self.claim_import(&i.hash, id, &i.display_prefix).await?;
+                    claimed.push(i.hash);
+                    (String::new(), i.hash, i.display_prefix.clone())
+                }
+                None => {
+                    let raw = keyfmt::generate(prefix, id).map_err(|e| {
+                        StoreError::invalid(format!("OS random source failed: {e}"))
+                    })?;
+                    let shown = keyfmt::display_prefix(&raw);
+                    (raw.clone(), keyfmt::hash(&raw), shown)
+                }
+            };
             let rec = Rec {
                 version: 1,
                 id,
-                hash: keyfmt::hash(&raw),
+                hash,
                 hash_prev: [0; 32],
                 prev_until_ns: 0,
                 tier: k.tier.clone(),
@@ -100,8 +127,9 @@ impl RedisStore {
                 revoked: false,
                 consumer: k.consumer.clone(),
                 name: k.name.clone().unwrap_or_default(),
-                display_prefix: keyfmt::display_prefix(&raw),
+                display_prefix,
                 created_at_s: now / NANOS_PER_SEC,
+                imported: k.import.is_some(),
             };
             let mut cmd = redis::cmd("HSET");
             cmd.arg(self.k_key(slot)).arg("v").arg(1);
@@ -286,7 +314,8 @@ impl RedisStore {
                     )
                     .await?;
                     self.bump_tier_use(&old.tier, -1).await?;
-                    self.replicated(&[self.k_key(id.slot()), self.k_tier_use()])
+                    self.forget_imports(id, [old.hash, old.hash_prev]).await;
+                    self.replicated(&[self.k_key(id.slot()), self.k_tier_use(), self.k_imported()])
                         .await;
                     return Ok(());
                 }
@@ -322,7 +351,13 @@ impl RedisStore {
                 if r.revoked {
                     return Err(StoreError::invalid("a revoked key cannot be rotated"));
                 }
-                let prefix = crate::keys::format::prefix_of_display(&r.display_prefix);
+                // Rotated, an imported key becomes one of quotad's.
+                let prefix = if r.imported {
+                    keyfmt::DEFAULT_PREFIX
+                } else {
+                    keyfmt::prefix_of_display(&r.display_prefix)
+                };
+                r.imported = false;
                 let new = NewSecret::for_rotation(prefix, r.id, grace_secs, now)?;
                 r.hash_prev = r.hash;
                 r.hash = new.hash;

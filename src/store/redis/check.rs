@@ -156,6 +156,7 @@ impl RedisStore {
     pub(super) async fn check_one(
         &self,
         raw_key: Option<&str>,
+        known: Option<KeyId>,
         scope: Option<&str>,
         cost: u64,
     ) -> Decision {
@@ -166,9 +167,11 @@ impl RedisStore {
         let now_s = now / NANOS_PER_SEC;
         let unauthorized =
             |why, id, tier| Decision::bare(Verdict::Unauthorized(why), id, tier, now_s);
-        let (raw, id) = match admission::presented(raw_key) {
-            Ok(p) => p,
-            Err(why) => return unauthorized(why, None, None),
+        // `known`: an imported key's id, found by its digest (else the key names it).
+        let (raw, id) = match (known, admission::presented(raw_key)) {
+            (Some(id), _) => (raw_key.unwrap_or(""), id),
+            (None, Ok(p)) => p,
+            (None, Err(why)) => return unauthorized(why, None, None),
         };
         let cost = cost.clamp(1, MAX_COST);
         let fast = self.digest.of(raw);

@@ -224,6 +224,9 @@ impl RedisStore {
     pub(super) fn k_tier_use(&self) -> String {
         format!("{}:{{meta}}:tier_use", self.opts.namespace)
     }
+    pub(super) fn k_imported(&self) -> String {
+        format!("{}:{{meta}}:imported", self.opts.namespace)
+    }
     pub(super) fn k_key(&self, slot: u32) -> String {
         format!("{}:{{{slot}}}", self.opts.namespace)
     }

@@ -31,6 +31,7 @@ mod cache;
 mod catalog;
 mod check;
 mod conn;
+mod import;
 mod lease;
 mod options;
 mod record;
@@ -53,6 +54,7 @@ use crate::engine::catalog::Catalog;
 use crate::engine::catalog_doc::CatalogDoc;
 use crate::engine::clock::Clock;
 use crate::keys::format as keyfmt;
+use crate::keys::KeyId;
 use crate::store::StoreError;
 
 pub use self::conn::RedisError;
@@ -78,6 +80,8 @@ pub struct RedisStore {
     catalog: ArcSwap<(u64, Catalog)>,
     /// Looked up several times a check: foldhash (seeded per process), not SipHash.
     cache: DashMap<u64, Cached, foldhash::fast::RandomState>,
+    /// Imported keys this node looked up, by digest.
+    import_ids: DashMap<[u8; 32], KeyId, foldhash::fast::RandomState>,
     /// Keys on each tier by index, as read at the last upkeep (for `/metrics`).
     tier_keys_seen: parking_lot::Mutex<Vec<(u16, u64)>>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
@@ -124,6 +128,7 @@ impl RedisStore {
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::with_hasher(Default::default()),
             tier_keys_seen: parking_lot::Mutex::new(Vec::new()),
+            import_ids: DashMap::with_hasher(Default::default()),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             renew_tx,
             renew_rx: parking_lot::Mutex::new(Some(renew_rx)),

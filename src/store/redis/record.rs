@@ -15,6 +15,10 @@
 //! | `q`   | monthly quota override (empty = the tier's) |
 //! | `rv`  | `1` when revoked |
 //! | `co`, `n`, `dp`, `ca` | consumer, name, display prefix, created at (s) |
+//! | `im`  | `1` when the current secret was imported (absent: generated) |
+//!
+//! Imported secrets are also indexed by digest in `<ns>:{meta}:imported` (field: the SHA-256 in
+//! hex; value: the key id), since an imported key does not name its id.
 
 use std::collections::HashMap;
 
@@ -53,9 +57,12 @@ pub struct Rec {
     pub display_prefix: String,
     /// Creation, Unix seconds.
     pub created_at_s: u64,
+    /// The current secret was imported.
+    pub imported: bool,
 }
 
-fn hex(b: &[u8; 32]) -> String {
+/// A digest in hex, as records and the import index keep it.
+pub(super) fn hex(b: &[u8; 32]) -> String {
     let mut s = String::with_capacity(64);
     for x in b {
         s.push_str(&format!("{x:02x}"));
@@ -101,6 +108,7 @@ impl Rec {
             ("n", self.name.clone()),
             ("dp", self.display_prefix.clone()),
             ("ca", self.created_at_s.to_string()),
+            ("im", if self.imported { "1" } else { "0" }.to_string()),
         ]
     }
 
@@ -138,6 +146,7 @@ impl Rec {
             name: get("n").unwrap_or("").to_string(),
             display_prefix: get("dp")?.to_string(),
             created_at_s: num("ca")?,
+            imported: m.get("im").is_some_and(|v| v == "1"),
         })
     }
 
@@ -181,6 +190,7 @@ mod tests {
             name: String::new(),
             display_prefix: "qd_AAAAAAAA".into(),
             created_at_s: 1_700_000_000,
+            imported: true,
         };
         let mut m: HashMap<String, String> = r
             .fields()

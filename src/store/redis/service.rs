@@ -8,11 +8,29 @@ use std::time::Duration;
 use super::options::{FailPolicy, Mode};
 use super::RedisStore;
 use crate::engine::clock::Clock;
-use crate::engine::decision::Decision;
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
 use crate::keys::KeyId;
 use crate::store::{CheckRequest, Gauge, Health, Identity, KeyQuery, Store, StoreError};
 use crate::tiers::TierSpec;
+
+impl RedisStore {
+    /// A check on the full path; a key refused as malformed or unknown may be an imported one,
+    /// which does not name its id: found by its digest, it is checked again under that id.
+    async fn check_found(&self, r: CheckRequest<'_>) -> Decision {
+        let d = self.check_one(r.key, None, r.scope, r.cost).await;
+        if !matches!(
+            d.verdict,
+            Verdict::Unauthorized(AuthFailure::Malformed | AuthFailure::Unknown)
+        ) {
+            return d;
+        }
+        match self.imported_id(r.key.unwrap_or("")).await {
+            Some(id) => self.check_one(r.key, Some(id), r.scope, r.cost).await,
+            None => d,
+        }
+    }
+}
 
 impl Store for RedisStore {
     fn clock(&self) -> &Arc<dyn Clock> {
@@ -27,7 +45,7 @@ impl Store for RedisStore {
     ) -> R {
         let d = match self.try_lease(req.key, req.scope, req.cost) {
             Some(d) => d,
-            None => self.check_one(req.key, req.scope, req.cost).await,
+            None => self.check_found(req).await,
         };
         if let (true, Some(id), Some(f)) = (d.verdict.is_allowed(), d.key_id, identity) {
             self.lend_identity(id, f);
@@ -47,11 +65,9 @@ impl Store for RedisStore {
             .collect();
         let misses: Vec<usize> = (0..reqs.len()).filter(|&i| decided[i].is_none()).collect();
         if !misses.is_empty() {
-            let remote = futures_util::future::join_all(misses.iter().map(|&i| {
-                let r = &reqs[i];
-                self.check_one(r.key, r.scope, r.cost)
-            }))
-            .await;
+            let remote =
+                futures_util::future::join_all(misses.iter().map(|&i| self.check_found(reqs[i])))
+                    .await;
             for (i, d) in misses.into_iter().zip(remote) {
                 decided[i] = Some(d);
             }
