@@ -6,6 +6,7 @@ pub mod consumers_cmd;
 pub mod datadir_cmd;
 pub mod keys_cmd;
 pub mod ops;
+pub mod prefixes_cmd;
 pub mod serve;
 pub mod stamped;
 pub mod tiers_cmd;
@@ -88,6 +89,15 @@ pub enum Command {
         #[command(subcommand)]
         cmd: consumers_cmd::ConsumersCmd,
     },
+    /// Retire key prefixes (through the admin API).
+    Prefixes {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: ops::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: prefixes_cmd::PrefixesCmd,
+    },
     /// One key's live usage.
     Usage {
         /// Where the admin API is.
@@ -164,6 +174,7 @@ pub fn main() -> i32 {
         Command::Keys { admin: a, cmd } => keys_cmd::keys(cmd, &admin(a)),
         Command::Tiers { admin: a, cmd } => tiers_cmd::tiers(cmd, &admin(a)),
         Command::Consumers { admin: a, cmd } => consumers_cmd::consumers(cmd, &admin(a)),
+        Command::Prefixes { admin: a, cmd } => prefixes_cmd::prefixes(cmd, &admin(a)),
         Command::Usage { admin: a, id } => keys_cmd::usage(id, &admin(a)),
         Command::Inspect { data_dir } => datadir_cmd::inspect(data_dir, g.json),
         Command::Repair {

@@ -1,11 +1,13 @@
 //! The one gate a check passes before its limits are looked at. Its order is the contract every
 //! transport documents: a key is presented and well formed (else 401 `missing` / `malformed`),
 //! authenticated (the store compares digests: 401 `unknown`), not revoked, not expired (401),
-//! on a tier that exists (401 `unknown`), granted the route's scope (403 `forbidden`) and on a
+//! not of a retired prefix past its sunset (401 `key_format_deprecated`), on a tier that exists
+//! (401 `unknown`), granted the route's scope (403 `forbidden`) and on a
 //! plan that includes it (403 `plan_required`). Only then does [`super::limits::decide`] run.
 
 use super::catalog::{Catalog, CompiledTier};
-use super::decision::{AuthFailure, Verdict};
+use super::clock::NANOS_PER_SEC;
+use super::decision::{AuthFailure, Sunset, Verdict};
 use crate::keys::format as keyfmt;
 use crate::keys::KeyId;
 
@@ -32,6 +34,8 @@ pub enum Grants<'a> {
 /// What the gate reads of an authenticated key; each store fills one from its own record.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyView<'a> {
+    /// The raw key as presented (a retired prefix is a property of its form).
+    pub presented: &'a str,
     /// Revoked by an operator.
     pub revoked: bool,
     /// The instant the key stops working, ns since the epoch (`u64::MAX`: never).
@@ -51,9 +55,19 @@ pub fn expiry_ns(expires_at_s: u64) -> u64 {
     }
 }
 
+/// What the gate admits: the tier whose limits apply, and the sunset of the key's prefix if it
+/// is being retired.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted<'c> {
+    /// The key's tier.
+    pub tier: &'c CompiledTier,
+    /// Its prefix works until then.
+    pub sunset: Option<Sunset>,
+}
+
 /// Runs the gate for an authenticated key on `tier` (as the catalog resolves it; `None` when the
-/// catalog has no such tier) asking for `scope` at `now_ns`. Returns the tier whose limits apply,
-/// or the verdict that refuses the check.
+/// catalog has no such tier) asking for `scope` at `now_ns`. Returns what it admits, or the
+/// verdict that refuses the check.
 #[inline]
 pub fn admit<'c>(
     key: &KeyView<'_>,
@@ -61,13 +75,24 @@ pub fn admit<'c>(
     catalog: &Catalog,
     scope: Option<&str>,
     now_ns: u64,
-) -> Result<&'c CompiledTier, Verdict> {
+) -> Result<Admitted<'c>, Verdict> {
     if key.revoked {
         return Err(Verdict::Unauthorized(AuthFailure::Revoked));
     }
     if now_ns >= key.expires_at_ns {
         return Err(Verdict::Unauthorized(AuthFailure::Expired));
     }
+    // A retired prefix: refused from its sunset on, announced until then.
+    let sunset = match catalog.retired_prefix(key.presented) {
+        None => None,
+        Some(p) if now_ns / NANOS_PER_SEC >= p.sunset_at => {
+            return Err(Verdict::Unauthorized(AuthFailure::Deprecated))
+        }
+        Some(p) => Some(Sunset {
+            at: p.sunset_at,
+            deprecated_at: p.deprecated_at,
+        }),
+    };
     // Unreachable while tiers in use cannot be deleted; deny rather than admit.
     let tier = tier.ok_or(Verdict::Unauthorized(AuthFailure::Unknown))?;
     if let Some(scope) = scope {
@@ -85,7 +110,7 @@ pub fn admit<'c>(
             }
         }
     }
-    Ok(tier)
+    Ok(Admitted { tier, sunset })
 }
 
 /// The tier a refusal reports: the key's, unless the key is treated as unknown.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::bucket::Limit;
-use super::catalog_doc::{CatalogDoc, CatalogError};
+use super::catalog_doc::{CatalogDoc, CatalogError, RetiredPrefix};
 use crate::tiers::TierSpec;
 
 /// A tier ready for checks.
@@ -146,6 +146,19 @@ impl Catalog {
     #[inline]
     pub fn tier(&self, index: u16) -> Option<&CompiledTier> {
         self.tiers.get(usize::from(index))?.as_ref()
+    }
+
+    /// The retired prefix `raw` starts with (the longest, if several).
+    #[inline]
+    pub fn retired_prefix(&self, raw: &str) -> Option<&RetiredPrefix> {
+        if self.doc.retired_prefixes.is_empty() {
+            return None;
+        }
+        self.doc
+            .retired_prefixes
+            .iter()
+            .filter(|p| raw.starts_with(p.prefix.as_str()))
+            .max_by_key(|p| p.prefix.len())
     }
 
     /// The index of the tier called `name`.

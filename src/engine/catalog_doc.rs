@@ -37,6 +37,69 @@ pub struct CatalogDoc {
     /// Limit versions per tier index (parallel to `tiers`).
     #[serde(default)]
     pub tier_versions: Vec<TierVersions>,
+    /// Key prefixes being retired, each with its sunset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_prefixes: Vec<RetiredPrefix>,
+}
+
+/// A key prefix being retired (seed 004's legacy `tb_…`, `ss_live_…`): keys with it work until
+/// `sunset_at`, their answers saying so, and are refused from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetiredPrefix {
+    /// The start of the raw key, e.g. `tb_`.
+    pub prefix: String,
+    /// From then on (Unix seconds) such keys are refused.
+    pub sunset_at: u64,
+    /// When it was first retired (Unix seconds): the `Deprecation` date answers carry.
+    pub deprecated_at: u64,
+}
+
+/// The longest prefix that can be retired.
+pub const MAX_RETIRED_PREFIX: usize = 32;
+/// The most prefixes retired at once (each is compared on a check of a key it may match).
+pub const MAX_RETIRED_PREFIXES: usize = 64;
+
+/// Retires `prefix` at `sunset_at` (or moves its sunset), as of `now` (Unix seconds).
+pub fn retire_prefix_in(
+    doc: &mut CatalogDoc,
+    prefix: &str,
+    sunset_at: u64,
+    now: u64,
+) -> Result<RetiredPrefix, PolicyError> {
+    if prefix.is_empty()
+        || prefix.len() > MAX_RETIRED_PREFIX
+        || !prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(PolicyError::Invalid(format!(
+            "a prefix is 1-{MAX_RETIRED_PREFIX} visible ASCII characters"
+        )));
+    }
+    let mut r = RetiredPrefix {
+        prefix: prefix.to_string(),
+        sunset_at,
+        deprecated_at: now,
+    };
+    let full = doc.retired_prefixes.len() >= MAX_RETIRED_PREFIXES;
+    match doc.retired_prefixes.iter_mut().find(|p| p.prefix == prefix) {
+        Some(p) => {
+            r.deprecated_at = p.deprecated_at;
+            *p = r.clone();
+        }
+        None if full => return Err(CatalogError::Full("retired prefixes").into()),
+        None => doc.retired_prefixes.push(r.clone()),
+    }
+    Ok(r)
+}
+
+/// Takes `prefix` off the retired list: its keys work as before.
+pub fn restore_prefix_in(doc: &mut CatalogDoc, prefix: &str) -> Result<(), PolicyError> {
+    let before = doc.retired_prefixes.len();
+    doc.retired_prefixes.retain(|p| p.prefix != prefix);
+    if doc.retired_prefixes.len() == before {
+        return Err(PolicyError::UnknownPrefix(prefix.to_string()));
+    }
+    Ok(())
 }
 
 /// The versions of one tier's burst limits: counters record the version they were written under,
@@ -73,6 +136,7 @@ impl CatalogDoc {
             scopes: Vec::new(),
             scope_sets: vec![Vec::new()],
             tier_versions: Vec::new(),
+            retired_prefixes: Vec::new(),
         }
     }
 

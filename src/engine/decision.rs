@@ -17,6 +17,8 @@ pub enum AuthFailure {
     Revoked,
     /// The key expired.
     Expired,
+    /// The key's prefix was retired and its sunset has passed (`key_format_deprecated`).
+    Deprecated,
 }
 
 impl AuthFailure {
@@ -28,6 +30,7 @@ impl AuthFailure {
             AuthFailure::Unknown => "unknown",
             AuthFailure::Revoked => "revoked",
             AuthFailure::Expired => "expired",
+            AuthFailure::Deprecated => "deprecated",
         }
     }
 }
@@ -86,6 +89,16 @@ impl Verdict {
     pub fn is_allowed(self) -> bool {
         self == Verdict::Allowed
     }
+}
+
+/// When the prefix of an allowed key stops working (RFC 8594 `Sunset`) and since when it is
+/// deprecated (RFC 9745 `Deprecation`), Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sunset {
+    /// Refused from then on.
+    pub at: u64,
+    /// Retired since then.
+    pub deprecated_at: u64,
 }
 
 /// Which kind of limit a [`LimitStatus`] describes.
@@ -150,6 +163,8 @@ pub struct Decision {
     /// On a tier in shadow mode, the verdict its limits or quota would have given
     /// (`RateLimited` or `QuotaExceeded`); the check was allowed and nothing was consumed.
     pub shadow: Option<Verdict>,
+    /// The key's prefix is being retired: allowed until this sunset.
+    pub sunset: Option<Sunset>,
     limits: [LimitStatus; MAX_LIMITS + 1],
     len: u8,
     primary: u8,
@@ -165,6 +180,7 @@ impl Decision {
             retry_after: None,
             now_s,
             shadow: None,
+            sunset: None,
             limits: [LimitStatus::EMPTY; MAX_LIMITS + 1],
             len: 0,
             primary: 0,
@@ -187,6 +203,7 @@ impl Decision {
         self.retry_after = None;
         self.now_s = now_s;
         self.shadow = None;
+        self.sunset = None;
         self.len = 0;
         self.primary = 0;
     }
@@ -239,6 +256,7 @@ impl PartialEq for Decision {
             && self.retry_after == other.retry_after
             && self.now_s == other.now_s
             && self.shadow == other.shadow
+            && self.sunset == other.sunset
             && self.limits() == other.limits()
             && self.primary() == other.primary()
     }

@@ -32,6 +32,9 @@ pub enum PolicyError {
     /// No tier with that name.
     #[error("unknown tier {0:?}")]
     UnknownTier(String),
+    /// No retired prefix with that name.
+    #[error("prefix {0:?} is not retired")]
+    UnknownPrefix(String),
     /// The tier is used by keys.
     #[error("tier {tier:?} is used by {keys} key(s)")]
     TierInUse {

@@ -53,7 +53,14 @@ pub enum Transport {
 
 const TRANSPORTS: [&str; 3] = ["http", "binary", "grpc"];
 const DECISIONS: [&str; 7] = crate::engine::decision::CODES;
-const REASONS: [&str; 5] = ["missing", "malformed", "unknown", "revoked", "expired"];
+const REASONS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "deprecated",
+];
 /// Histogram bucket upper bounds, nanoseconds.
 const BUCKETS_NS: [u64; 12] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
@@ -113,6 +120,7 @@ fn reason_index(r: AuthFailure) -> usize {
         AuthFailure::Unknown => 2,
         AuthFailure::Revoked => 3,
         AuthFailure::Expired => 4,
+        AuthFailure::Deprecated => 5,
     }
 }
 
@@ -123,7 +131,7 @@ fn reason_index(r: AuthFailure) -> usize {
 struct CheckStripe {
     /// Checks that named no tier (e.g. an unknown key), by transport and decision.
     untiered: [[AtomicU64; 7]; TRANSPORTS.len()],
-    unauthorized: [[AtomicU64; 5]; TRANSPORTS.len()],
+    unauthorized: [[AtomicU64; 6]; TRANSPORTS.len()],
     latency_buckets: [AtomicU64; BUCKETS_NS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,

@@ -10,7 +10,7 @@ use crate::engine::decision::{Decision, Verdict};
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub(super) checks: [u64; 7],
-    pub(super) unauthorized: [u64; 5],
+    pub(super) unauthorized: [u64; 6],
     pub(super) latency_buckets: [u64; BUCKETS_NS.len()],
     pub(super) count: u64,
     pub(super) latency_sum_ns: u64,

@@ -97,6 +97,7 @@ fn reason_code(r: AuthFailure) -> u8 {
         AuthFailure::Unknown => 3,
         AuthFailure::Revoked => 4,
         AuthFailure::Expired => 5,
+        AuthFailure::Deprecated => 6,
     }
 }
 

@@ -10,7 +10,8 @@ use hyper::{Request, Response, StatusCode};
 use super::render;
 use super::reply::{error, push_hex, push_json_str, push_request_id, Resp, X_REQUEST_ID};
 use super::AppState;
-use crate::engine::decision::{Decision, Verdict};
+use crate::engine::catalog_doc::RetiredPrefix;
+use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::MAX_COST;
 use crate::keys::KeyId;
 use crate::metrics::{Stopwatch, Transport};
@@ -24,6 +25,8 @@ static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limi
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static X_QUOTA_SHADOW: HeaderName = HeaderName::from_static("x-quota-shadow");
+static SUNSET: HeaderName = HeaderName::from_static("sunset");
+static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
@@ -173,7 +176,22 @@ pub(super) async fn check<S: Store, B>(state: &AppState<S>, req: &Request<B>) ->
         .store
         .check(CheckRequest { key, scope, cost }, Some(&mut lend), |d| *d)
         .await;
-    answered(state, &d, buf, rid, admitted, start, scope)
+    // A key refused for its retired prefix: the message names the prefix and its sunset.
+    let retired = match d.verdict {
+        Verdict::Unauthorized(AuthFailure::Deprecated) => {
+            key.and_then(|k| state.store.retired_prefix(k))
+        }
+        _ => None,
+    };
+    answered(
+        state,
+        &d,
+        buf,
+        rid,
+        admitted,
+        start,
+        (scope, retired.as_ref()),
+    )
 }
 
 /// Whether `path` is the check endpoint (`/v1/check` or below it).
@@ -250,11 +268,11 @@ fn answered<S>(
     rid: usize,
     admitted: Option<Admitted>,
     start: Stopwatch,
-    scope: Option<&str>,
+    asked: (Option<&str>, Option<&RetiredPrefix>),
 ) -> Resp {
     let elapsed = start.elapsed_ns();
     state.metrics.record_decision(Transport::Http, d, elapsed);
-    render_check(d, buf, rid, admitted, scope)
+    render_check(d, buf, rid, admitted, asked)
 }
 
 /// Renders a decision. Every dynamic header value and the body are written into one buffer and
@@ -265,7 +283,7 @@ fn render_check(
     mut buf: String,
     rid: usize,
     admitted: Option<Admitted>,
-    scope: Option<&str>,
+    (scope, retired): (Option<&str>, Option<&RetiredPrefix>),
 ) -> Resp {
     let status = render::status(d.verdict);
     let mut num = itoa::Buffer::new();
@@ -300,7 +318,7 @@ fn render_check(
             if let Verdict::Unauthorized(why) = d.verdict {
                 tracing::debug!(reason = why.as_str(), key_id = ?d.key_id.map(|k| k.to_string()), request_id = rid, "unauthorized check");
             }
-            let env = render::envelope(d.verdict.code(), &render::message(d, scope), rid);
+            let env = render::envelope(render::code(d), &render::message(d, scope, retired), rid);
             (None, mark(&mut buf, &mut |b| b.push_str(&env)))
         }
     };
@@ -320,9 +338,13 @@ fn render_check(
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // The common answer (allowed, with limits) fills a copy of a ready header map in place: no
     // header name is hashed (ten inserts' hashing was a fifth of this handler's time).
-    if let (Some((id_r, consumer_r)), Some((l, rem, reset, pol, rl)), None, None) =
-        (ident.clone(), primary.clone(), retry.clone(), d.shadow)
-    {
+    if let (Some((id_r, consumer_r)), Some((l, rem, reset, pol, rl)), None, None, None) = (
+        ident.clone(),
+        primary.clone(),
+        retry.clone(),
+        d.shadow,
+        d.sunset,
+    ) {
         let values = [
             trusted(rid_r.clone()),
             trusted(id_r),
@@ -373,6 +395,16 @@ fn render_check(
     }
     if let Some(v) = d.shadow {
         put(&X_QUOTA_SHADOW, Some(HeaderValue::from_static(v.code())));
+    }
+    if let (true, Some(s)) = (d.verdict.is_allowed(), d.sunset) {
+        put(
+            &SUNSET,
+            HeaderValue::from_str(&render::http_date(s.at)).ok(),
+        );
+        put(
+            &DEPRECATION,
+            HeaderValue::from_str(&format!("@{}", s.deprecated_at)).ok(),
+        );
     }
     if status == 401 {
         h.insert(

@@ -33,6 +33,10 @@ fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}}])
 }
 
+fn prefix_param() -> Value {
+    json!([{"name": "prefix", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[!-~]+$"}}])
+}
+
 fn name_param() -> Value {
     json!([{"name": "name", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/TierName"}}])
 }
@@ -61,6 +65,8 @@ pub fn document() -> Value {
         "x-request-id": {"schema": {"type": "string"}},
     });
     let mut allowed_headers = rl_headers.clone();
+    allowed_headers["Sunset"] = json!({"schema": {"type": "string"}, "description": "Only for a key whose prefix is being retired: when it stops working (RFC 8594, an HTTP date)"});
+    allowed_headers["Deprecation"] = json!({"schema": {"type": "string", "pattern": "^@[0-9]+$"}, "description": "Only for a key whose prefix is being retired: since when, @<Unix seconds> (RFC 9745)"});
     allowed_headers["X-Quota-Shadow"] = json!({"schema": {"type": "string", "enum": ["rate_limited", "quota_exceeded"]},
         "description": "Only on a tier in shadow mode (enforce: false, or serve --shadow), when its limits or quota would have denied this check: the would-be decision. The figures are those of that denial; nothing was consumed."});
     for (k, v) in identity_headers.as_object().into_iter().flatten() {
@@ -94,7 +100,7 @@ pub fn document() -> Value {
             "200": {"description": "Allowed", "headers": allowed_headers,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Allowed"}}}},
             "400": refused("Bad header (cost, scope, non-ASCII, oversized)", false),
-            "401": refused("Missing, malformed, unknown, revoked or expired key", true),
+            "401": refused("Missing, malformed, unknown, revoked or expired key (code unauthorized), or a key whose retired prefix is past its sunset (code key_format_deprecated, the message naming the prefix and the date)", true),
             "403": refused("forbidden (scope) or plan_required (tier)", false),
             "429": {"description": "rate_limited or quota_exceeded", "headers": denied_headers,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -124,6 +130,10 @@ pub fn document() -> Value {
                         {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}, "description": "nextCursor of the previous page"}],
                     "responses": {"200": ok("A page of keys", "KeyList")}})),
             },
+            "/admin/v1/keys/import": {"post": admin(json!({"summary": "Import a key issued elsewhere, by its raw value or its SHA-256: it then authenticates on every transport like a generated key, and rotates into a qd_ key",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportKey"},
+                    "example": {"key": "tb_live_4f9a0c2e7d1b8a3f", "consumer": "acme", "tier": "pro"}}}},
+                "responses": {"201": ok("Imported: the key's record (never the raw key)", "Key"), "400": error_response("A bad key, hash or field"), "409": error_response("A key with this secret exists already")}}))},
             "/admin/v1/keys/{id}": {
                 "get": admin(json!({"summary": "A key and its live usage", "parameters": id_param(),
                     "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}})),
@@ -147,6 +157,18 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "Every key of the consumer with its usage after the reset", "content": {"application/json": {"schema": {"type": "object", "required": ["consumer", "keys"],
                     "properties": {"consumer": {"type": "string"}, "keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}}}}},
                     "400": error_response("Nothing to reset, or a bad body"), "404": error_response("The consumer has no keys")}}))},
+            "/admin/v1/prefixes": {"get": admin(json!({"summary": "Key prefixes being retired",
+                "responses": {"200": {"description": "Retired prefixes", "content": {"application/json": {"schema": {"type": "object", "required": ["prefixes"],
+                    "properties": {"prefixes": {"type": "array", "items": {"$ref": "#/components/schemas/RetiredPrefix"}}}}}}}}}))},
+            "/admin/v1/prefixes/{prefix}": {
+                "put": admin(json!({"summary": "Retire a key prefix (or move its sunset): until sunsetAt, allowed answers for keys starting with it carry Sunset (RFC 8594) and Deprecation (RFC 9745); from then on they are refused with 401 key_format_deprecated",
+                    "parameters": prefix_param(),
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["sunsetAt"], "additionalProperties": false,
+                        "properties": {"sunsetAt": {"type": "string", "format": "date-time"}}}, "example": {"sunsetAt": "2027-06-30T00:00:00Z"}}}},
+                    "responses": {"200": ok("The retired prefix", "RetiredPrefix"), "400": error_response("A bad prefix or date")}})),
+                "delete": admin(json!({"summary": "Take a prefix off the retired list: its keys work as before", "parameters": prefix_param(),
+                    "responses": {"200": {"description": "Restored", "content": {"application/json": {"schema": {"type": "object", "required": ["prefix", "deleted"], "properties": {"prefix": {"type": "string"}, "deleted": {"type": "boolean", "const": true}}}}}}, "404": error_response("The prefix is not retired")}})),
+            },
             "/admin/v1/tiers": {
                 "get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}})),
                 "put": admin(json!({"summary": "Replace the whole set of tiers at once (a tiers file); tiers left out are deleted, refused (409) while keys use them",
@@ -166,7 +188,7 @@ pub fn document() -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
                     "required": ["code", "message", "requestId"],
-                    "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "plan_required", "rate_limited", "quota_exceeded", "not_found", "conflict", "method_not_allowed", "internal", "unavailable"]},
+                    "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthorized", "key_format_deprecated", "forbidden", "plan_required", "rate_limited", "quota_exceeded", "not_found", "conflict", "method_not_allowed", "internal", "unavailable"]},
                                    "message": {"type": "string"}, "requestId": {"type": "string"}}}}},
                 "Allowed": {"type": "object", "properties": {"allowed": {"const": true}, "keyId": {"type": "string"},
                     "consumer": {"type": "string"}, "tier": {"type": "string"}}},
@@ -180,10 +202,23 @@ pub fn document() -> Value {
                     "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
                     "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
                     "name": {"type": "string", "maxLength": 56, "pattern": "^[^\\u0000]*$"}, "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,16}$"}}},
+                "ImportKey": {"type": "object", "required": ["consumer", "tier"], "additionalProperties": false,
+                    "description": "Exactly one of key and keyHash. The raw key is hashed on arrival and never stored, logged or returned.",
+                    "properties": {
+                    "key": {"type": "string", "minLength": 16, "maxLength": 256, "pattern": "^[!-~]+$", "description": "The existing raw key (visible ASCII)"},
+                    "keyHash": {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$", "description": "SHA-256 of the raw key, for a provider that kept only hashes"},
+                    "prefix": {"type": "string", "minLength": 1, "maxLength": 16, "pattern": "^[!-~]+$", "description": "What listings show of the key; required with keyHash (default with key: its first quarter, at most 12 characters)"},
+                    "consumer": {"$ref": "#/components/schemas/Consumer"}, "tier": {"$ref": "#/components/schemas/TierName"},
+                    "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
+                    "expiresAt": {"type": "string", "format": "date-time"}, "monthlyQuota": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
+                    "name": {"type": "string", "maxLength": 56, "pattern": "^[^\\u0000]*$"}}},
                 "PatchKey": {"type": "object", "additionalProperties": false, "properties": {
                     "tier": {"$ref": "#/components/schemas/TierName"}, "scopes": {"type": "array", "items": {"$ref": "#/components/schemas/Scope"}},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},
                     "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "name": {"type": ["string", "null"], "maxLength": 56, "pattern": "^[^\\u0000]*$"}}},
+                "RetiredPrefix": {"type": "object", "required": ["prefix", "sunsetAt", "deprecatedAt"], "properties": {
+                    "prefix": {"type": "string"}, "sunsetAt": {"type": "string", "format": "date-time", "description": "Keys with the prefix are refused from then on"},
+                    "deprecatedAt": {"type": "string", "format": "date-time", "description": "When it was first retired (the Deprecation header's date)"}}},
                 "Reset": {"type": "object", "additionalProperties": false, "properties": {
                     "burst": {"type": "boolean", "default": true, "description": "Every burst window back to full"},
                     "monthly": {"type": "boolean", "default": true, "description": "The month's usage back to 0"}},
@@ -246,6 +281,10 @@ mod tests {
         ("post", "/admin/v1/keys/{id}/revoke"),
         ("post", "/admin/v1/keys/{id}/rotate"),
         ("post", "/admin/v1/keys/{id}/reset"),
+        ("post", "/admin/v1/keys/import"),
+        ("get", "/admin/v1/prefixes"),
+        ("put", "/admin/v1/prefixes/{prefix}"),
+        ("delete", "/admin/v1/prefixes/{prefix}"),
         ("post", "/admin/v1/consumers/{consumer}/reset"),
         ("get", "/admin/v1/tiers"),
         ("put", "/admin/v1/tiers"),

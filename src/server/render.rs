@@ -7,7 +7,8 @@
 //! RateLimit: "minute";r=59;t=1, "hour";r=999;t=4, "month";r=9999;t=1812345
 //! ```
 
-use crate::engine::decision::{Decision, LimitKind, LimitStatus, Verdict};
+use crate::engine::catalog_doc::RetiredPrefix;
+use crate::engine::decision::{AuthFailure, Decision, LimitKind, LimitStatus, Verdict};
 
 /// Writes the policy name of a limit: `minute`, `hour`, `day`, `<n>s`, or `month`.
 pub(super) fn push_policy_name(s: &mut String, l: &LimitStatus) {
@@ -98,7 +99,31 @@ pub fn rate_limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
     if let Some(v) = d.shadow {
         out.push(("x-quota-shadow", v.code().to_string()));
     }
+    if let (true, Some(s)) = (d.verdict.is_allowed(), d.sunset) {
+        out.push(("sunset", http_date(s.at)));
+        out.push(("deprecation", format!("@{}", s.deprecated_at)));
+    }
     out
+}
+
+/// Unix seconds as an HTTP date (IMF-fixdate, RFC 9110), as `Sunset` carries it.
+pub fn http_date(secs: u64) -> String {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::OffsetDateTime::from_unix_timestamp(secs.min(253_402_300_799) as i64)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+/// The error code of a refusal: the verdict's, except `key_format_deprecated` for a key whose
+/// retired prefix is past its sunset.
+pub fn code(d: &Decision) -> &'static str {
+    match d.verdict {
+        Verdict::Unauthorized(AuthFailure::Deprecated) => "key_format_deprecated",
+        v => v.code(),
+    }
 }
 
 /// HTTP status for a verdict.
@@ -112,10 +137,19 @@ pub fn status(v: Verdict) -> u16 {
     }
 }
 
-/// The error message for a denial; `scope` is the scope the request needed.
-pub fn message(d: &Decision, scope: Option<&str>) -> String {
+/// The error message for a denial; `scope` is the scope the request needed, `retired` the retired
+/// prefix of a key refused for it.
+pub fn message(d: &Decision, scope: Option<&str>, retired: Option<&RetiredPrefix>) -> String {
     match d.verdict {
         Verdict::Allowed => String::new(),
+        Verdict::Unauthorized(AuthFailure::Deprecated) => match retired {
+            Some(p) => format!(
+                "API keys starting with {:?} were retired on {}: use a new key",
+                p.prefix,
+                crate::server::admin::rfc3339(p.sunset_at).unwrap_or_default()
+            ),
+            None => "API key format retired: use a new key".into(),
+        },
         Verdict::Unauthorized(_) => "Missing or invalid API key".into(),
         Verdict::Forbidden => format!("API key lacks required scope: {}", scope.unwrap_or("")),
         Verdict::PlanRequired => "Feature requires a higher plan tier".into(),

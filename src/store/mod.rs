@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::catalog_doc::CatalogError;
+use crate::engine::catalog_doc::{CatalogError, RetiredPrefix};
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
 use crate::engine::PolicyError;
@@ -129,7 +129,10 @@ impl StoreError {
     /// `insufficient_storage` (the data directory's disk is full), `storage` or `unavailable`.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::UnknownKey | StoreError::Policy(PolicyError::UnknownTier(_)) => "not_found",
+            StoreError::UnknownKey
+            | StoreError::Policy(PolicyError::UnknownTier(_) | PolicyError::UnknownPrefix(_)) => {
+                "not_found"
+            }
             StoreError::Policy(PolicyError::TierInUse { .. } | PolicyError::Conflict(_)) => {
                 "conflict"
             }
@@ -276,6 +279,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// The index and name of every tier in force (a decision names its tier by index).
     fn tier_names(&self) -> Vec<(u16, String)>;
+
+    /// Key prefixes being retired, each with its sunset.
+    fn retired_prefixes(&self) -> Vec<RetiredPrefix>;
+
+    /// The retired prefix `raw` starts with, if any (the longest).
+    fn retired_prefix(&self, raw: &str) -> Option<RetiredPrefix>;
+
+    /// Retires key `prefix`: its keys work until `sunset_at` (Unix seconds), announced, then are
+    /// refused. Again for a retired prefix: moves its sunset.
+    fn retire_prefix(
+        &self,
+        prefix: String,
+        sunset_at: u64,
+    ) -> impl Future<Output = Result<RetiredPrefix, StoreError>> + Send;
+
+    /// Takes `prefix` off the retired list.
+    fn restore_prefix(&self, prefix: String)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Keys on each tier by tier index (live, revoked and expired, as [`Store::key_count`]), as
     /// this node last knew them: no I/O (the Redis store reads them at each upkeep).

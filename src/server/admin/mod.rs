@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod import;
 mod json;
+mod prefixes;
 mod reset;
 
 pub use json::{parse_rfc3339, rfc3339, KeyJson, UsageJson};
@@ -251,6 +252,14 @@ pub async fn handle<S: Store>(
                 return not_allowed("POST");
             }
             reset::reset_key(store, id, &body, rid).await
+        }
+        ["prefixes"] => match method {
+            Method::GET => prefixes::list(store, rid),
+            _ => not_allowed("GET"),
+        },
+        ["prefixes", prefix] => {
+            let prefix = percent_decode(prefix);
+            prefixes::one(store, &method, prefix, &body, rid).await
         }
         ["consumers", consumer, "reset"] => {
             if method != Method::POST {

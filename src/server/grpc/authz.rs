@@ -16,7 +16,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::{Code, Request, Response, Status};
 
 use super::{header, invalid, is_unavailable, rate_limit_headers, record, unavailable};
-use crate::engine::decision::Verdict;
+use crate::engine::decision::{AuthFailure, Verdict};
 use crate::keys::KeyId;
 use crate::metrics::Stopwatch;
 use crate::protocol::frame::MAX_KEY;
@@ -147,7 +147,13 @@ impl<S: Store> Authorization for Authz<S> {
             }
         } else {
             let code = grpc_code(d.verdict);
-            let message = render::message(&d, scope);
+            let retired = match d.verdict {
+                Verdict::Unauthorized(AuthFailure::Deprecated) => {
+                    key.and_then(|k| state.store.retired_prefix(k))
+                }
+                _ => None,
+            };
+            let message = render::message(&d, scope, retired.as_ref());
             let mut headers = limits;
             headers.push(header("content-type", "application/json"));
             if matches!(d.verdict, Verdict::Unauthorized(_)) {
@@ -164,7 +170,7 @@ impl<S: Store> Authorization for Authz<S> {
                         code: i32::from(render::status(d.verdict)),
                     }),
                     headers,
-                    body: render::envelope(d.verdict.code(), &message, &rid),
+                    body: render::envelope(render::code(&d), &message, &rid),
                 })),
                 ..Default::default()
             }

@@ -17,7 +17,7 @@ use crate::engine::decision::{Decision, LimitKind, LimitStatus};
 use crate::engine::MAX_COST;
 use crate::metrics::Stopwatch;
 use crate::protocol::frame::{MAX_BATCH, MAX_KEY};
-use crate::server::AppState;
+use crate::server::{render, AppState};
 use crate::store::{CheckRequest, Store};
 
 /// The rate limit service on a store.
@@ -198,7 +198,7 @@ impl<S: Store> RateLimitService for Rls<S> {
         if let Some(d) = shown {
             headers = rate_limit_headers(d);
             if !d.verdict.is_allowed() {
-                headers.push(header("x-quota-error", d.verdict.code()));
+                headers.push(header("x-quota-error", render::code(d)));
             }
         }
         let over = decided.iter().any(|d| !d.verdict.is_allowed());

@@ -166,6 +166,7 @@ mod tests {
             scopes: vec!["a:read".into()],
             scope_sets: vec![vec![], vec![0]],
             tier_versions: Vec::new(),
+            retired_prefixes: Vec::new(),
         }
     }
 

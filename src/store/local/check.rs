@@ -291,12 +291,13 @@ impl Local {
         }
         let tier_ix = entry.tier;
         let view = KeyView {
+            presented: raw,
             revoked: entry.flags & FLAG_REVOKED != 0,
             expires_at_ns: entry.expires_at_ns,
             grants: Grants::Ids(catalog.scope_set(entry.scope_set)),
         };
-        let tier = match admission::admit(&view, catalog.tier(tier_ix), catalog, scope, now) {
-            Ok(t) => t,
+        let admitted = match admission::admit(&view, catalog.tier(tier_ix), catalog, scope, now) {
+            Ok(a) => a,
             Err(v) => {
                 let at = if matches!(v, Verdict::Unauthorized(_)) {
                     first_now_s
@@ -306,6 +307,7 @@ impl Local {
                 return d.reset(v, Some(id), admission::reported_tier(v, tier_ix), at);
             }
         };
+        let tier = admitted.tier;
 
         if !shard_month.contains(now) {
             *shard_month = MonthWindow::containing(now);
@@ -324,7 +326,9 @@ impl Local {
             month: &month,
             enforce: tier.enforces(self.shadow),
         };
-        let Some(tat) = limits::decide(&cur.tat, used, now, cost, &terms, d) else {
+        let decided = limits::decide(&cur.tat, used, now, cost, &terms, d);
+        d.sunset = admitted.sunset;
+        let Some(tat) = decided else {
             if d.shadow.is_some() {
                 // Allowed in shadow mode: nothing consumed, but the answer names the key.
                 self.lend_identity(slot, id, &tier.spec.name, identity);

@@ -13,8 +13,8 @@ use super::layout::{
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, secs, AdminState, Local};
 use crate::engine::catalog::Catalog;
-use crate::engine::catalog_doc::CatalogError;
 use crate::engine::catalog_doc::{self, intern_scope_set, CatalogDoc};
+use crate::engine::catalog_doc::{CatalogError, RetiredPrefix};
 use crate::engine::clock::NANOS_PER_SEC;
 use crate::engine::key_rules::{self, random_u64, NewSecret};
 use crate::engine::limits;
@@ -510,6 +510,26 @@ impl Local {
     /// refused while keys use them.
     pub(super) fn apply_tiers(&self, specs: Vec<TierSpec>) -> Result<(), StoreError> {
         self.change_catalog(|doc, use_| Ok(catalog_doc::replace_tiers(doc, use_, specs)?))
+    }
+
+    /// Retires key `prefix` until `sunset_at`; durable and in force from the next check.
+    pub(super) fn retire_prefix(
+        &self,
+        prefix: &str,
+        sunset_at: u64,
+    ) -> Result<RetiredPrefix, StoreError> {
+        let now = secs(self.clock.now_ns());
+        let mut out = None;
+        self.change_catalog(|doc, _| {
+            out = Some(catalog_doc::retire_prefix_in(doc, prefix, sunset_at, now)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| StoreError::invalid("prefix not retired"))
+    }
+
+    /// Takes `prefix` off the retired list.
+    pub(super) fn restore_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.change_catalog(|doc, _| Ok(catalog_doc::restore_prefix_in(doc, prefix)?))
     }
 
     /// Writes `doc` as the next generation of `catalog.json` and acknowledges it.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Local, LocalStore};
+use crate::engine::catalog_doc::RetiredPrefix;
 use crate::engine::clock::Clock;
 use crate::engine::decision::Decision;
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
@@ -107,6 +108,27 @@ impl Store for LocalStore {
 
     fn tiers(&self) -> Vec<TierSpec> {
         self.inner.catalog.load().specs()
+    }
+
+    fn retired_prefixes(&self) -> Vec<RetiredPrefix> {
+        self.inner.catalog.load().doc().retired_prefixes.clone()
+    }
+
+    fn retired_prefix(&self, raw: &str) -> Option<RetiredPrefix> {
+        self.inner.catalog.load().retired_prefix(raw).cloned()
+    }
+
+    async fn retire_prefix(
+        &self,
+        prefix: String,
+        sunset_at: u64,
+    ) -> Result<RetiredPrefix, StoreError> {
+        self.blocking(move |l| l.retire_prefix(&prefix, sunset_at))
+            .await
+    }
+
+    async fn restore_prefix(&self, prefix: String) -> Result<(), StoreError> {
+        self.blocking(move |l| l.restore_prefix(&prefix)).await
     }
 
     fn tier_keys(&self) -> Vec<(u16, u64)> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::RedisStore;
 use crate::engine::catalog::Catalog;
 use crate::engine::catalog_doc::CatalogError;
-use crate::engine::catalog_doc::{self, CatalogDoc};
+use crate::engine::catalog_doc::{self, CatalogDoc, RetiredPrefix};
 use crate::engine::key_rules::random_u64;
 use crate::store::StoreError;
 use crate::tiers::{self, TierSpec};
@@ -167,6 +167,34 @@ impl RedisStore {
     /// Deletes a tier no key uses.
     pub(super) async fn delete_tier_named(&self, name: &str) -> Result<(), StoreError> {
         self.change_catalog(|doc, use_| Ok(catalog_doc::delete_tier_in(doc, use_, name)?))
+            .await
+    }
+
+    /// Retires key `prefix` until `sunset_at`; every node applies it within the poll interval.
+    pub(super) async fn retire_prefix_named(
+        &self,
+        prefix: &str,
+        sunset_at: u64,
+    ) -> Result<RetiredPrefix, StoreError> {
+        let now = self.clock.now_ns() / crate::engine::clock::NANOS_PER_SEC;
+        let out = std::sync::Mutex::new(None);
+        self.change_catalog(|doc, _| {
+            let r = catalog_doc::retire_prefix_in(doc, prefix, sunset_at, now)?;
+            if let Ok(mut o) = out.lock() {
+                *o = Some(r);
+            }
+            Ok(())
+        })
+        .await?;
+        out.into_inner()
+            .ok()
+            .flatten()
+            .ok_or_else(|| StoreError::invalid("prefix not retired"))
+    }
+
+    /// Takes `prefix` off the retired list.
+    pub(super) async fn restore_prefix_named(&self, prefix: &str) -> Result<(), StoreError> {
+        self.change_catalog(|doc, _| Ok(catalog_doc::restore_prefix_in(doc, prefix)?))
             .await
     }
 

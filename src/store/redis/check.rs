@@ -12,9 +12,9 @@ use super::lease::Lease;
 use super::options::{FailPolicy, Mode};
 use super::record::Rec;
 use super::{RedisStore, RECORD_RECHECK};
-use crate::engine::admission::{self, Grants, KeyView};
+use crate::engine::admission::{self, Admitted, Grants, KeyView};
 use crate::engine::bucket::Limit;
-use crate::engine::catalog::{Catalog, CompiledTier};
+use crate::engine::catalog::Catalog;
 use crate::engine::clock::NANOS_PER_SEC;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::engine::limits::{self, Terms};
@@ -29,8 +29,9 @@ struct Gate<'c> {
     tier_ix: Option<u16>,
     /// Whether the presented secret is the key's.
     authenticated: bool,
-    /// The tier the check runs under, or the verdict that refuses it before its limits.
-    admitted: Result<&'c CompiledTier, Verdict>,
+    /// What the gate admits (the tier the check runs under), or the verdict that refuses it
+    /// before its limits.
+    admitted: Result<Admitted<'c>, Verdict>,
 }
 
 pub(super) enum Outcome {
@@ -43,9 +44,10 @@ pub(super) enum Outcome {
     },
 }
 
-/// The record as the policy's gate reads it.
-fn key_view(rec: &Rec) -> KeyView<'_> {
+/// The record, and the key as presented, as the policy's gate reads them.
+fn key_view<'a>(rec: &'a Rec, presented: &'a str) -> KeyView<'a> {
     KeyView {
+        presented,
         revoked: rec.revoked,
         expires_at_ns: admission::expiry_ns(rec.expires_at_s),
         grants: Grants::Names(&rec.scopes),
@@ -87,7 +89,7 @@ impl RedisStore {
         let authenticated = self.authenticate(id, rec, raw, fast, now);
         let admitted = if authenticated {
             admission::admit(
-                &key_view(rec),
+                &key_view(rec, raw),
                 tier_ix.and_then(|t| cat.tier(t)),
                 cat,
                 scope,
@@ -137,18 +139,20 @@ impl RedisStore {
             return None;
         }
         let tier_ix = cat.1.tier_index(&rec.tier)?;
-        let tier =
-            admission::admit(&key_view(rec), cat.1.tier(tier_ix), &cat.1, scope, now).ok()?;
+        let admitted =
+            admission::admit(&key_view(rec, raw), cat.1.tier(tier_ix), &cat.1, scope, now).ok()?;
         let month = MonthWindow::containing(now).id;
-        let d = lease
+        let version = admitted.tier.version;
+        let (mut d, renew) = lease
             .as_mut()?
-            .spend((tier_ix, tier.version), cost, now, month, size)?;
-        if d.1 {
+            .spend((tier_ix, version), cost, now, month, size)?;
+        if renew {
             drop(e);
             self.ask_renewal(id);
         }
         self.stats.local_spends.fetch_add(1, Ordering::Relaxed);
-        Some(d.0)
+        d.sunset = admitted.sunset;
+        Some(d)
     }
 
     /// Decides whether `raw_key` may make a call needing `scope` at `cost`: the same order and
@@ -210,8 +214,8 @@ impl RedisStore {
                 authenticated,
                 admitted,
             } = self.gate(id, &rec, (raw, fast), &cat_arc.1, scope, now);
-            let tier = match admitted {
-                Ok(t) => t,
+            let (tier, sunset) = match admitted {
+                Ok(a) => (a.tier, a.sunset),
                 Err(v) => {
                     if stale && !matches!(v, Verdict::Unauthorized(AuthFailure::Revoked)) {
                         if let Err(d) = self.fetch_or_answer(id, tier_ix, now_s, false).await {
@@ -232,9 +236,10 @@ impl RedisStore {
             let quota = limits::quota_of(rec.quota, tier);
             let month = MonthWindow::containing(now);
             if let Mode::Lease { .. } = self.opts.mode {
-                if let Some(d) =
+                if let Some(mut d) =
                     self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
                 {
+                    d.sunset = sunset;
                     return d;
                 }
             }
@@ -267,6 +272,7 @@ impl RedisStore {
                         *d = s.saturating_mul(1_000);
                     }
                     let mut d = Decision::bare(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+                    d.sunset = sunset;
                     let terms = Terms {
                         limits: &limits,
                         quota,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::options::{FailPolicy, Mode};
 use super::RedisStore;
+use crate::engine::catalog_doc::RetiredPrefix;
 use crate::engine::clock::Clock;
 use crate::engine::decision::{AuthFailure, Decision, Verdict};
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
@@ -132,6 +133,26 @@ impl Store for RedisStore {
 
     fn tiers(&self) -> Vec<TierSpec> {
         self.catalog.load().1.specs()
+    }
+
+    fn retired_prefixes(&self) -> Vec<RetiredPrefix> {
+        self.catalog.load().1.doc().retired_prefixes.clone()
+    }
+
+    fn retired_prefix(&self, raw: &str) -> Option<RetiredPrefix> {
+        self.catalog.load().1.retired_prefix(raw).cloned()
+    }
+
+    async fn retire_prefix(
+        &self,
+        prefix: String,
+        sunset_at: u64,
+    ) -> Result<RetiredPrefix, StoreError> {
+        self.retire_prefix_named(&prefix, sunset_at).await
+    }
+
+    async fn restore_prefix(&self, prefix: String) -> Result<(), StoreError> {
+        self.restore_prefix_named(&prefix).await
     }
 
     fn tier_keys(&self) -> Vec<(u16, u64)> {
