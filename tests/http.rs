@@ -648,6 +648,12 @@ fn every_documented_route_answers() {
         Some(json!({"limits": [{"requests": 1, "periodSeconds": 60}]})),
     );
     assert_eq!(r.status, 200);
+    let r = c.admin(
+        Method::PUT,
+        "/prefixes/old_",
+        Some(json!({"sunsetAt": "2099-01-01T00:00:00Z"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
     let doc = c.get("/docs").body;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
@@ -659,7 +665,8 @@ fn every_documented_route_answers() {
             let url = path
                 .replace("{id}", key)
                 .replace("{name}", tier)
-                .replace("{consumer}", "c");
+                .replace("{consumer}", "c")
+                .replace("{prefix}", "old_");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = match (method.as_str(), path.as_str()) {
                 ("put", "/admin/v1/tiers") => Some(json!({"tiers": crate_builtin_tiers()})),
