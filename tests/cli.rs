@@ -7,20 +7,7 @@ use std::process::{Command, Output};
 use common::{bin, Daemon};
 
 fn run(d: &Daemon, args: &[&str]) -> Output {
-    let out = Command::new(bin())
-        .args(args)
-        .args([
-            "--admin-url",
-            &format!("http://{}", d.http),
-            "--token",
-            &d.token,
-        ])
-        .env_remove("QUOTAD_ADMIN_TOKEN")
-        .env_remove("QUOTAD_ADMIN_URL")
-        .output()
-        .unwrap();
-    common::record_output(&out);
-    out
+    common::cli(d, args)
 }
 
 fn ok(out: &Output) -> String {

@@ -33,12 +33,7 @@ fn imported_keys_work_like_generated_ones(redis: bool) {
     let server = redis.then(RedisServer::start);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args: Vec<String> = match &server {
-        Some(s) => vec!["--store".into(), s.url()],
-        None => Vec::new(),
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(&data, &args);
+    let d = common::start_on(server.as_ref(), &data, &[]);
     let c = d.client();
     let (_, generated) = c.create_key(json!({"consumer": "acme", "tier": "pro"}));
 
@@ -169,7 +164,7 @@ fn imported_keys_work_like_generated_ones(redis: bool) {
 
     // The index outlives a restart (on Redis it lives in Redis).
     d.stop();
-    let d = Daemon::start(&data, &args);
+    let d = common::start_on(server.as_ref(), &data, &[]);
     let c = d.client();
     c.check(Some(&raw), &[])
         .assert_admitted(&id, "acme", "free");
@@ -240,17 +235,7 @@ fn keys_import_reads_json_lines_and_reports_each() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "--admin-url",
-            &format!("http://{}", d.http),
-            "--token",
-            &d.token,
-        ])
-        .args(["keys", "import", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    common::record_output(&out);
+    let out = common::cli(&d, &["keys", "import", file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("line 1: imported key_"), "{text}");

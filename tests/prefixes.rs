@@ -22,12 +22,7 @@ fn retire(c: &Client, prefix: &str, sunset: &str) -> common::Reply {
 fn retired_prefixes_sunset_then_refuse(redis: bool) {
     let server = redis.then(RedisServer::start);
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = match &server {
-        Some(s) => vec!["--store".into(), s.url()],
-        None => Vec::new(),
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(dir.path(), &args);
+    let d = common::start_on(server.as_ref(), dir.path(), &[]);
     let c = d.client();
     let (legacy_id, legacy) =
         c.create_key(json!({"consumer": "acme", "tier": "free", "prefix": "tb_"}));
@@ -167,17 +162,7 @@ fn the_cli_retires_lists_and_restores_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&dir.path().join("data"), &[]);
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::bin())
-            .args([
-                "--admin-url",
-                &format!("http://{}", d.http),
-                "--token",
-                &d.token,
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        common::record_output(&out);
+        let out = common::cli(&d, args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),

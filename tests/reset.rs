@@ -11,13 +11,6 @@ use common::{Client, Daemon};
 use reqwest::Method;
 use serde_json::json;
 
-fn start(redis: Option<&RedisServer>, data: &std::path::Path) -> Daemon {
-    match redis {
-        Some(r) => Daemon::start(data, &["--store", &r.url()]),
-        None => Daemon::start(data, &[]),
-    }
-}
-
 fn binary_allowed(addr: SocketAddr, key: &str) -> bool {
     common::binary_check(addr, key).decision == 0
 }
@@ -42,7 +35,7 @@ fn spend(c: &Client, key: &str, n: usize) {
 fn resets_set_back_the_burst_the_month_or_both(redis: bool) {
     let server = redis.then(RedisServer::start);
     let dir = tempfile::tempdir().unwrap();
-    let d = start(server.as_ref(), dir.path());
+    let d = common::start_on(server.as_ref(), dir.path(), &[]);
     let c = d.client();
     let (id, key) = tight_key(&c, "acme");
 
@@ -144,7 +137,7 @@ fn resets_set_back_the_burst_the_month_or_both_on_redis() {
 fn a_consumer_reset_covers_each_of_its_keys(redis: bool) {
     let server = redis.then(RedisServer::start);
     let dir = tempfile::tempdir().unwrap();
-    let d = start(server.as_ref(), dir.path());
+    let d = common::start_on(server.as_ref(), dir.path(), &[]);
     let c = d.client();
     let (a, ka) = tight_key(&c, "acme corp");
     let (b, kb) = c.create_key(json!({"consumer": "acme corp", "tier": "tight"}));
@@ -198,17 +191,7 @@ fn the_cli_resets_keys_and_consumers() {
     let (id, key) = tight_key(&c, "acme");
     spend(&c, &key, 3);
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::bin())
-            .args([
-                "--admin-url",
-                &format!("http://{}", d.http),
-                "--token",
-                &d.token,
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        common::record_output(&out);
+        let out = common::cli(&d, args);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };

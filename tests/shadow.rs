@@ -21,12 +21,11 @@ use serde_json::json;
 fn start(redis: bool, extra: &[&str]) -> (Daemon, Option<RedisServer>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = redis.then(RedisServer::start);
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    if let Some(s) = &server {
-        args.extend(["--store".to_string(), s.url()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (Daemon::start(dir.path(), &args), server, dir)
+    (
+        common::start_on(server.as_ref(), dir.path(), extra),
+        server,
+        dir,
+    )
 }
 
 fn rls_check(addr: SocketAddr, key: &str) -> RateLimitResponse {

@@ -460,3 +460,32 @@ pub fn binary_check(addr: SocketAddr, key: &str) -> quotad::protocol::result::Wi
         .unwrap()
     })
 }
+
+/// `quotad serve` on `data`, on its own files or on `redis` when given, with `extra` arguments.
+pub fn start_on(redis: Option<&redis::RedisServer>, data: &Path, extra: &[&str]) -> Daemon {
+    let url = redis.map(|r| r.url());
+    let mut args: Vec<&str> = extra.to_vec();
+    if let Some(u) = &url {
+        args.extend(["--store", u.as_str()]);
+    }
+    Daemon::start(data, &args)
+}
+
+/// The CLI run against daemon `d`'s admin API with `args` (its output recorded for the secrets
+/// check).
+pub fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args(args)
+        .args([
+            "--admin-url",
+            &format!("http://{}", d.http),
+            "--token",
+            &d.token,
+        ])
+        .env_remove("QUOTAD_ADMIN_TOKEN")
+        .env_remove("QUOTAD_ADMIN_URL")
+        .output()
+        .unwrap();
+    record_output(&out);
+    out
+}

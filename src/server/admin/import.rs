@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{error, json_of, parse_json, parse_rfc3339, store_error, KeyJson};
+use super::{created, error, new_key, parse_json};
 use crate::keys::format as keyfmt;
 use crate::keys::record::Imported;
 use crate::keys::NewKey;
@@ -75,25 +75,15 @@ pub(super) async fn import_key<S: Store>(store: &S, body: &[u8], rid: &str) -> R
         Ok(i) => i,
         Err(m) => return error(400, "bad_request", &m, rid),
     };
-    let expires_at = match b.expires_at.as_deref().map(parse_rfc3339).transpose() {
-        Ok(e) => e,
-        Err(m) => return error(400, "bad_request", &m, rid),
-    };
-    let new = NewKey {
-        consumer: b.consumer,
-        tier: b.tier,
-        scopes: b.scopes.unwrap_or_default(),
-        expires_at,
-        monthly_quota: b.monthly_quota,
-        name: b.name,
-        prefix: None,
-        import: Some(import),
-    };
-    match store.create_key(new).await {
-        Ok(k) => {
-            tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, prefix = %k.info.prefix, "key imported");
-            json_of(201, &KeyJson::from_info(&k.info), rid)
+    let fields = (b.consumer, b.tier, b.scopes, b.monthly_quota, b.name);
+    match new_key(fields, b.expires_at.as_deref()) {
+        Ok(new) => {
+            let new = NewKey {
+                import: Some(import),
+                ..new
+            };
+            created(store, new, rid).await
         }
-        Err(e) => store_error(&e, rid),
+        Err(m) => error(400, "bad_request", &m, rid),
     }
 }

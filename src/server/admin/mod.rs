@@ -380,25 +380,55 @@ async fn create_key<S: Store>(store: &S, body: &[u8], rid: &str) -> Resp {
         Ok(c) => c,
         Err(m) => return error(400, "bad_request", &m, rid),
     };
-    let expires_at = match c.expires_at.as_deref().map(parse_rfc3339).transpose() {
-        Ok(e) => e,
-        Err(m) => return error(400, "bad_request", &m, rid),
-    };
-    let new = NewKey {
-        consumer: c.consumer,
-        tier: c.tier,
-        scopes: c.scopes.unwrap_or_default(),
-        expires_at,
-        monthly_quota: c.monthly_quota,
-        name: c.name,
-        prefix: c.prefix,
+    let fields = (c.consumer, c.tier, c.scopes, c.monthly_quota, c.name);
+    match new_key(fields, c.expires_at.as_deref()) {
+        Ok(new) => {
+            let new = NewKey {
+                prefix: c.prefix,
+                ..new
+            };
+            created(store, new, rid).await
+        }
+        Err(m) => error(400, "bad_request", &m, rid),
+    }
+}
+
+/// The record fields a created or imported key is given, as the API takes them.
+type KeyFields = (
+    String,
+    String,
+    Option<Vec<String>>,
+    Option<u64>,
+    Option<String>,
+);
+
+/// A new key of `fields` (consumer, tier, scopes, monthly quota, name) expiring at `expires_at`
+/// (RFC 3339), or the message of the refusal.
+fn new_key(
+    (consumer, tier, scopes, monthly_quota, name): KeyFields,
+    expires_at: Option<&str>,
+) -> Result<NewKey, String> {
+    Ok(NewKey {
+        consumer,
+        tier,
+        scopes: scopes.unwrap_or_default(),
+        expires_at: expires_at.map(parse_rfc3339).transpose()?,
+        monthly_quota,
+        name,
+        prefix: None,
         import: None,
-    };
+    })
+}
+
+/// Creates key `new` and answers 201 with its record, and the raw key if one was made (an
+/// imported key's is never given back).
+async fn created<S: Store>(store: &S, new: NewKey, rid: &str) -> Resp {
+    let imported = new.import.is_some();
     match store.create_key(new).await {
         Ok(k) => {
-            tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, "key created");
+            tracing::info!(key_id = %k.info.id, consumer = %k.info.consumer, tier = %k.info.tier, prefix = %k.info.prefix, imported, "key created");
             let mut j = KeyJson::from_info(&k.info);
-            j.key = Some(k.raw);
+            j.key = (!imported).then_some(k.raw);
             json_of(201, &j, rid)
         }
         Err(e) => store_error(&e, rid),
