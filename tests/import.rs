@@ -211,6 +211,15 @@ fn a_key_imported_through_one_node_works_on_another() {
     );
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_string();
+    // Node b looks imported keys up once its upkeep has seen one (within --redis-poll-ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while b.client().check(Some(&raw), &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b never found the imported key"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     b.client()
         .check(Some(&raw), &[])
         .assert_admitted(&id, "acme", "free");
@@ -249,5 +258,30 @@ fn keys_import_reads_json_lines_and_reports_each() {
     let c = d.client();
     assert_eq!(c.check(Some(&good), &[]).status, 200);
     assert_eq!(c.check(Some(&hashed), &[]).status, 200);
+    d.stop();
+}
+
+#[test]
+fn refused_keys_cost_no_redis_call_until_a_key_is_imported() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::start_on(Some(&server), dir.path(), &[]);
+    let c = d.client();
+    let hgets = || -> u64 {
+        let info = server.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hget:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = hgets();
+    for i in 0..200 {
+        let junk = format!("junk_{i:08}_not_a_key_at_all");
+        assert_eq!(c.check(Some(&junk), &[]).status, 401);
+    }
+    // The catalog poll's own HGETs (one per 250 ms) are all that may have run.
+    let during = hgets() - before;
+    assert!(during < 50, "{during} HGETs for 200 refused keys");
     d.stop();
 }

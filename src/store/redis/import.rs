@@ -2,6 +2,8 @@
 //! key does not name its id), claimed when a key is imported and released when it is deleted;
 //! each node remembers what it looked up.
 
+use std::sync::atomic::Ordering;
+
 use super::record::hex;
 use super::RedisStore;
 use crate::engine::PolicyError;
@@ -33,6 +35,7 @@ impl RedisStore {
             ))
             .into());
         }
+        self.imports_exist.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -84,9 +87,26 @@ impl RedisStore {
         self.import_ids.retain(|_, k| *k != id);
     }
 
-    /// The key an imported `raw` key is, if any: this node's memory, else the index.
+    /// Notes whether the index holds any digest (at each upkeep): a key imported through
+    /// another node is looked up here from the next upkeep on.
+    pub(super) async fn poll_imports(&self) {
+        let mut c = self.conn.clone();
+        let n: Result<u64, _> = self
+            .call(
+                redis::cmd("HLEN")
+                    .arg(self.k_imported())
+                    .query_async(&mut c),
+            )
+            .await;
+        if let Ok(n) = n {
+            self.imports_exist.store(n > 0, Ordering::Relaxed);
+        }
+    }
+
+    /// The key an imported `raw` key is, if any: this node's memory, else the index (asked only
+    /// once some key was imported).
     pub(super) async fn imported_id(&self, raw: &str) -> Option<KeyId> {
-        if !keyfmt::importable(raw) {
+        if !keyfmt::importable(raw) || !self.imports_exist.load(Ordering::Relaxed) {
             return None;
         }
         let hash = keyfmt::hash(raw);

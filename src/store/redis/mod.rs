@@ -82,6 +82,9 @@ pub struct RedisStore {
     cache: DashMap<u64, Cached, foldhash::fast::RandomState>,
     /// Imported keys this node looked up, by digest.
     import_ids: DashMap<[u8; 32], KeyId, foldhash::fast::RandomState>,
+    /// Whether any key was imported (as of the last upkeep, or an import through this node):
+    /// until then a refused key costs no Redis call.
+    imports_exist: std::sync::atomic::AtomicBool,
     /// Keys on each tier by index, as read at the last upkeep (for `/metrics`).
     tier_keys_seen: parking_lot::Mutex<Vec<(u16, u64)>>,
     /// Keys this node holds a lease on (lease mode), so that expiry sweeps visit only them.
@@ -129,6 +132,7 @@ impl RedisStore {
             cache: DashMap::with_hasher(Default::default()),
             tier_keys_seen: parking_lot::Mutex::new(Vec::new()),
             import_ids: DashMap::with_hasher(Default::default()),
+            imports_exist: std::sync::atomic::AtomicBool::new(false),
             leased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             renew_tx,
             renew_rx: parking_lot::Mutex::new(Some(renew_rx)),
@@ -145,6 +149,7 @@ impl RedisStore {
             opts,
         };
         store.init_catalog().await?;
+        store.poll_imports().await;
         Ok(store)
     }
 

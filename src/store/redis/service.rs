@@ -194,6 +194,7 @@ impl Store for RedisStore {
                 self.stats.keys.store(n, Ordering::Relaxed);
                 self.stats.keys_known.store(true, Ordering::Relaxed);
             }
+            self.poll_imports().await;
             // And `/metrics` from this.
             let cat = self.catalog.load_full();
             if let Ok(per_index) = self.tier_use(cat.1.doc()).await {
