@@ -1,6 +1,6 @@
 //! An operator's reset of a key's counters: its burst windows back to full and/or its month's
 //! usage back to 0, written like a check's counter update (the next half of the mapped slot) and
-//! made durable before the call returns.
+//! msynced before the call returns, as a deletion's zeroed counters are.
 
 use super::layout::CounterHalf;
 use super::Local;
@@ -17,10 +17,10 @@ impl Local {
         what: Reset,
     ) -> Result<(Usage, Usage), StoreError> {
         // The admin lock orders this with deletions and re-creations of the slot.
+        let slot = id.slot();
         let before = {
             let _admin = self.admin.lock();
             let before = self.usage(id)?;
-            let slot = id.slot();
             let mut g = self.shards.lock(slot);
             // SAFETY: shard lock held; `usage` found the key, so its slots exist.
             let entry = unsafe { self.shards.entry(slot) };
@@ -48,9 +48,9 @@ impl Local {
             }
             before
         };
-        // Durable as an admin change is: the counters are msynced and a new generation stamped
-        // before the answer, so a crash cannot bring the old figures back.
-        self.flush()?;
+        // Durable as an admin change is: the slot's page is msynced before the answer (its
+        // counters generation is stamped by the next periodic flush, as after any check).
+        self.counters.flush_slot(slot)?;
         Ok((before, self.usage(id)?))
     }
 }
