@@ -64,7 +64,7 @@ pub(super) fn usage_error(msg: impl Into<String>) -> anyhow::Error {
 }
 
 pub(super) fn expiry(s: &str) -> anyhow::Result<String> {
-    if crate::server::admin::parse_rfc3339(s).is_ok() {
+    if crate::server::admin::parse_rfc3339("expiry", s).is_ok() {
         return Ok(s.to_string());
     }
     let secs = duration_secs(s).map_err(|_| {

@@ -14,11 +14,11 @@ pub fn rfc3339(secs: u64) -> Option<String> {
         .ok()
 }
 
-/// Parses RFC 3339 into Unix seconds (must be after the epoch).
-pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
+/// Parses RFC 3339 into Unix seconds (must be after the epoch); `field` names it in errors.
+pub fn parse_rfc3339(field: &str, s: &str) -> Result<u64, String> {
     let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| format!("expiresAt: {s:?} is not an RFC 3339 time ({e})"))?;
-    u64::try_from(t.unix_timestamp()).map_err(|_| "expiresAt must be after 1970".to_string())
+        .map_err(|e| format!("{field}: {s:?} is not an RFC 3339 time ({e})"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| format!("{field} must be after 1970"))
 }
 
 /// A key as the admin API shows it (never the raw key, except `key` on create/rotate).

@@ -257,10 +257,11 @@ pub async fn handle<S: Store>(
             Method::GET => prefixes::list(store, rid),
             _ => not_allowed("GET"),
         },
-        ["prefixes", prefix] => {
-            let prefix = percent_decode(prefix);
-            prefixes::one(store, &method, prefix, &body, rid).await
-        }
+        ["prefixes", prefix] => match method {
+            Method::PUT => prefixes::retire(store, percent_decode(prefix), &body, rid).await,
+            Method::DELETE => prefixes::restore(store, percent_decode(prefix), rid).await,
+            _ => not_allowed("PUT, DELETE"),
+        },
         ["consumers", consumer, "reset"] => {
             if method != Method::POST {
                 return not_allowed("POST");
@@ -412,7 +413,9 @@ fn new_key(
         consumer,
         tier,
         scopes: scopes.unwrap_or_default(),
-        expires_at: expires_at.map(parse_rfc3339).transpose()?,
+        expires_at: expires_at
+            .map(|s| parse_rfc3339("expiresAt", s))
+            .transpose()?,
         monthly_quota,
         name,
         prefix: None,
@@ -518,7 +521,7 @@ async fn patch_key<S: Store>(store: &S, id: KeyId, body: &[u8], rid: &str) -> Re
     let expires_at = match p.expires_at {
         None => None,
         Some(None) => Some(None),
-        Some(Some(s)) => match parse_rfc3339(&s) {
+        Some(Some(s)) => match parse_rfc3339("expiresAt", &s) {
             Ok(t) => Some(Some(t)),
             Err(m) => return error(400, "bad_request", &m, rid),
         },

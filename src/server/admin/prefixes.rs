@@ -2,7 +2,6 @@
 //! its sunset a key with a retired prefix works and its allowed answers carry `Sunset` (RFC 8594)
 //! and `Deprecation` (RFC 9745); from then on it is refused with 401 `key_format_deprecated`.
 
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use super::{error, json_of, parse_json, parse_rfc3339, rfc3339, store_error};
@@ -45,52 +44,36 @@ pub(super) fn list<S: Store>(store: &S, rid: &str) -> Resp {
     json_of(200, &serde_json::json!({ "prefixes": all }), rid)
 }
 
-/// `PUT` and `DELETE /admin/v1/prefixes/{prefix}`.
-pub(super) async fn one<S: Store>(
-    store: &S,
-    method: &Method,
-    prefix: String,
-    body: &[u8],
-    rid: &str,
-) -> Resp {
-    match *method {
-        Method::PUT => {
-            let p: PutPrefix = match parse_json(body) {
-                Ok(p) => p,
-                Err(m) => return error(400, "bad_request", &m, rid),
-            };
-            let sunset_at = match parse_rfc3339(&p.sunset_at) {
-                Ok(s) => s,
-                Err(m) => {
-                    return error(400, "bad_request", &m.replace("expiresAt", "sunsetAt"), rid)
-                }
-            };
-            match store.retire_prefix(prefix.clone(), sunset_at).await {
-                Ok(r) => {
-                    tracing::info!(prefix = %prefix, sunset_at = %p.sunset_at, "key prefix retired");
-                    json_of(200, &PrefixJson::of(&r), rid)
-                }
-                Err(e) => store_error(&e, rid),
-            }
+/// `PUT /admin/v1/prefixes/{prefix}`: the retired prefix.
+pub(super) async fn retire<S: Store>(store: &S, prefix: String, body: &[u8], rid: &str) -> Resp {
+    let p: PutPrefix = match parse_json(body) {
+        Ok(p) => p,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    let sunset_at = match parse_rfc3339("sunsetAt", &p.sunset_at) {
+        Ok(s) => s,
+        Err(m) => return error(400, "bad_request", &m, rid),
+    };
+    match store.retire_prefix(prefix.clone(), sunset_at).await {
+        Ok(r) => {
+            tracing::info!(prefix = %prefix, sunset_at = %p.sunset_at, "key prefix retired");
+            json_of(200, &PrefixJson::of(&r), rid)
         }
-        Method::DELETE => match store.restore_prefix(prefix.clone()).await {
-            Ok(()) => {
-                tracing::info!(prefix = %prefix, "key prefix no longer retired");
-                json_of(
-                    200,
-                    &serde_json::json!({"prefix": prefix, "deleted": true}),
-                    rid,
-                )
-            }
-            Err(e) => store_error(&e, rid),
-        },
-        _ => {
-            let mut r = error(405, "method_not_allowed", "Allowed: PUT, DELETE", rid);
-            r.headers_mut().insert(
-                "allow",
-                hyper::header::HeaderValue::from_static("PUT, DELETE"),
-            );
-            r
+        Err(e) => store_error(&e, rid),
+    }
+}
+
+/// `DELETE /admin/v1/prefixes/{prefix}`.
+pub(super) async fn restore<S: Store>(store: &S, prefix: String, rid: &str) -> Resp {
+    match store.restore_prefix(prefix.clone()).await {
+        Ok(()) => {
+            tracing::info!(prefix = %prefix, "key prefix no longer retired");
+            json_of(
+                200,
+                &serde_json::json!({"prefix": prefix, "deleted": true}),
+                rid,
+            )
         }
+        Err(e) => store_error(&e, rid),
     }
 }
