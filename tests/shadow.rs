@@ -50,12 +50,8 @@ fn rls_check(addr: SocketAddr, key: &str) -> RateLimitResponse {
     })
 }
 
-fn metric(c: &Client, line_start: &str) -> u64 {
-    let text = c.get("/metrics").text;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in metrics:\n{text}"))
+fn metric(c: &Client, name: &str, labels: &[(&str, &str)]) -> u64 {
+    common::metric_sum(&c.get("/metrics").text, name, labels)
 }
 
 fn monthly_used(c: &Client, id: &str) -> u64 {
@@ -115,14 +111,16 @@ fn a_shadow_tier_allows_what_it_would_deny(redis: bool) {
     assert_eq!(
         metric(
             &c,
-            "quotad_shadow_denials_total{tier=\"trial\",reason=\"rate_limited\"} "
+            "quotad_shadow_denials_total",
+            &[("tier", "trial"), ("reason", "rate_limited")]
         ),
         3
     );
     assert_eq!(
         metric(
             &c,
-            "quotad_tier_checks_total{tier=\"trial\",decision=\"allowed\"} "
+            "quotad_tier_checks_total",
+            &[("tier", "trial"), ("decision", "allowed")]
         ),
         5
     );
@@ -132,12 +130,17 @@ fn a_shadow_tier_allows_what_it_would_deny(redis: bool) {
     assert_eq!(
         metric(
             &c,
-            "quotad_checks_total{transport=\"binary\",tier=\"trial\",decision=\"allowed\"} "
+            "quotad_checks_total",
+            &[
+                ("transport", "binary"),
+                ("tier", "trial"),
+                ("decision", "allowed")
+            ]
         ),
         1
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while metric(&c, "quotad_tier_keys{tier=\"trial\"} ") != 1 {
+    while metric(&c, "quotad_tier_keys", &[("tier", "trial")]) != 1 {
         assert!(std::time::Instant::now() < deadline, "quotad_tier_keys");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -194,7 +197,8 @@ fn serve_shadow_puts_every_tier_in_shadow_mode(redis: bool) {
     assert_eq!(
         metric(
             &c,
-            "quotad_shadow_denials_total{tier=\"tiny\",reason=\"quota_exceeded\"} "
+            "quotad_shadow_denials_total",
+            &[("tier", "tiny"), ("reason", "quota_exceeded")]
         ),
         2
     );
