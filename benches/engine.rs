@@ -72,6 +72,7 @@ fn bench_tier() -> TierSpec {
         monthly_quota: Some(1_000_000_000_000),
         scopes: Some(vec!["api:read".into(), "api:write".into()]),
         enforce: true,
+        count_by: Default::default(),
     }
 }
 

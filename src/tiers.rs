@@ -84,6 +84,36 @@ pub struct TierSpec {
     /// consumes nothing. Authentication and scopes are enforced either way.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub enforce: bool,
+    /// Whose counters a check spends: the key's own (the default) or one set shared by every
+    /// key of the key's consumer on this tier.
+    #[serde(default, skip_serializing_if = "CountBy::is_key")]
+    pub count_by: CountBy,
+}
+
+/// Whose counters the checks of a tier's keys spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountBy {
+    /// Each key has its own burst windows and monthly quota.
+    #[default]
+    Key,
+    /// Every key of one consumer on the tier spends one set of counters: a customer with a key
+    /// per environment gets the plan once, not once per key.
+    Consumer,
+}
+
+impl CountBy {
+    fn is_key(&self) -> bool {
+        *self == CountBy::Key
+    }
+
+    /// `"key"` or `"consumer"`, as written in JSON and TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountBy::Key => "key",
+            CountBy::Consumer => "consumer",
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -232,6 +262,7 @@ impl TierSpec {
             monthly_quota,
             scopes: None,
             enforce: true,
+            count_by: CountBy::Key,
         }
     }
 }
@@ -299,6 +330,8 @@ struct TierToml {
     scopes: Option<Vec<String>>,
     #[serde(default = "yes")]
     enforce: bool,
+    #[serde(default)]
+    count_by: CountBy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +367,7 @@ pub fn parse_tiers_toml(text: &str, origin: &str) -> Result<Vec<TierSpec>, TierE
             monthly_quota: t.monthly_quota,
             scopes: t.scopes,
             enforce: t.enforce,
+            count_by: t.count_by,
         }
         .normalized();
         spec.validate().map_err(|e| file_err(e.to_string()))?;
@@ -398,6 +432,21 @@ mod tests {
         assert_eq!(t[0].limits[0].period_seconds, 30);
         assert_eq!(t[0].limits[1].period_seconds, 3_600);
         assert_eq!(t[0].scopes.as_deref(), Some(&["a:read".to_string()][..]));
+        assert_eq!(t[0].count_by, CountBy::Key);
+        let t = parse_tiers_toml(
+            "[tiers.team]\nlimits = [{ requests = 10, period = 60 }]\ncount_by = \"consumer\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(t[0].count_by, CountBy::Consumer);
+        let json = serde_json::to_value(&t[0]).unwrap();
+        assert_eq!(json["countBy"], "consumer");
+        let e = parse_tiers_toml(
+            "[tiers.team]\nlimits = [{ requests = 10, period = 60 }]\ncount_by = \"org\"\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
     }
 
     #[test]

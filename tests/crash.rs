@@ -63,6 +63,7 @@ fn sigkill_mid_run_loses_no_counted_request() {
             monthly_quota: Some(QUOTA),
             scopes: None,
             enforce: true,
+            count_by: Default::default(),
         })
         .unwrap();
         let keys: Vec<_> = (0..KEYS)

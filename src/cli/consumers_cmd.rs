@@ -50,3 +50,37 @@ pub fn consumers(cmd: ConsumersCmd, a: &AdminArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Runs `quotad usage --consumer NAME`.
+pub fn usage(name: String, a: &AdminArgs) -> anyhow::Result<()> {
+    let c = ctx(a)?;
+    block_on(async move {
+        let v = c
+            .call(
+                "GET",
+                &format!("/consumers/{}/usage", urlencode(&name)),
+                None,
+            )
+            .await?;
+        c.print(&v, |v| {
+            println!("{:<14} {}", "consumer", s(&v["consumer"]));
+            for t in v["tiers"].as_array().into_iter().flatten() {
+                println!();
+                println!(
+                    "{:<14} {} (counted by {})",
+                    "tier",
+                    s(&t["tier"]),
+                    s(&t["countBy"])
+                );
+                let keys: Vec<String> = t["keys"].as_array().into_iter().flatten().map(s).collect();
+                println!("{:<14} {}", "keys", keys.join(" "));
+                if t["usage"].is_object() {
+                    print_usage(&t["usage"]);
+                } else {
+                    println!("{:<14} per key (quotad usage ID)", "usage");
+                }
+            }
+        });
+        Ok(())
+    })
+}

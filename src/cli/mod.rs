@@ -98,13 +98,18 @@ pub enum Command {
         #[command(subcommand)]
         cmd: prefixes_cmd::PrefixesCmd,
     },
-    /// One key's live usage.
+    /// One key's live usage, or (`--consumer`) what a consumer spends on each tier it has
+    /// keys on.
     Usage {
         /// Where the admin API is.
         #[command(flatten)]
         admin: ops::AdminArgs,
         /// Key id (key_…).
-        id: String,
+        #[arg(required_unless_present = "consumer", conflicts_with = "consumer")]
+        id: Option<String>,
+        /// A consumer instead of a key.
+        #[arg(long)]
+        consumer: Option<String>,
     },
     /// Check a data directory offline (daemon stopped): versions, checksums, counts, and
     /// whether start-up would refuse. Exit 0: starts; 1: refuses; 3: in use by a running quotad.
@@ -175,7 +180,15 @@ pub fn main() -> i32 {
         Command::Tiers { admin: a, cmd } => tiers_cmd::tiers(cmd, &admin(a)),
         Command::Consumers { admin: a, cmd } => consumers_cmd::consumers(cmd, &admin(a)),
         Command::Prefixes { admin: a, cmd } => prefixes_cmd::prefixes(cmd, &admin(a)),
-        Command::Usage { admin: a, id } => keys_cmd::usage(id, &admin(a)),
+        Command::Usage {
+            admin: a,
+            id,
+            consumer,
+        } => match (id, consumer) {
+            (_, Some(c)) => consumers_cmd::usage(c, &admin(a)),
+            (Some(id), None) => keys_cmd::usage(id, &admin(a)),
+            (None, None) => Err(ops::usage_error("give a key id or --consumer NAME")),
+        },
         Command::Inspect { data_dir } => datadir_cmd::inspect(data_dir, g.json),
         Command::Repair {
             data_dir,

@@ -241,7 +241,15 @@ pub(super) fn tier_row(t: &Value) -> Vec<String> {
     } else {
         "enforced"
     };
-    vec![s(&t["name"]), limits, quota, scopes, mode.into()]
+    let count_by = t["countBy"].as_str().unwrap_or("key");
+    vec![
+        s(&t["name"]),
+        limits,
+        quota,
+        scopes,
+        mode.into(),
+        count_by.into(),
+    ]
 }
 
 pub(super) fn print_raw_key(k: &Value) {

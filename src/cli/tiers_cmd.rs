@@ -35,6 +35,10 @@ pub enum TiersCmd {
         /// marked and counted. Without it the tier is enforced.
         #[arg(long)]
         shadow: bool,
+        /// `consumer`: every key of one consumer spends one set of counters (the default,
+        /// `key`: each key its own). Changes only on a tier no key uses.
+        #[arg(long, value_parser = ["key", "consumer"])]
+        count_by: Option<String>,
     },
     /// Delete a tier no key uses.
     Delete {
@@ -55,7 +59,7 @@ pub enum TiersCmd {
 pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
     let c = ctx(a)?;
     block_on(async move {
-        let headers = ["NAME", "LIMITS", "MONTHLY", "SCOPES", "MODE"];
+        let headers = ["NAME", "LIMITS", "MONTHLY", "SCOPES", "MODE", "COUNT BY"];
         match cmd {
             TiersCmd::List => {
                 let v = c.call("GET", "/tiers", None).await?;
@@ -79,6 +83,7 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                 monthly_quota,
                 scopes,
                 shadow,
+                count_by,
             } => {
                 let limits = limits
                     .iter()
@@ -93,6 +98,9 @@ pub fn tiers(cmd: TiersCmd, a: &AdminArgs) -> anyhow::Result<()> {
                 }
                 if shadow {
                     body["enforce"] = json!(false);
+                }
+                if let Some(b) = count_by {
+                    body["countBy"] = json!(b);
                 }
                 let v = c
                     .call("PUT", &format!("/tiers/{}", urlencode(&name)), Some(body))

@@ -30,6 +30,13 @@ impl CompiledTier {
         self.spec.enforce && !shadow_all
     }
 
+    /// Whether every key of one consumer on this tier spends one set of counters
+    /// (`countBy: consumer`).
+    #[inline]
+    pub fn counts_by_consumer(&self) -> bool {
+        self.spec.count_by == crate::tiers::CountBy::Consumer
+    }
+
     /// The limits this tier had at `version`, if remembered.
     pub fn limits_at(&self, version: u16) -> Option<&[Limit]> {
         if version == self.version {
@@ -113,6 +120,7 @@ impl Catalog {
                     monthly_quota: None,
                     scopes: None,
                     enforce: true,
+                    count_by: Default::default(),
                 };
                 history.push((past.version, compile_limits(&old)?));
             }

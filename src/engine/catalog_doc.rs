@@ -197,8 +197,9 @@ pub fn intern_scope_set(doc: &mut CatalogDoc, names: &[String]) -> Result<u32, C
     Ok(i)
 }
 
-/// Creates or replaces the tier `spec` in `doc` (an existing tier keeps its index).
-pub fn put_tier_in(doc: &mut CatalogDoc, spec: &TierSpec) -> Result<(), PolicyError> {
+/// Creates or replaces the tier `spec` in `doc` (an existing tier keeps its index); `use_`:
+/// keys per tier index.
+pub fn put_tier_in(doc: &mut CatalogDoc, use_: &[u64], spec: &TierSpec) -> Result<(), PolicyError> {
     let ix = doc
         .tiers
         .iter()
@@ -207,7 +208,33 @@ pub fn put_tier_in(doc: &mut CatalogDoc, spec: &TierSpec) -> Result<(), PolicyEr
     if ix >= usize::from(u16::MAX) {
         return Err(CatalogError::Full("tiers").into());
     }
+    count_by_unchanged_in_use(doc, use_, ix, spec)?;
     doc.set_tier(ix, spec.clone());
+    Ok(())
+}
+
+/// Refuses to change the `countBy` of tier `ix` while keys use it: their counters would have
+/// to be merged (to consumer) or split (to key), and neither has one right answer. An operator
+/// moves the keys to a new tier instead, or empties the tier first.
+fn count_by_unchanged_in_use(
+    doc: &CatalogDoc,
+    use_: &[u64],
+    ix: usize,
+    spec: &TierSpec,
+) -> Result<(), PolicyError> {
+    let Some(Some(old)) = doc.tiers.get(ix) else {
+        return Ok(());
+    };
+    let keys = use_.get(ix).copied().unwrap_or(0);
+    if old.count_by != spec.count_by && keys > 0 {
+        return Err(PolicyError::Conflict(format!(
+            "tier {:?} counts by {} and {keys} key(s) use it: countBy can change only on a tier \
+             no key uses (move its keys to a tier counting by {} instead)",
+            spec.name,
+            old.count_by.as_str(),
+            spec.count_by.as_str()
+        )));
+    }
     Ok(())
 }
 
@@ -246,6 +273,7 @@ pub fn replace_tiers(
         match specs.iter().position(|s| s.name == old_name) {
             Some(p) => {
                 let spec = specs.remove(p);
+                count_by_unchanged_in_use(doc, use_, ix, &spec)?;
                 doc.set_tier(ix, spec);
             }
             None => {

@@ -50,6 +50,20 @@ pub fn validate_new(k: &NewKey) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Refuses a key-level monthly quota on a tier counting by consumer: its keys spend one shared
+/// quota, so a key's own figure would either be ignored or let one key spend the others'.
+pub fn fits_tier(tier: &tiers::TierSpec, monthly_quota: Option<u64>) -> Result<(), PolicyError> {
+    if tier.count_by == tiers::CountBy::Consumer && monthly_quota.is_some() {
+        return Err(PolicyError::Invalid(format!(
+            "tier {:?} counts by consumer: its keys share the tier's monthly quota, so a key \
+             cannot have a monthlyQuota of its own (set it on the tier, or use a tier counting \
+             by key)",
+            tier.name
+        )));
+    }
+    Ok(())
+}
+
 /// Checks what a key update changes (the tier is checked against the catalog by the store).
 pub fn validate_update(u: &KeyUpdate) -> Result<(), PolicyError> {
     if let Some(s) = &u.scopes {

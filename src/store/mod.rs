@@ -11,6 +11,7 @@
 pub mod local;
 pub mod redis;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::engine::decision::Decision;
 use crate::engine::PolicyError;
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Reset, Usage};
 use crate::keys::KeyId;
-use crate::tiers::TierSpec;
+use crate::tiers::{CountBy, TierSpec};
 
 pub use self::local::{DataDirError, LocalOptions, LocalStore};
 pub use self::redis::{RedisOptions, RedisStore};
@@ -78,6 +79,19 @@ impl KeyQuery<'_> {
         out.push(k);
         ControlFlow::Continue(())
     }
+}
+
+/// A consumer's keys on one tier, and what they spend ([`Store::consumer_usage`]).
+#[derive(Debug, Clone)]
+pub struct ConsumerTier {
+    /// The tier.
+    pub tier: String,
+    /// Whether its keys share their consumer's counters.
+    pub count_by: CountBy,
+    /// The consumer's keys on it, in id order.
+    pub keys: Vec<KeyId>,
+    /// On a tier counting by consumer, the usage the keys share (else each key has its own).
+    pub usage: Option<Usage>,
 }
 
 /// One gauge or counter a store adds to `/metrics`.
@@ -237,12 +251,44 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Usage, Usage), StoreError>> + Send;
 
     /// Resets the counters of every key of `consumer` (as [`Store::reset_counters`]): each key
-    /// with its usage before and after, in [`Store::list_keys`] order.
+    /// with its usage before and after, in [`Store::list_keys`] order. Keys sharing their
+    /// consumer's counters (a tier counting by consumer) reset them once and all report that.
     fn reset_consumer(
         &self,
         consumer: &str,
         what: Reset,
     ) -> impl Future<Output = Result<Vec<(KeyInfo, Usage, Usage)>, StoreError>> + Send {
+        async move {
+            let shared = self.shared_tiers();
+            let mut groups: HashMap<String, (Usage, Usage)> = HashMap::new();
+            let mut out = Vec::new();
+            for k in self.consumer_keys(consumer).await? {
+                if let Some((before, now)) = groups.get(&k.tier) {
+                    let pair = (before.clone(), now.clone());
+                    out.push((k, pair.0, pair.1));
+                    continue;
+                }
+                match self.reset_counters(k.id, what).await {
+                    Ok((before, now)) => {
+                        if shared.contains(&k.tier) {
+                            groups.insert(k.tier.clone(), (before.clone(), now.clone()));
+                        }
+                        out.push((k, before, now));
+                    }
+                    // Deleted meanwhile: nothing left to reset.
+                    Err(StoreError::UnknownKey) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// Every key of `consumer`, in [`Store::list_keys`] order.
+    fn consumer_keys(
+        &self,
+        consumer: &str,
+    ) -> impl Future<Output = Result<Vec<KeyInfo>, StoreError>> + Send {
         async move {
             let mut out = Vec::new();
             let mut after = None;
@@ -255,19 +301,65 @@ pub trait Store: Send + Sync + 'static {
                         limit: 500,
                     })
                     .await?;
-                for k in page {
-                    match self.reset_counters(k.id, what).await {
-                        Ok((before, now)) => out.push((k, before, now)),
-                        // Deleted meanwhile: nothing left to reset.
-                        Err(StoreError::UnknownKey) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                out.extend(page);
                 match next {
                     Some(n) => after = Some(n),
                     None => return Ok(out),
                 }
             }
+        }
+    }
+
+    /// The names of the tiers counting by consumer.
+    fn shared_tiers(&self) -> HashSet<String> {
+        self.tiers()
+            .into_iter()
+            .filter(|t| t.count_by == CountBy::Consumer)
+            .map(|t| t.name)
+            .collect()
+    }
+
+    /// What `consumer` spends, per tier it has keys on: on a tier counting by consumer, the
+    /// usage its keys share; on a tier counting by key, only the keys (each has its own usage).
+    /// Empty when the consumer has no keys.
+    fn consumer_usage(
+        &self,
+        consumer: &str,
+    ) -> impl Future<Output = Result<Vec<ConsumerTier>, StoreError>> + Send {
+        async move {
+            let shared = self.shared_tiers();
+            let mut out: Vec<ConsumerTier> = Vec::new();
+            for k in self.consumer_keys(consumer).await? {
+                match out.iter_mut().find(|t| t.tier == k.tier) {
+                    Some(t) => t.keys.push(k.id),
+                    None => out.push(ConsumerTier {
+                        count_by: if shared.contains(&k.tier) {
+                            CountBy::Consumer
+                        } else {
+                            CountBy::Key
+                        },
+                        tier: k.tier,
+                        keys: vec![k.id],
+                        usage: None,
+                    }),
+                }
+            }
+            for t in &mut out {
+                if t.count_by == CountBy::Consumer {
+                    // Any key of the group reads the group's counters.
+                    for id in t.keys.clone() {
+                        match self.usage(id).await {
+                            Ok(u) => {
+                                t.usage = Some(u);
+                                break;
+                            }
+                            Err(StoreError::UnknownKey) => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Ok(out)
         }
     }
 

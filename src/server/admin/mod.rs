@@ -5,10 +5,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod counters;
 mod import;
 mod json;
 mod prefixes;
-mod reset;
 
 pub use json::{parse_rfc3339, rfc3339, KeyJson, UsageJson};
 
@@ -80,6 +80,8 @@ struct PutTier {
     scopes: Option<Vec<String>>,
     #[serde(default = "enforced")]
     enforce: bool,
+    #[serde(default)]
+    count_by: crate::tiers::CountBy,
 }
 
 fn enforced() -> bool {
@@ -251,7 +253,7 @@ pub async fn handle<S: Store>(
             if method != Method::POST {
                 return not_allowed("POST");
             }
-            reset::reset_key(store, id, &body, rid).await
+            counters::reset_key(store, id, &body, rid).await
         }
         ["prefixes"] => match method {
             Method::GET => prefixes::list(store, rid),
@@ -262,12 +264,19 @@ pub async fn handle<S: Store>(
             Method::DELETE => prefixes::restore(store, percent_decode(prefix), rid).await,
             _ => not_allowed("PUT, DELETE"),
         },
+        ["consumers", consumer, "usage"] => {
+            if method != Method::GET {
+                return not_allowed("GET");
+            }
+            let consumer = percent_decode(consumer);
+            counters::consumer_usage(store, &consumer, rid).await
+        }
         ["consumers", consumer, "reset"] => {
             if method != Method::POST {
                 return not_allowed("POST");
             }
             let consumer = percent_decode(consumer);
-            reset::reset_consumer(store, &consumer, &body, rid).await
+            counters::reset_consumer(store, &consumer, &body, rid).await
         }
         ["keys", id, action @ ("revoke" | "rotate")] => {
             let Some(id) = KeyId::parse(id) else {
@@ -348,6 +357,7 @@ pub async fn handle<S: Store>(
                         monthly_quota: p.monthly_quota,
                         scopes: p.scopes,
                         enforce: p.enforce,
+                        count_by: p.count_by,
                     };
                     match store.put_tier(spec).await {
                         Ok(t) => {

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use subtle::ConstantTimeEq;
 
 use super::layout::{self, CounterHalf, CounterSlot, RecordHalf, RecordSlot, FLAG_REVOKED};
-use super::shards::{Grace, ShardData, Shards};
+use super::shards::{Grace, HotEntry, ShardData, Shards};
 use super::{secs, Local};
 use crate::engine::admission::{self, Grants, KeyView};
 use crate::engine::catalog::{Catalog, CompiledTier};
@@ -308,7 +308,59 @@ impl Local {
             }
         };
         let tier = admitted.tier;
+        if entry.group != 0 {
+            // Consumer-wide counting: the group's counters, under the group's shard lock.
+            let consumer = identity.is_some().then(|| {
+                // SAFETY: shard lock held.
+                unsafe { self.record_slot(slot) }
+                    .map_or([0; 64], |rs| rs[layout::newest(rs)].consumer)
+            });
+            let sunset = admitted.sunset;
+            drop(guard);
+            let member = super::groups::Member {
+                id,
+                tier: tier_ix,
+                sunset,
+                consumer,
+            };
+            return self.decide_in_group(entry.group - 1, member, (now, cost), identity, d);
+        }
+        d.reset(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
+        d.sunset = admitted.sunset;
+        let quota = limits::quota_of(layout::quota_override(entry.quota_override), tier);
+        let spent = self.spend(
+            slot,
+            &entry,
+            (tier_ix, tier, catalog),
+            quota,
+            (now, cost),
+            (shard_month, first_use, written),
+            d,
+            || self.lend_identity(slot, id, &tier.spec.name, identity),
+        );
+        if !spent {
+            unauthorized(d, AuthFailure::Unknown, Some(id), None);
+        }
+    }
 
+    /// The limits phase and its durable write, for the counters in `slot` (a key's own, or its
+    /// consumer's group's) under that slot's shard lock: `d` is allowed and names the key on
+    /// entry; `shard` is the slot's shard's month, first-use list and written flag; `lend`
+    /// lends the key's identity, called when the check is admitted (or allowed in shadow mode).
+    /// False when `slot` has no counter slot (nothing decided).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn spend(
+        &self,
+        slot: u32,
+        entry: &HotEntry,
+        (tier_ix, tier, catalog): (u16, &CompiledTier, &Catalog),
+        quota: Option<u64>,
+        (now, cost): (u64, u64),
+        (shard_month, first_use, written): (&mut MonthWindow, &mut Vec<u32>, &mut bool),
+        d: &mut Decision,
+        lend: impl FnOnce(),
+    ) -> bool {
         if !shard_month.contains(now) {
             *shard_month = MonthWindow::containing(now);
         }
@@ -317,23 +369,20 @@ impl Local {
         if cur.seq != 0 && (cur.tier != tier_ix || cur.limits_version != tier.version) {
             convert_buckets(&mut cur, catalog, tier_ix, tier, now);
         }
-        let quota_override = layout::quota_override(entry.quota_override);
         let used = limits::used_this_month(cur.month, cur.month_used, &month);
-        d.reset(Verdict::Allowed, Some(id), Some(tier_ix), now_s);
         let terms = Terms {
             limits: &tier.limits,
-            quota: limits::quota_of(quota_override, tier),
+            quota,
             month: &month,
             enforce: tier.enforces(self.shadow),
         };
         let decided = limits::decide(&cur.tat, used, now, cost, &terms, d);
-        d.sunset = admitted.sunset;
         let Some(tat) = decided else {
             if d.shadow.is_some() {
                 // Allowed in shadow mode: nothing consumed, but the answer names the key.
-                self.lend_identity(slot, id, &tier.spec.name, identity);
+                lend();
             }
-            return;
+            return true;
         };
         let next = CounterHalf::successor(
             entry.counters.seq,
@@ -346,18 +395,19 @@ impl Local {
                 tat,
                 month_used: used + cost,
                 month: limits::month_to_store(cur.month, &month),
-                last_used_s: now_s.min(u64::from(u32::MAX)) as u32,
+                last_used_s: secs(now).min(u64::from(u32::MAX)) as u32,
             },
         );
         let into = 1 - usize::from(entry.newest & 1);
-        // SAFETY: we hold this slot's shard lock; the key has a record, so its counter slot exists.
+        // SAFETY: the caller holds this slot's shard lock; it has a record, so its counter
+        // slot exists.
         let Some(cs) = (unsafe { self.counter_slot(slot) }) else {
-            return unauthorized(d, AuthFailure::Unknown, Some(id), None);
+            return false;
         };
         // The identity is handed out before the durable write below: that store may wait for
         // its line, later stores queue behind it, and a load of what they wrote (the caller
         // reading back the names it just copied) would wait as long.
-        self.lend_identity(slot, id, &tier.spec.name, identity);
+        lend();
         // The durable write: a 64-byte store into the older half of the mapped slot.
         cs[into] = next;
         *written = true;
@@ -368,6 +418,7 @@ impl Local {
         let hot = unsafe { self.shards.entry(slot) };
         hot.counters = next;
         hot.newest = into as u8;
+        true
     }
 
     /// Lends key `id`'s identity (its record is in `slot`, whose shard lock the caller holds).

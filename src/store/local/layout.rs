@@ -215,6 +215,12 @@ pub const FLAG_IMPORTED: u16 = 0x10;
 /// The previous secret (honoured until `previous_valid_until_ns`) was imported.
 pub const FLAG_PREV_IMPORTED: u16 = 0x20;
 
+/// Not a key: the counters of a consumer on a tier counting by consumer (`tier`, `consumer`),
+/// which every key of that consumer on that tier spends. Never authenticates (revoked, no
+/// secret), is listed nowhere and outlives its keys (deleting and re-creating a key does not
+/// give the consumer its quota back).
+pub const FLAG_GROUP: u16 = 0x40;
+
 /// The digests of imported secrets record `r` holds: each is looked up by its hash, since an
 /// imported key does not name its id.
 pub fn imported_hashes(r: &RecordHalf) -> impl Iterator<Item = [u8; 32]> {

@@ -49,6 +49,8 @@ pub(super) struct Loaded {
     pub(super) free: Vec<u32>,
     /// The digests of imported secrets, with their keys.
     pub(super) imported: Vec<Imported>,
+    /// Slots of consumer groups' records.
+    pub(super) group_slots: Vec<u32>,
     /// The counters generation to carry on from (see `acks::stamp_segment`).
     pub(super) counters_generation: u32,
     /// Whether the last process closed the directory cleanly (its ack words are then up to date).
@@ -123,13 +125,14 @@ pub(super) fn load(
     let mut tier_use = vec![0u64; catalog.doc().tiers.len()];
     let mut free = Vec::new();
     let mut imported = Vec::new();
+    let mut group_slots = Vec::new();
     let key_count = load_records(
         &records,
         &acks,
         acked.keys,
         &catalog,
         &shards,
-        (&mut tier_use, &mut free, &mut imported),
+        (&mut tier_use, &mut free, &mut imported, &mut group_slots),
         &mut findings,
     )?;
     let month_ahead = load_counters::check_counters(
@@ -153,6 +156,7 @@ pub(super) fn load(
         month_ahead,
         free,
         imported,
+        group_slots,
         counters_generation,
         clean_stop: acked.clean,
     })
@@ -322,7 +326,12 @@ fn load_records(
     acked: Option<u32>,
     catalog: &Catalog,
     shards: &Shards,
-    (tier_use, free, imported): (&mut [u64], &mut Vec<u32>, &mut Vec<Imported>),
+    (tier_use, free, imported, groups): (
+        &mut [u64],
+        &mut Vec<u32>,
+        &mut Vec<Imported>,
+        &mut Vec<u32>,
+    ),
     findings: &mut Vec<Finding>,
 ) -> Result<u32, StoreError> {
     let mut count: u32 = 0;
@@ -444,7 +453,9 @@ fn load_records(
             count = slot + 1;
             continue;
         }
-        if catalog.tier(r.tier).is_none() {
+        // A consumer group's counters are kept even if its tier was deleted since.
+        let group = r.flags & layout::FLAG_GROUP != 0;
+        if !group && catalog.tier(r.tier).is_none() {
             return Err(fault(format!(
                 "key record in slot {slot} names tier #{} which catalog.json lacks",
                 r.tier
@@ -495,6 +506,12 @@ fn load_records(
                 vec![Fix::Record(slot, r)],
             )),
             _ => {}
+        }
+        if group {
+            groups.push(slot);
+            install(shards, slot, &r, &mut []);
+            count = slot + 1;
+            continue;
         }
         install(shards, slot, &r, tier_use);
         imported.extend(layout::imported_hashes(&r).map(|h| (h, KeyId(r.id))));

@@ -22,6 +22,7 @@ mod arena;
 pub(crate) mod catalog_file;
 mod check;
 mod datadir;
+mod groups;
 mod layout;
 mod load;
 mod load_counters;
@@ -110,6 +111,8 @@ struct AdminState {
     generation: u32,
     /// Slots of deleted keys, reused by the next creations.
     free: Vec<u32>,
+    /// Consumer groups' record slots (tiers counting by consumer).
+    groups: groups::Groups,
 }
 
 /// The memory-mapped store. Cheap to clone (one `Arc`); every method takes `&self`.
@@ -142,6 +145,8 @@ struct Local {
     key_count: AtomicU64,
     /// Deleted keys among them.
     deleted: AtomicU64,
+    /// Consumer groups' records among them.
+    groups: AtomicU64,
     /// The counters generation last stamped (bumped by every flush; see `acks::stamp_segment`).
     counters_generation: std::sync::atomic::AtomicU32,
     digest: keyfmt::FastDigest,
@@ -178,6 +183,7 @@ fn hot_from_record(r: &RecordHalf) -> HotEntry {
         scope_set: r.scope_set,
         counters: CounterHalf::default(),
         newest: 0,
+        group: 0,
     }
 }
 
@@ -244,6 +250,7 @@ impl LocalStore {
             generation,
             free,
             imported,
+            group_slots,
             counters_generation,
             ..
         } = loaded;
@@ -277,8 +284,10 @@ impl LocalStore {
                 tier_use,
                 generation,
                 free: free.clone(),
+                groups: Default::default(),
             }),
             deleted: AtomicU64::new(free.len() as u64),
+            groups: AtomicU64::new(0),
             counters_generation: std::sync::atomic::AtomicU32::new(counters_generation),
             key_count: AtomicU64::new(u64::from(key_count)),
             digest: keyfmt::FastDigest::random()
@@ -292,6 +301,7 @@ impl LocalStore {
             prefetch_exclusive: check::has_prefetch_write(),
             lock,
         };
+        local.attach_groups(&group_slots)?;
         Ok(LocalStore {
             inner: Arc::new(local),
         })
@@ -332,10 +342,11 @@ impl Local {
         self.key_count.load(Ordering::Relaxed)
     }
 
-    /// Number of keys (live, revoked and expired; not deleted).
+    /// Number of keys (live, revoked and expired; not deleted, not consumer groups).
     fn live_keys(&self) -> u64 {
         self.key_count()
             .saturating_sub(self.deleted.load(Ordering::Relaxed))
+            .saturating_sub(self.groups.load(Ordering::Relaxed))
     }
 
     /// `msync`s every counter page; bounds what a power loss (not a crash) can cost. Keys used

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::acks::{Ack, HeaderWord};
 use super::check::convert_buckets;
 use super::layout::{
-    self, CounterHalf, RecordHalf, FLAG_DELETED, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE,
+    self, CounterHalf, RecordHalf, FLAG_DELETED, FLAG_GROUP, FLAG_LIVE, FLAG_REVOKED, NO_OVERRIDE,
 };
 use super::shards::{Grace, Shards};
 use super::{hot_from_record, secs, AdminState, Local};
@@ -42,6 +42,9 @@ impl Local {
             let tier = catalog
                 .tier_index(&k.tier)
                 .ok_or_else(|| StoreError::invalid(format!("unknown tier {:?}", k.tier)))?;
+            if let Some(t) = catalog.tier(tier) {
+                key_rules::fits_tier(&t.spec, k.monthly_quota)?;
+            }
             let set = intern_scope_set(&mut doc, &k.scopes)?;
             plan.push((tier, set));
         }
@@ -63,6 +66,11 @@ impl Local {
                 path: self.data_dir.clone(),
             }
             .into());
+        }
+        // The consumer groups the new keys spend, created first (an empty group is harmless).
+        let mut groups = Vec::with_capacity(news.len());
+        for (k, (tier, _)) in news.iter().zip(&plan) {
+            groups.push(self.group_for(&mut admin, *tier, &k.consumer)?);
         }
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
@@ -151,7 +159,9 @@ impl Local {
                 // slot only after `key_count` is published below (a reused slot's raw key is
                 // not known to anyone before this returns).
                 self.shards.ensure(slot);
-                unsafe { *self.shards.entry(slot) = hot_from_record(&rec) };
+                let entry = unsafe { self.shards.entry(slot) };
+                *entry = hot_from_record(&rec);
+                entry.group = groups[i].map_or(0, |g| g + 1);
                 drop(g);
                 seq
             };
@@ -203,7 +213,7 @@ impl Local {
         // SAFETY: shard lock held.
         let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
         let r = rs[layout::newest(rs)];
-        if r.id != id.0 || r.flags & FLAG_DELETED != 0 {
+        if r.id != id.0 || r.flags & (FLAG_DELETED | FLAG_GROUP) != 0 {
             return Err(StoreError::UnknownKey);
         }
         Ok(r)
@@ -215,7 +225,7 @@ impl Local {
         let rs = unsafe { self.record_slot(slot) }.ok_or(StoreError::UnknownKey)?;
         let r = rs[layout::newest(rs)];
         drop(_g);
-        if r.flags & FLAG_DELETED != 0 {
+        if r.flags & (FLAG_DELETED | FLAG_GROUP) != 0 {
             return Err(StoreError::UnknownKey);
         }
         Ok(self.info_from(&r))
@@ -290,7 +300,16 @@ impl Local {
             self.publish_catalog(compiled);
         }
         let slot = id.slot();
+        // A key moved to another tier moves to that tier's counters for its consumer, if the
+        // tier counts by consumer.
+        let group = if rec.tier != old.tier {
+            let consumer = layout::get_str(&rec.consumer).unwrap_or("").to_string();
+            Some(self.group_for(&mut admin, rec.tier, &consumer)?)
+        } else {
+            None
+        };
         let seq;
+        let mut left_group = false;
         {
             let mut g = self.shards.lock(slot);
             // SAFETY: shard lock held.
@@ -302,10 +321,25 @@ impl Local {
             // SAFETY: shard lock held.
             let entry = unsafe { self.shards.entry(slot) };
             let fast = entry.fast;
-            let (counters, newest) = (entry.counters, entry.newest);
+            let (counters, newest, kept) = (entry.counters, entry.newest, entry.group);
             *entry = hot_from_record(&rec);
             entry.counters = counters;
             entry.newest = newest;
+            entry.group = match group {
+                Some(g) => g.map_or(0, |g| g + 1),
+                None => kept,
+            };
+            if kept != 0 && entry.group == 0 {
+                // Out of a consumer group onto its own counters: it starts them afresh (what
+                // it spent stays spent in the group; its own are from before it joined).
+                entry.counters = CounterHalf::default();
+                entry.newest = 0;
+                // SAFETY: shard lock held.
+                if let Some(cs) = unsafe { self.counter_slot(slot) } {
+                    *cs = Default::default();
+                }
+                left_group = true;
+            }
             if keep_fast {
                 entry.fast = fast;
             }
@@ -323,6 +357,9 @@ impl Local {
         }
         if self.sync_records {
             self.records.flush_slot(slot)?;
+            if left_group {
+                self.counters.flush_slot(slot)?;
+            }
         }
         let used = matches!(self.acks.get(slot), Ack::Valid { used: true, .. });
         self.acks.set(slot, seq, used);
@@ -360,6 +397,9 @@ impl Local {
             }
             if let Some(n) = &upd.name {
                 r.name = layout::put_str(n.as_deref().unwrap_or(""));
+            }
+            if let Some(t) = cat.tier(r.tier) {
+                key_rules::fits_tier(&t.spec, layout::quota_override(r.monthly_quota))?;
             }
             Ok(())
         })?;
@@ -465,7 +505,7 @@ impl Local {
             .tier(rec.tier)
             .ok_or_else(|| crate::engine::PolicyError::UnknownTier(format!("#{}", rec.tier)))?;
         let now = self.clock.now_ns();
-        let slot = id.slot();
+        let slot = self.counters_of(id.slot());
         let mut c: CounterHalf = {
             let _g = self.shards.lock(slot);
             // SAFETY: shard lock held.
@@ -497,7 +537,7 @@ impl Local {
     pub(super) fn put_tier(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
         let spec = spec.normalized();
         spec.validate().map_err(CatalogError::from)?;
-        self.change_catalog(|doc, _| Ok(catalog_doc::put_tier_in(doc, &spec)?))?;
+        self.change_catalog(|doc, use_| Ok(catalog_doc::put_tier_in(doc, use_, &spec)?))?;
         Ok(spec)
     }
 

@@ -16,15 +16,17 @@ impl Local {
         id: KeyId,
         what: Reset,
     ) -> Result<(Usage, Usage), StoreError> {
-        // The admin lock orders this with deletions and re-creations of the slot.
-        let slot = id.slot();
+        // The admin lock orders this with deletions and re-creations of the slot. On a tier
+        // counting by consumer the key's counters are its group's.
+        let mut slot = id.slot();
         let before = {
             let _admin = self.admin.lock();
             let before = self.usage(id)?;
+            slot = self.counters_of(slot);
             let mut g = self.shards.lock(slot);
             // SAFETY: shard lock held; `usage` found the key, so its slots exist.
             let entry = unsafe { self.shards.entry(slot) };
-            if entry.id != id.0 {
+            if slot == id.slot() && entry.id != id.0 {
                 return Err(StoreError::UnknownKey);
             }
             let cur = entry.counters;

@@ -56,6 +56,9 @@ pub struct HotEntry {
     pub counters: CounterHalf,
     /// Which half of the file's counter slot holds `counters` (the other is written next).
     pub newest: u8,
+    /// On a tier counting by consumer: 1 + the slot of the consumer's group record, whose
+    /// counters the key's checks spend (0: the key's own counters).
+    pub group: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<HotEntry>() == 128);

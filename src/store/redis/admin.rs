@@ -65,12 +65,21 @@ impl RedisStore {
         claimed: &mut Vec<[u8; 32]>,
     ) -> Result<Vec<CreatedKey>, StoreError> {
         {
+            let missing = {
+                let cat = self.catalog.load();
+                news.iter().any(|k| cat.1.tier_index(&k.tier).is_none())
+            };
+            if missing {
+                // A tier created on another node since our last poll: read the catalog now.
+                self.poll_catalog().await?;
+            }
             let cat = self.catalog.load();
             for k in &news {
                 key_rules::validate_new(k)?;
-                if cat.1.tier_index(&k.tier).is_none() {
+                let Some(tier) = cat.1.tier_index(&k.tier).and_then(|ix| cat.1.tier(ix)) else {
                     return Err(StoreError::invalid(format!("unknown tier {:?}", k.tier)));
-                }
+                };
+                key_rules::fits_tier(&tier.spec, k.monthly_quota)?;
             }
         }
         if news.is_empty() {
@@ -269,6 +278,8 @@ impl RedisStore {
                 return Err(StoreError::invalid(format!("unknown tier {t:?}")));
             }
         }
+        let own = self.k_key(id.slot());
+        let before = self.counters_hash(&*self.read(id).await?, &self.catalog.load().1);
         let rec = self
             .modify(id, |r| {
                 if let Some(t) = &upd.tier {
@@ -286,9 +297,30 @@ impl RedisStore {
                 if let Some(n) = &upd.name {
                     r.name = n.clone().unwrap_or_default();
                 }
+                let cat = self.catalog.load();
+                if let Some(t) = cat.1.tier_index(&r.tier).and_then(|ix| cat.1.tier(ix)) {
+                    key_rules::fits_tier(&t.spec, r.quota)?;
+                }
                 Ok(())
             })
             .await?;
+        if before != own && self.counters_hash(&rec, &self.catalog.load().1) == own {
+            // Out of a consumer group onto its own counters: it starts them afresh (its own
+            // are from before it joined).
+            self.reset_hash(
+                &own,
+                Some(id),
+                crate::keys::record::Reset {
+                    burst: true,
+                    monthly: true,
+                },
+            )
+            .await?;
+            // A lease this node held on them from before is of the old counters.
+            if let Some(mut e) = self.cache.get_mut(&id.0) {
+                e.lease = None;
+            }
+        }
         Ok(rec.info())
     }
 
@@ -391,6 +423,14 @@ impl RedisStore {
             return Err(StoreError::UnknownKey);
         }
         let cat = self.catalog.load();
+        // On a tier counting by consumer, the figures are the consumer's group's.
+        let counters = self.counters_hash(&rec, &cat.1);
+        let m: HashMap<String, String> = if counters == self.k_key(id.slot()) {
+            m
+        } else {
+            self.call(redis::cmd("HGETALL").arg(counters).query_async(&mut c))
+                .await?
+        };
         let tier = cat
             .1
             .tier_index(&rec.tier)

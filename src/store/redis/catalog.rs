@@ -159,7 +159,7 @@ impl RedisStore {
     pub(super) async fn put_tier_spec(&self, spec: TierSpec) -> Result<TierSpec, StoreError> {
         let spec = spec.normalized();
         spec.validate().map_err(CatalogError::from)?;
-        self.change_catalog(|doc, _| Ok(catalog_doc::put_tier_in(doc, &spec)?))
+        self.change_catalog(|doc, use_| Ok(catalog_doc::put_tier_in(doc, use_, &spec)?))
             .await?;
         Ok(spec)
     }

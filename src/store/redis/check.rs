@@ -235,7 +235,12 @@ impl RedisStore {
             };
             let quota = limits::quota_of(rec.quota, tier);
             let month = MonthWindow::containing(now);
-            if let Mode::Lease { .. } = self.opts.mode {
+            // A tier counting by consumer spends the group's hash, exactly: leases per key would
+            // strand the group's tokens across its keys and nodes.
+            let group = tier
+                .counts_by_consumer()
+                .then(|| self.k_group(tier_ix, &rec.consumer));
+            if let (Mode::Lease { .. }, None) = (self.opts.mode, &group) {
                 if let Some(mut d) =
                     self.spend_lease(id, rec.version, (tier_ix, tier), cost, now, month.id)
                 {
@@ -245,12 +250,13 @@ impl RedisStore {
             }
             // The tier's limits at the script's resolution: sent to it and used to decide.
             let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
-            let want = match self.opts.mode {
-                Mode::Exact => cost,
-                Mode::Lease { size, .. } => size.max(cost),
+            let want = match (self.opts.mode, &group) {
+                (Mode::Lease { size, .. }, None) => size.max(cost),
+                _ => cost,
             };
+            let counted = (&limits[..], quota, month.id);
             match self
-                .run_check(id, &rec, &limits, (cost, want), now_us, quota, month.id)
+                .run_check(id, &rec, group.as_deref(), counted, (cost, want), now_us)
                 .await
             {
                 Err(e) => return self.on_error(&e, id, Some(tier_ix), now_s, true),
@@ -328,18 +334,22 @@ impl RedisStore {
         )
     }
 
-    /// Runs the check script: takes `cost`, or up to `want` tokens as a lease.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the check script on key `id`'s hash, or on `group`'s (a tier counting by consumer):
+    /// takes `cost`, or up to `want` tokens as a lease, under `limits`, `quota` and `month`.
     pub(super) async fn run_check(
         &self,
         id: KeyId,
         rec: &Rec,
-        limits: &[Limit],
+        group: Option<&str>,
+        (limits, quota, month): (&[Limit], Option<u64>, u32),
         (cost, want): (u64, u64),
         now_us: u64,
-        quota: Option<u64>,
-        month: u32,
     ) -> Result<Outcome, RedisError> {
+        if let Some(group) = group {
+            return self
+                .run_group_check(id, rec, group, (limits, quota, month), cost, now_us)
+                .await;
+        }
         let mut inv = self.check.key(self.k_key(id.slot()));
         inv.arg(rec.version)
             .arg(now_us)
@@ -355,24 +365,29 @@ impl RedisStore {
         }
         let mut c = self.conn.clone();
         let v: Vec<Value> = self.call(inv.invoke_async(&mut c)).await?;
-        let bad = || RedisError::Reply(format!("check script returned {v:?}"));
-        match v.first().and_then(int) {
-            Some(0) => Ok(Outcome::Missing),
-            Some(1) => Ok(Outcome::Stale),
-            Some(2) => {
-                let granted = v.get(1).and_then(int).ok_or_else(bad)?;
-                let used = v.get(2).and_then(int).ok_or_else(bad)?;
-                let mut tat = [0u64; MAX_LIMITS];
-                for (i, t) in tat.iter_mut().enumerate().take(limits.len()) {
-                    *t = v.get(3 + i).and_then(int).ok_or_else(bad)?.max(0) as u64;
-                }
-                Ok(Outcome::State {
-                    granted: granted.max(0) as u64,
-                    used: used.max(0) as u64,
-                    tat,
-                })
+        outcome(&v, limits.len())
+    }
+}
+
+/// What the check script's answer `v` says, for a tier of `n` limits.
+pub(super) fn outcome(v: &[Value], n: usize) -> Result<Outcome, RedisError> {
+    let bad = || RedisError::Reply(format!("check script returned {v:?}"));
+    match v.first().and_then(int) {
+        Some(0) => Ok(Outcome::Missing),
+        Some(1) => Ok(Outcome::Stale),
+        Some(2) => {
+            let granted = v.get(1).and_then(int).ok_or_else(bad)?;
+            let used = v.get(2).and_then(int).ok_or_else(bad)?;
+            let mut tat = [0u64; MAX_LIMITS];
+            for (i, t) in tat.iter_mut().enumerate().take(n) {
+                *t = v.get(3 + i).and_then(int).ok_or_else(bad)?.max(0) as u64;
             }
-            _ => Err(bad()),
+            Ok(Outcome::State {
+                granted: granted.max(0) as u64,
+                used: used.max(0) as u64,
+                tat,
+            })
         }
+        _ => Err(bad()),
     }
 }

@@ -230,6 +230,11 @@ impl RedisStore {
     pub(super) fn k_key(&self, slot: u32) -> String {
         format!("{}:{{{slot}}}", self.opts.namespace)
     }
+    /// The counters every key of `consumer` on tier `tier` (by index: a deleted tier's index is
+    /// never reused) spends, on a tier counting by consumer.
+    pub(super) fn k_group(&self, tier: u16, consumer: &str) -> String {
+        format!("{}:{{g{tier}:{consumer}}}", self.opts.namespace)
+    }
 
     /// Runs one Redis call with the store's timeout, keeping the reachability state.
     pub(super) async fn call<T, F>(&self, f: F) -> Result<T, RedisError>

@@ -31,6 +31,7 @@ mod cache;
 mod catalog;
 mod check;
 mod conn;
+mod group;
 mod import;
 mod lease;
 mod options;

@@ -84,7 +84,14 @@ impl RedisStore {
         let limits: Vec<Limit> = tier.limits.iter().map(Limit::to_micros).collect();
         let want = size.saturating_sub(asked.left).max(1);
         let outcome = self
-            .run_check(id, &rec, &limits, (1, want), now_us, quota, month.id)
+            .run_check(
+                id,
+                &rec,
+                None,
+                (&limits, quota, month.id),
+                (1, want),
+                now_us,
+            )
             .await;
         let (granted, used, tat) = match outcome {
             Ok(Outcome::State { granted, used, tat }) if granted > 0 => (granted, used, tat),

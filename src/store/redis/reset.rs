@@ -17,20 +17,35 @@ impl RedisStore {
         what: Reset,
     ) -> Result<(Usage, Usage), StoreError> {
         let before = self.usage_of(id).await?;
-        let key = self.k_key(id.slot());
-        let mut inv = self.reset.key(&key);
-        inv.arg(id.0)
-            .arg(u8::from(what.burst))
-            .arg(u8::from(what.monthly));
-        let mut c = self.admin.clone();
-        let done: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
-        if done == 0 {
-            return Err(StoreError::UnknownKey);
-        }
+        let rec = self.fetch(id).await?.ok_or(StoreError::UnknownKey)?;
+        let key = self.counters_hash(&rec, &self.catalog.load().1);
+        let own = (key == self.k_key(id.slot())).then_some(id);
+        self.reset_hash(&key, own, what).await?;
         if let Some(mut e) = self.cache.get_mut(&id.0) {
             e.lease = None;
         }
         self.replicated(&[key]).await;
         Ok((before, self.usage_of(id).await?))
+    }
+
+    /// Runs the reset script on `key`: key `own`'s hash, or a consumer group's (`None`).
+    pub(super) async fn reset_hash(
+        &self,
+        key: &str,
+        own: Option<KeyId>,
+        what: Reset,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.reset.key(key);
+        match own {
+            Some(id) => inv.arg(id.0),
+            None => inv.arg(""),
+        };
+        inv.arg(u8::from(what.burst)).arg(u8::from(what.monthly));
+        let mut c = self.admin.clone();
+        let done: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
+        if done == 0 {
+            return Err(StoreError::UnknownKey);
+        }
+        Ok(())
     }
 }

@@ -10,8 +10,10 @@
 
 /// One check (exact mode: `want` = cost) or one lease (lease mode: `want` = the lease size).
 ///
-/// `KEYS[1]`: the key's hash. `ARGV`: record version the node holds, now (µs), cost, want, month
-/// id, quota (-1 = none), number of limits n, then n × (period s, interval µs, requests).
+/// `KEYS[1]`: the key's hash, or its consumer group's (a tier counting by consumer). `ARGV`: record
+/// version the node holds (empty for a group's hash, which holds no record: the node reads the
+/// version beside the call), now (µs), cost, want, month id, quota (-1 = none), number of limits
+/// n, then n × (period s, interval µs, requests).
 ///
 /// Returns `{0}` when the key does not exist, `{1, version}` when the node's copy of the record
 /// is stale (nothing consumed: the node refreshes and asks again), else
@@ -25,8 +27,10 @@ pub const CHECK: &str = r#"
 local k = KEYS[1]
 local old = redis.call('HMGET', k, 'v', 'p1','i1','t1','p2','i2','t2','p3','i3','t3','p4','i4','t4','m','u')
 local v = old[1]
-if not v then return {0} end
-if v ~= ARGV[1] then return {1, tonumber(v)} end
+if ARGV[1] ~= '' then
+  if not v then return {0} end
+  if v ~= ARGV[1] then return {1, tonumber(v)} end
+end
 local now = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
@@ -147,12 +151,13 @@ end
 return 1
 "#;
 
-/// An operator's reset of a key's counters. `KEYS[1]`: the key's hash; `ARGV`: the key id,
+/// An operator's reset of a key's counters. `KEYS[1]`: the key's hash (or its consumer group's,
+/// with an empty key id); `ARGV`: the key id,
 /// `1` to set every burst bucket to full (TAT 0), `1` to set the month's usage to 0. Returns 1,
 /// or 0 when the hash holds no such key.
 pub const RESET: &str = r#"
 local k = KEYS[1]
-if redis.call('HGET', k, 'id') ~= ARGV[1] then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', k, 'id') ~= ARGV[1] then return 0 end
 if ARGV[2] == '1' then
   for i = 1, 4 do
     if redis.call('HEXISTS', k, 't' .. i) == 1 then redis.call('HSET', k, 't' .. i, '0') end

@@ -1,5 +1,6 @@
-//! `POST /admin/v1/keys/{id}/reset` and `POST /admin/v1/consumers/{consumer}/reset`: an
-//! operator's reset of counters after an incident. Each reset is logged at INFO with who asked,
+//! A consumer's counters: `GET /admin/v1/consumers/{consumer}/usage`, and an operator's reset
+//! after an incident, `POST /admin/v1/keys/{id}/reset` and
+//! `POST /admin/v1/consumers/{consumer}/reset`. Each reset is logged at INFO with who asked,
 //! what was reset and the usage before.
 
 use serde::Deserialize;
@@ -120,6 +121,41 @@ pub(super) async fn reset_consumer<S: Store>(
             json_of(
                 200,
                 &serde_json::json!({"consumer": consumer, "keys": keys}),
+                rid,
+            )
+        }
+        Err(e) => store_error(&e, rid),
+    }
+}
+
+/// `GET /admin/v1/consumers/{consumer}/usage`: per tier the consumer has keys on, its keys and,
+/// on a tier counting by consumer, the usage they share.
+pub(super) async fn consumer_usage<S: Store>(store: &S, consumer: &str, rid: &str) -> Resp {
+    match store.consumer_usage(consumer).await {
+        Ok(tiers) if tiers.is_empty() => error(
+            404,
+            "not_found",
+            &format!("consumer {consumer:?} has no keys"),
+            rid,
+        ),
+        Ok(tiers) => {
+            let tiers: Vec<serde_json::Value> = tiers
+                .iter()
+                .map(|t| {
+                    let mut j = serde_json::json!({
+                        "tier": t.tier,
+                        "countBy": t.count_by.as_str(),
+                        "keys": t.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                    });
+                    if let Some(u) = &t.usage {
+                        j["usage"] = serde_json::json!(UsageJson::from_usage(u));
+                    }
+                    j
+                })
+                .collect();
+            json_of(
+                200,
+                &serde_json::json!({"consumer": consumer, "tiers": tiers}),
                 rid,
             )
         }

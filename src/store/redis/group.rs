@@ -1,0 +1,88 @@
+//! Consumer-wide counting on Redis. On a tier counting by consumer, every key of one consumer
+//! spends the counters of one hash, `<ns>:{g<tier index>:<consumer>}`, with the same check
+//! script as a key's own hash. That hash holds no record: in a Redis Cluster it lives on another
+//! slot than the key's, so the script cannot check the node's copy of the record as it does on
+//! a key's hash. The record's version is read beside the script instead (both in flight at
+//! once); if it moved, the check gives back what it took and is decided again on the new record,
+//! as a stale record is on a key's own hash.
+//!
+//! Group hashes outlive their keys, as the local store's group records do: deleting and
+//! re-creating a key does not give a consumer its month back.
+
+use redis::Value;
+
+use super::check::{outcome, Outcome};
+use super::conn::RedisError;
+use super::record::Rec;
+use super::RedisStore;
+use crate::engine::bucket::Limit;
+use crate::engine::catalog::Catalog;
+use crate::keys::KeyId;
+
+impl RedisStore {
+    /// The hash whose counters key `rec` spends: its group's on a tier counting by consumer,
+    /// else its own.
+    pub(super) fn counters_hash(&self, rec: &Rec, cat: &Catalog) -> String {
+        match cat.tier_index(&rec.tier) {
+            Some(ix) if cat.tier(ix).is_some_and(|t| t.counts_by_consumer()) => {
+                self.k_group(ix, &rec.consumer)
+            }
+            _ => self.k_key(rec.id.slot()),
+        }
+    }
+
+    /// The check script on `group`'s hash for key `id`, whose record this node holds as `rec`,
+    /// with the record's version read beside it.
+    pub(super) async fn run_group_check(
+        &self,
+        id: KeyId,
+        rec: &Rec,
+        group: &str,
+        (limits, quota, month): (&[Limit], Option<u64>, u32),
+        cost: u64,
+        now_us: u64,
+    ) -> Result<Outcome, RedisError> {
+        let mut inv = self.check.key(group);
+        inv.arg("")
+            .arg(now_us)
+            .arg(cost)
+            .arg(cost)
+            .arg(month)
+            .arg(quota.map_or(-1i64, |q| q.min(i64::MAX as u64) as i64))
+            .arg(limits.len());
+        for l in limits {
+            inv.arg(l.period_secs())
+                .arg(l.interval_ns() / 1_000)
+                .arg(l.requests());
+        }
+        let (mut c1, mut c2) = (self.conn.clone(), self.conn.clone());
+        let mut version = redis::cmd("HGET");
+        version.arg(self.k_key(id.slot())).arg("v");
+        let (v, version) = tokio::join!(
+            self.call(inv.invoke_async::<Vec<Value>>(&mut c1)),
+            self.call(version.query_async::<Option<u64>>(&mut c2)),
+        );
+        let out = outcome(&v?, limits.len())?;
+        let changed = match version? {
+            None => Some(Outcome::Missing),
+            Some(v) if v != rec.version => Some(Outcome::Stale),
+            Some(_) => None,
+        };
+        let Some(changed) = changed else {
+            return Ok(out);
+        };
+        // Decided on an old copy of the record: what it took goes back.
+        if let Outcome::State { granted, .. } = out {
+            if granted > 0 {
+                let mut back = self.give_back.key(group);
+                back.arg(granted).arg(month).arg(limits.len());
+                for l in limits {
+                    back.arg(l.period_secs()).arg(l.interval_ns() / 1_000);
+                }
+                let mut c = self.conn.clone();
+                self.call(back.invoke_async::<i64>(&mut c)).await?;
+            }
+        }
+        Ok(changed)
+    }
+}
