@@ -256,6 +256,13 @@ fn tier(name: &str, limits: &[(u64, u64)], monthly: Option<u64>) -> TierSpec {
 }
 
 /// 2026-03-10T12:00:00Z
+/// Tier `team`: `limits`, 200 a month, counted by consumer.
+fn team(limits: &[(u64, u64)]) -> TierSpec {
+    let mut t = tier("team", limits, Some(200));
+    t.count_by = quotad::tiers::CountBy::Consumer;
+    t
+}
+
 fn mid_march() -> FakeClock {
     FakeClock::at_secs(datetime!(2026-03-10 12:00:00 UTC).unix_timestamp() as u64)
 }
@@ -1048,9 +1055,10 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
         s.put_tier(tier("mixed", &[(10, 1), (50, 60), (400, 3600)], Some(900)))
             .unwrap();
         s.put_tier(plan(&[(5, 1), (20, 60)])).unwrap();
+        s.put_tier(team(&[(6, 1), (30, 60)])).unwrap();
     }
     let scopes = ["a:read", "b:write", "c:admin"];
-    let tiers = ["mixed", "small"];
+    let tiers = ["mixed", "small", "team"];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xad31);
     // Per key: its id and raw secret in each store, and a superseded secret (after rotation).
     struct K {
@@ -1065,11 +1073,13 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
             .map(|s| s.to_string())
             .collect();
         granted.sort();
+        let tier = tiers[rng.gen_range(0..3)];
         let new = NewKey {
             consumer: format!("c{}", rng.gen_range(0..3)),
-            tier: tiers[rng.gen_range(0..2)].into(),
+            tier: tier.into(),
             scopes: granted,
-            monthly_quota: rng.gen_bool(0.3).then(|| rng.gen_range(1..50)),
+            // A key of a tier counting by consumer has no quota of its own.
+            monthly_quota: (tier != "team" && rng.gen_bool(0.3)).then(|| rng.gen_range(1..50)),
             ..Default::default()
         };
         let made: Vec<CreatedKey> = stores
@@ -1133,8 +1143,23 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
                     })
                     .collect();
                 same(&d, step);
+                let info = stores[0].key(keys[k].id[0]).unwrap();
                 if d[0].shadow.is_some() {
                     "shadow"
+                } else if d[0].verdict.is_allowed() && info.tier == "team" {
+                    // Spent from a consumer's counters that other keys may share.
+                    let sharing = keys
+                        .iter()
+                        .filter(|o| {
+                            let o = stores[0].key(o.id[0]).unwrap();
+                            (o.tier == "team") && o.consumer == info.consumer
+                        })
+                        .count();
+                    if sharing > 1 {
+                        "admitted, shared"
+                    } else {
+                        "admitted"
+                    }
                 } else if d[0].verdict.is_allowed() {
                     "admitted"
                 } else {
@@ -1166,7 +1191,7 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
             75..=81 => {
                 let upd = match rng.gen_range(0..4) {
                     0 => KeyUpdate {
-                        tier: Some(tiers[rng.gen_range(0..2)].into()),
+                        tier: Some(tiers[rng.gen_range(0..3)].into()),
                         ..KeyUpdate::default()
                     },
                     1 => KeyUpdate {
@@ -1195,10 +1220,17 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
                     .map(|i| stores[i].update_key(keys[k].id[i], upd.clone()))
                     .collect();
                 match (&r[0], &r[1]) {
-                    (Ok(a), Ok(b)) => same_info(a, b, step),
+                    (Ok(a), Ok(b)) => {
+                        same_info(a, b, step);
+                        "update"
+                    }
+                    // A key quota on a tier counting by consumer.
+                    (Err(a), Err(b)) => {
+                        assert_eq!((a.code(), a.to_string()), (b.code(), b.to_string()));
+                        "update refused"
+                    }
                     (a, b) => panic!("step {step}: {a:?} / {b:?}"),
                 }
-                "update"
             }
             82..=84 => {
                 let grace = rng.gen_range(0..3);
@@ -1259,6 +1291,18 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
                 }
                 "reset"
             }
+            92 if keys.len() > 3 => {
+                // A consumer group outlives its keys.
+                let gone = keys.swap_remove(k);
+                for (i, s) in stores.iter().enumerate() {
+                    s.delete_key(gone.id[i]).unwrap();
+                }
+                let d: Vec<Decision> = (0..2)
+                    .map(|i| stores[i].check(Some(&gone.raw[i]), None, 1))
+                    .collect();
+                same(&d, step);
+                "delete"
+            }
             92..=95 => {
                 let a = stores[0].usage(keys[k].id[0]).unwrap();
                 let b = stores[1].usage(keys[k].id[1]).unwrap();
@@ -1278,7 +1322,11 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
             _ => {
                 let limits = [(rng.gen_range(3..9), 1), (rng.gen_range(15..40), 60)];
                 // Now and then in shadow mode: what it would deny is allowed and not counted.
-                let mut t = plan(&limits);
+                let mut t = if rng.gen_bool(0.7) {
+                    plan(&limits)
+                } else {
+                    team(&limits)
+                };
                 t.enforce = rng.gen_bool(0.6);
                 for s in &stores {
                     s.put_tier(t.clone()).unwrap();
@@ -1304,6 +1352,9 @@ fn both_stores_agree_through_admin_changes_batches_and_usage_on_a_random_workloa
         "tier change",
         "shadow",
         "reset",
+        "update refused",
+        "delete",
+        "admitted, shared",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) > 0,

@@ -46,6 +46,9 @@ const SCOPE_PATTERN: &str = "^[A-Za-z0-9_.:/-]{1,64}$";
 /// A tier name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
 const TIER_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 
+/// What a tier's `countBy` means.
+const COUNT_BY: &str = "Whose counters a check spends. key: each key its own. consumer: every key of one consumer on this tier shares one set (burst windows and monthly quota), and answers report the shared figures; a key on such a tier cannot have a monthlyQuota of its own (400). Changes only while no key uses the tier (else 409). Absent: key (not shown when key).";
+
 /// What a tier's `enforce` means.
 const ENFORCE: &str = "false: shadow mode. A check the tier's limits or quota would deny is allowed (200) with X-Quota-Shadow naming the would-be decision, consumes nothing and is counted in quotad_shadow_denials_total; keys and scopes are still enforced. Absent: true (not shown when true).";
 
@@ -122,7 +125,7 @@ pub fn document() -> Value {
                 "post": admin(json!({"summary": "Create a key; the raw key is in this response only",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateKey"},
                         "example": {"consumer": "acme", "tier": "pro", "scopes": ["reports:read"], "expiresAt": "2027-01-01T00:00:00Z", "name": "production"}}}},
-                    "responses": {"201": ok("Created", "Key")}})),
+                    "responses": {"201": ok("Created", "Key"), "400": error_response("A bad field, an unknown tier, or a monthlyQuota on a tier counting by consumer")}})),
                 "get": admin(json!({"summary": "List keys", "parameters": [
                         {"name": "consumer", "in": "query", "schema": {"$ref": "#/components/schemas/Consumer"}},
                         {"name": "tier", "in": "query", "schema": {"$ref": "#/components/schemas/TierName"}},
@@ -139,7 +142,7 @@ pub fn document() -> Value {
                     "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}})),
                 "patch": admin(json!({"summary": "Change tier, scopes, expiry, quota or name", "parameters": id_param(),
                     "requestBody": body("PatchKey"),
-                    "responses": {"200": ok("The key", "Key"), "404": error_response("Unknown key id")}})),
+                    "responses": {"200": ok("The key", "Key"), "400": error_response("A bad field, an unknown tier, or a monthlyQuota on a tier counting by consumer (moving a key onto such a tier moves it onto its consumer's counters, carrying no tokens; moving it off starts its own counters afresh)"), "404": error_response("Unknown key id")}})),
                 "delete": admin(json!({"summary": "Delete a key: its next check is 401, it is listed nowhere, its usage is gone", "parameters": id_param(),
                     "responses": {"200": {"description": "Deleted", "content": {"application/json": {"schema": {"type": "object", "required": ["id", "deleted"], "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean", "const": true}}}}}}, "404": error_response("Unknown key id")}})),
             },
@@ -151,7 +154,10 @@ pub fn document() -> Value {
             "/admin/v1/keys/{id}/reset": {"post": admin(json!({"summary": "Set the key's counters back: burst windows to full and/or the month's usage to 0 (an operator's reset after an incident; logged with the usage before)", "parameters": id_param(),
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reset"}}}},
                 "responses": {"200": ok("The key with its usage after the reset", "Key"), "400": error_response("Nothing to reset, or a bad body"), "404": error_response("Unknown key id")}}))},
-            "/admin/v1/consumers/{consumer}/reset": {"post": admin(json!({"summary": "Reset the counters of every key of a consumer (as /admin/v1/keys/{id}/reset)",
+            "/admin/v1/consumers/{consumer}/usage": {"get": admin(json!({"summary": "What a consumer spends: per tier it has keys on, its keys and, on a tier counting by consumer, the usage they share",
+                "parameters": [{"name": "consumer", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Consumer"}}],
+                "responses": {"200": ok("The consumer's tiers", "ConsumerUsage"), "404": error_response("The consumer has no keys")}}))},
+            "/admin/v1/consumers/{consumer}/reset": {"post": admin(json!({"summary": "Reset the counters of every key of a consumer (as /admin/v1/keys/{id}/reset; counters its keys share are reset once)",
                 "parameters": [{"name": "consumer", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Consumer"}}],
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reset"}}}},
                 "responses": {"200": {"description": "Every key of the consumer with its usage after the reset", "content": {"application/json": {"schema": {"type": "object", "required": ["consumer", "keys"],
@@ -172,13 +178,13 @@ pub fn document() -> Value {
             "/admin/v1/tiers": {
                 "get": admin(json!({"summary": "Tiers in force", "responses": {"200": ok("Tiers", "TierList")}})),
                 "put": admin(json!({"summary": "Replace the whole set of tiers at once (a tiers file); tiers left out are deleted, refused (409) while keys use them",
-                    "requestBody": body("TierList"), "responses": {"200": ok("Tiers now in force", "TierList"), "409": error_response("A tier left out is in use")}})),
+                    "requestBody": body("TierList"), "responses": {"200": ok("Tiers now in force", "TierList"), "409": error_response("A tier left out is in use, or a tier keys use changes its countBy")}})),
             },
             "/admin/v1/tiers/{name}": {
                 "get": admin(json!({"summary": "One tier", "parameters": name_param(),
                     "responses": {"200": ok("The tier", "Tier"), "404": error_response("Unknown tier")}})),
                 "put": admin(json!({"summary": "Create or change a tier (in force from the next check)", "parameters": name_param(),
-                    "requestBody": body("PutTier"), "responses": {"200": ok("The tier", "Tier")}})),
+                    "requestBody": body("PutTier"), "responses": {"200": ok("The tier", "Tier"), "400": error_response("A bad tier"), "409": error_response("countBy changed while keys use the tier")}})),
                 "delete": admin(json!({"summary": "Delete a tier no key uses", "parameters": name_param(),
                     "responses": {"200": {"description": "Deleted"}, "404": error_response("Unknown tier"), "409": error_response("Keys use this tier")}})),
             },
@@ -230,12 +236,19 @@ pub fn document() -> Value {
                     "scopes": {"type": "array", "items": {"type": "string"}}, "expiresAt": {"type": ["string", "null"]},
                     "monthlyQuota": {"type": ["integer", "null"]}, "name": {"type": ["string", "null"]},
                     "createdAt": {"type": "string"}, "revoked": {"type": "boolean"},
-                    "usage": {"type": "object", "properties": {
-                        "limits": {"type": "array", "items": {"type": "object", "properties": {
-                            "requests": {"type": "integer"}, "periodSeconds": {"type": "integer"},
-                            "remaining": {"type": "integer"}, "reset": {"type": "integer"}}}},
-                        "monthlyUsed": {"type": "integer"}, "monthlyQuota": {"type": ["integer", "null"]},
-                        "lastUsedAt": {"type": ["string", "null"]}}}}},
+                    "usage": {"$ref": "#/components/schemas/Usage"}}},
+                "Usage": {"type": "object", "description": "Live figures; on a tier counting by consumer, those the consumer's keys share", "properties": {
+                    "limits": {"type": "array", "items": {"type": "object", "properties": {
+                        "requests": {"type": "integer"}, "periodSeconds": {"type": "integer"},
+                        "remaining": {"type": "integer"}, "reset": {"type": "integer"}}}},
+                    "monthlyUsed": {"type": "integer"}, "monthlyQuota": {"type": ["integer", "null"]},
+                    "lastUsedAt": {"type": ["string", "null"]}}},
+                "ConsumerUsage": {"type": "object", "required": ["consumer", "tiers"], "properties": {
+                    "consumer": {"type": "string"},
+                    "tiers": {"type": "array", "description": "Each tier the consumer has keys on, in the order of its first key", "items": {"type": "object", "required": ["tier", "countBy", "keys"], "properties": {
+                        "tier": {"type": "string"}, "countBy": {"type": "string", "enum": ["key", "consumer"]},
+                        "keys": {"type": "array", "items": {"type": "string"}, "description": "The consumer's key ids on this tier"},
+                        "usage": {"$ref": "#/components/schemas/Usage", "description": "Only on a tier counting by consumer: what its keys share (on a tier counting by key each key has its own: GET /admin/v1/keys/{id})"}}}}}},
                 "KeyList": {"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
                     "nextCursor": {"type": ["string", "null"]}}},
                 "Limit": {"type": "object", "required": ["requests", "periodSeconds"], "additionalProperties": false,
@@ -245,11 +258,13 @@ pub fn document() -> Value {
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
                     "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
                     "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}},
-                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE}}},
+                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE},
+                    "countBy": {"type": "string", "enum": ["key", "consumer"], "default": "key", "description": COUNT_BY}}},
                 "PutTier": {"type": "object", "required": ["limits"], "additionalProperties": false, "properties": {
                     "limits": {"type": "array", "items": {"$ref": "#/components/schemas/Limit"}, "minItems": 1, "maxItems": 4},
                     "monthlyQuota": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "scopes": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Scope"}},
-                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE}}},
+                    "enforce": {"type": "boolean", "default": true, "description": ENFORCE},
+                    "countBy": {"type": "string", "enum": ["key", "consumer"], "default": "key", "description": COUNT_BY}}},
                 "TierList": {"type": "object", "properties": {"tiers": {"type": "array", "items": {"$ref": "#/components/schemas/Tier"}}}},
             }
         }
@@ -285,6 +300,7 @@ mod tests {
         ("get", "/admin/v1/prefixes"),
         ("put", "/admin/v1/prefixes/{prefix}"),
         ("delete", "/admin/v1/prefixes/{prefix}"),
+        ("get", "/admin/v1/consumers/{consumer}/usage"),
         ("post", "/admin/v1/consumers/{consumer}/reset"),
         ("get", "/admin/v1/tiers"),
         ("put", "/admin/v1/tiers"),

@@ -11,24 +11,33 @@
 
 use redis::Value;
 
+use futures_util::future::join_all;
+
 use super::check::{outcome, Outcome};
 use super::conn::RedisError;
 use super::record::Rec;
 use super::RedisStore;
+use crate::engine::admission;
 use crate::engine::bucket::Limit;
 use crate::engine::catalog::Catalog;
+use crate::engine::decision::Decision;
 use crate::keys::KeyId;
+use crate::store::CheckRequest;
 
 impl RedisStore {
     /// The hash whose counters key `rec` spends: its group's on a tier counting by consumer,
     /// else its own.
     pub(super) fn counters_hash(&self, rec: &Rec, cat: &Catalog) -> String {
-        match cat.tier_index(&rec.tier) {
-            Some(ix) if cat.tier(ix).is_some_and(|t| t.counts_by_consumer()) => {
-                self.k_group(ix, &rec.consumer)
-            }
-            _ => self.k_key(rec.id.slot()),
-        }
+        self.group_hash(rec, cat)
+            .unwrap_or_else(|| self.k_key(rec.id.slot()))
+    }
+
+    /// The hash of key `rec`'s consumer group, on a tier counting by consumer.
+    fn group_hash(&self, rec: &Rec, cat: &Catalog) -> Option<String> {
+        let ix = cat.tier_index(&rec.tier)?;
+        cat.tier(ix)
+            .is_some_and(|t| t.counts_by_consumer())
+            .then(|| self.k_group(ix, &rec.consumer))
     }
 
     /// The check script on `group`'s hash for key `id`, whose record this node holds as `rec`,
@@ -84,5 +93,49 @@ impl RedisStore {
             }
         }
         Ok(changed)
+    }
+
+    /// Decides the checks `misses` of batch `reqs` that go to Redis: all at once, except that
+    /// checks spending one consumer group's counters follow each other in batch order, so that
+    /// a batch is decided as the local store decides it. Records not cached yet are read first,
+    /// so that each check's counters are known before any is sent.
+    pub(super) async fn check_in_order(
+        &self,
+        reqs: &[CheckRequest<'_>],
+        misses: &[usize],
+    ) -> Vec<(usize, Decision)> {
+        let ids: Vec<Option<KeyId>> = misses
+            .iter()
+            .map(|&i| admission::presented(reqs[i].key).ok().map(|(_, id)| id))
+            .collect();
+        let mut unknown: Vec<KeyId> = ids
+            .iter()
+            .flatten()
+            .filter(|id| !self.cache.contains_key(&id.0))
+            .copied()
+            .collect();
+        unknown.sort_unstable_by_key(|id| id.0);
+        unknown.dedup();
+        // A record that cannot be read now is the check's to answer for.
+        join_all(unknown.into_iter().map(|id| self.fetch(id))).await;
+        let cat = self.catalog.load();
+        let mut chains: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+        for (&i, id) in misses.iter().zip(&ids) {
+            let group = id
+                .and_then(|id| self.cache.get(&id.0))
+                .and_then(|e| self.group_hash(&e.rec, &cat.1));
+            match chains.iter_mut().find(|(g, _)| g.is_some() && *g == group) {
+                Some((_, run)) => run.push(i),
+                None => chains.push((group, vec![i])),
+            }
+        }
+        let runs = chains.iter().map(|(_, run)| async move {
+            let mut out = Vec::with_capacity(run.len());
+            for &i in run {
+                out.push((i, self.check_found(reqs[i]).await));
+            }
+            out
+        });
+        join_all(runs).await.into_iter().flatten().collect()
     }
 }

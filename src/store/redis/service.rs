@@ -18,7 +18,7 @@ use crate::tiers::TierSpec;
 impl RedisStore {
     /// A check on the full path; a key refused as malformed or unknown may be an imported one,
     /// which does not name its id: found by its digest, it is checked again under that id.
-    async fn check_found(&self, r: CheckRequest<'_>) -> Decision {
+    pub(super) async fn check_found(&self, r: CheckRequest<'_>) -> Decision {
         let d = self.check_one(r.key, None, r.scope, r.cost).await;
         if !matches!(
             d.verdict,
@@ -66,10 +66,7 @@ impl Store for RedisStore {
             .collect();
         let misses: Vec<usize> = (0..reqs.len()).filter(|&i| decided[i].is_none()).collect();
         if !misses.is_empty() {
-            let remote =
-                futures_util::future::join_all(misses.iter().map(|&i| self.check_found(reqs[i])))
-                    .await;
-            for (i, d) in misses.into_iter().zip(remote) {
+            for (i, d) in self.check_in_order(reqs, &misses).await {
                 decided[i] = Some(d);
             }
         }
