@@ -1,5 +1,5 @@
 //! Consumer-wide counting, through the real binary on both stores: the keys of one consumer on a
-//! tier counting by consumer spend one set of counters over HTTP and the binary protocol, across
+//! tier counting by consumer spend one set of counters over HTTP, the binary protocol and gRPC, across
 //! rotation, restart and two nodes; the consumer's usage view and CLI; the 400 and 409 refusals;
 //! keys moving in and out of a group; and a group outliving its keys.
 
@@ -7,6 +7,7 @@ mod common;
 
 use common::redis::RedisServer;
 use common::{binary_check, Client, Daemon};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use reqwest::Method;
 use serde_json::json;
 
@@ -55,9 +56,11 @@ fn keys_of_a_consumer_share_its_counters(redis: bool, extra: &[&str]) {
     assert_eq!(r.header("x-ratelimit-remaining").as_deref(), Some("1"));
     let w = binary_check(d.binary, &key_b);
     assert_eq!((w.decision, w.remaining), (0, 0), "{w:?}");
-    // Spent for both keys, on both transports; another consumer is untouched.
+    // Spent for both keys, on every transport; another consumer is untouched.
     assert_eq!(c.check(Some(&key_a), &[]).code(), "rate_limited");
     assert_ne!(binary_check(d.binary, &key_b).decision, 0);
+    let g = common::rls_check(d.grpc.unwrap(), &key_b);
+    assert_eq!(g.overall_code, Code::OverLimit as i32, "{g:?}");
     assert_eq!(c.check(Some(&key_other), &[]).status, 200);
 
     // Each key's usage and the consumer's are the shared figures.

@@ -4,16 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::redis::RedisServer;
+use common::rls_check;
 use common::{binary_check, Client, Daemon};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-    rate_limit_descriptor::Entry, RateLimitDescriptor,
-};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use reqwest::Method;
 use serde_json::json;
 
@@ -26,28 +20,6 @@ fn start(redis: bool, extra: &[&str]) -> (Daemon, Option<RedisServer>, tempfile:
         server,
         dir,
     )
-}
-
-fn rls_check(addr: SocketAddr, key: &str) -> RateLimitResponse {
-    common::runtime().block_on(async {
-        let mut c = RateLimitServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        c.should_rate_limit(RateLimitRequest {
-            domain: "gateway".into(),
-            descriptors: vec![RateLimitDescriptor {
-                entries: vec![Entry {
-                    key: "api_key".into(),
-                    value: key.into(),
-                }],
-                ..Default::default()
-            }],
-            hits_addend: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-    })
 }
 
 fn metric(c: &Client, name: &str, labels: &[(&str, &str)]) -> u64 {

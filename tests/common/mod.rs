@@ -461,6 +461,37 @@ pub fn binary_check(addr: SocketAddr, key: &str) -> quotad::protocol::result::Wi
     })
 }
 
+/// One request to Envoy's rate limit service at `addr` for `key` (descriptor `api_key`).
+pub fn rls_check(
+    addr: SocketAddr,
+    key: &str,
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        rate_limit_descriptor::Entry, RateLimitDescriptor,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    runtime().block_on(async {
+        let mut c = RateLimitServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.should_rate_limit(RateLimitRequest {
+            domain: "gateway".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "api_key".into(),
+                    value: key.into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    })
+}
+
 /// `quotad serve` on `data`, on its own files or on `redis` when given, with `extra` arguments.
 pub fn start_on(redis: Option<&redis::RedisServer>, data: &Path, extra: &[&str]) -> Daemon {
     let url = redis.map(|r| r.url());

@@ -105,8 +105,6 @@ impl LocalOptions {
 /// What the admin mutex guards.
 struct AdminState {
     key_count: u32,
-    /// Keys per tier index.
-    tier_use: Vec<u64>,
     /// Generation of the catalog in force (as written in `catalog.json` and acknowledged).
     generation: u32,
     /// Slots of deleted keys, reused by the next creations.
@@ -141,6 +139,9 @@ struct Local {
     records: Arena,
     acks: Acks,
     admin: Mutex<AdminState>,
+    /// Keys per tier index. Changed under the admin lock; read without it by `/metrics`, which
+    /// a long admin change (a bulk import) must not hold up.
+    tier_use: Mutex<Vec<u64>>,
     /// Slots in use (live, revoked, expired or deleted): a check's bound.
     key_count: AtomicU64,
     /// Deleted keys among them.
@@ -281,11 +282,11 @@ impl LocalStore {
             acks,
             admin: Mutex::new(AdminState {
                 key_count,
-                tier_use,
                 generation,
                 free: free.clone(),
                 groups: Default::default(),
             }),
+            tier_use: Mutex::new(tier_use),
             deleted: AtomicU64::new(free.len() as u64),
             groups: AtomicU64::new(0),
             counters_generation: std::sync::atomic::AtomicU32::new(counters_generation),
@@ -315,10 +316,10 @@ impl LocalStore {
     /// Keys on each tier in force, by tier index.
     fn keys_per_tier(&self) -> Vec<(u16, u64)> {
         let cat = self.inner.catalog.load();
-        let admin = self.inner.admin.lock();
+        let use_ = self.inner.tier_use.lock();
         cat.tiers()
             .map(|(ix, _)| {
-                let n = admin.tier_use.get(usize::from(ix)).copied().unwrap_or(0);
+                let n = use_.get(usize::from(ix)).copied().unwrap_or(0);
                 (ix, n)
             })
             .collect()

@@ -168,7 +168,7 @@ impl Local {
             if sync_each {
                 self.records.flush_slot(slot)?;
             }
-            admin.tier_use[usize::from(tier)] += 1;
+            self.tier_use.lock()[usize::from(tier)] += 1;
             if k.import.is_some() {
                 self.imported.write().insert(hash, id);
             }
@@ -281,19 +281,14 @@ impl Local {
     fn modify(
         &self,
         id: KeyId,
-        f: impl FnOnce(
-            &mut RecordHalf,
-            &mut CatalogDoc,
-            &Catalog,
-            &mut AdminState,
-        ) -> Result<(), StoreError>,
+        f: impl FnOnce(&mut RecordHalf, &mut CatalogDoc, &Catalog) -> Result<(), StoreError>,
     ) -> Result<RecordHalf, StoreError> {
         let mut admin = self.admin.lock();
         let old = self.read_record(id)?;
         let catalog = self.catalog.load_full();
         let mut doc = catalog.doc().clone();
         let mut rec = old;
-        f(&mut rec, &mut doc, &catalog, &mut admin)?;
+        f(&mut rec, &mut doc, &catalog)?;
         if doc != *catalog.doc() {
             let compiled = Catalog::compile(doc)?;
             self.store_catalog(&mut admin, compiled.doc())?;
@@ -367,8 +362,9 @@ impl Local {
             self.acks.flush(slot, slot)?;
         }
         if rec.tier != old.tier {
-            admin.tier_use[usize::from(old.tier)] -= 1;
-            admin.tier_use[usize::from(rec.tier)] += 1;
+            let mut use_ = self.tier_use.lock();
+            use_[usize::from(old.tier)] -= 1;
+            use_[usize::from(rec.tier)] += 1;
         }
         Ok(rec)
     }
@@ -376,13 +372,14 @@ impl Local {
     /// Changes tier, scopes, expiry, quota override or name; in force from the next check.
     pub(super) fn update_key(&self, id: KeyId, upd: KeyUpdate) -> Result<KeyInfo, StoreError> {
         key_rules::validate_update(&upd)?;
-        let rec = self.modify(id, |r, doc, cat, admin| {
+        let rec = self.modify(id, |r, doc, cat| {
             if let Some(t) = &upd.tier {
                 let ix = cat
                     .tier_index(t)
                     .ok_or_else(|| StoreError::invalid(format!("unknown tier {t:?}")))?;
-                if admin.tier_use.len() <= usize::from(ix) {
-                    admin.tier_use.resize(usize::from(ix) + 1, 0);
+                let mut use_ = self.tier_use.lock();
+                if use_.len() <= usize::from(ix) {
+                    use_.resize(usize::from(ix) + 1, 0);
                 }
                 r.tier = ix;
             }
@@ -408,7 +405,7 @@ impl Local {
 
     /// Revokes key `id`: its next check is 401.
     pub(super) fn revoke_key(&self, id: KeyId) -> Result<KeyInfo, StoreError> {
-        let rec = self.modify(id, |r, _, _, _| {
+        let rec = self.modify(id, |r, _, _| {
             r.flags |= FLAG_REVOKED;
             r.previous_valid_until_ns = 0;
             Ok(())
@@ -455,7 +452,7 @@ impl Local {
         if self.sync_records {
             self.acks.flush(slot, slot)?;
         }
-        admin.tier_use[usize::from(old.tier)] -= 1;
+        self.tier_use.lock()[usize::from(old.tier)] -= 1;
         self.imported.write().retain(|_, k| *k != id);
         admin.free.push(slot);
         self.deleted.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +463,7 @@ impl Local {
     pub(super) fn rotate_key(&self, id: KeyId, grace_secs: u64) -> Result<CreatedKey, StoreError> {
         let mut raw = String::new();
         let now = self.clock.now_ns();
-        let rec = self.modify(id, |r, _, _, _| {
+        let rec = self.modify(id, |r, _, _| {
             if r.flags & FLAG_REVOKED != 0 {
                 return Err(StoreError::invalid("a revoked key cannot be rotated"));
             }
@@ -590,10 +587,11 @@ impl Local {
         let mut admin = self.admin.lock();
         let catalog = self.catalog.load_full();
         let mut doc = catalog.doc().clone();
-        f(&mut doc, &admin.tier_use)?;
+        let use_ = self.tier_use.lock().clone();
+        f(&mut doc, &use_)?;
         let compiled = Catalog::compile(doc)?;
         self.store_catalog(&mut admin, compiled.doc())?;
-        admin.tier_use.resize(compiled.doc().tiers.len(), 0);
+        self.tier_use.lock().resize(compiled.doc().tiers.len(), 0);
         self.publish_catalog(compiled);
         Ok(())
     }
