@@ -255,7 +255,6 @@ fn tier(name: &str, limits: &[(u64, u64)], monthly: Option<u64>) -> TierSpec {
     TierSpec::with_limits(name, limits, monthly)
 }
 
-/// 2026-03-10T12:00:00Z
 /// Tier `team`: `limits`, 200 a month, counted by consumer.
 fn team(limits: &[(u64, u64)]) -> TierSpec {
     let mut t = tier("team", limits, Some(200));
@@ -263,6 +262,7 @@ fn team(limits: &[(u64, u64)]) -> TierSpec {
     t
 }
 
+/// 2026-03-10T12:00:00Z
 fn mid_march() -> FakeClock {
     FakeClock::at_secs(datetime!(2026-03-10 12:00:00 UTC).unix_timestamp() as u64)
 }
@@ -979,6 +979,48 @@ fn many_threads_on_one_key_never_exceed_the_burst_limit() {
             .sum()
     });
     assert_eq!(admitted, 100);
+}
+
+/// A check of a key on a tier counting by consumer admits under the key's lock and spends under
+/// its group's: threads on several keys of one consumer never spend more than the shared burst
+/// and quota between them.
+#[test]
+fn many_threads_on_the_keys_of_one_consumer_spend_one_burst_and_one_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_march();
+    let e = Arc::new(open(dir.path(), &clock));
+    let mut shared = tier("shared", &[(100, 60)], Some(150));
+    shared.count_by = quotad::tiers::CountBy::Consumer;
+    e.put_tier(shared).unwrap();
+    let keys: Vec<(KeyId, String)> = (0..4).map(|_| key(&e, "shared")).collect();
+    let run = || -> usize {
+        std::thread::scope(|s| {
+            (0..4)
+                .map(|t| {
+                    let (e, keys) = (&e, &keys);
+                    s.spawn(move || {
+                        (0..200)
+                            .filter(|i| {
+                                let raw = &keys[(t + i) % keys.len()].1;
+                                e.check(Some(raw), None, 1).verdict.is_allowed()
+                            })
+                            .count()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum()
+        })
+    };
+    // Time frozen: the minute's 100, whichever keys asked.
+    assert_eq!(run(), 100);
+    // A minute later: the month's 50 left.
+    clock.advance_ns(60 * S);
+    assert_eq!(run(), 50);
+    for (id, _) in &keys {
+        assert_eq!(e.usage(*id).unwrap().monthly_used, 150);
+    }
 }
 
 /// The Redis store's Lua script and the engine's Rust implement one rule: driven by one clock
