@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use super::layout::{self, Counters};
 use super::record::Rec;
 use super::RedisStore;
 use crate::engine::bucket::reexpress;
@@ -17,7 +18,6 @@ use crate::keys::format as keyfmt;
 use crate::keys::record::{CreatedKey, KeyInfo, KeyUpdate, NewKey, Usage};
 use crate::keys::KeyId;
 use crate::store::{KeyQuery, StoreError};
-use crate::tiers::MAX_LIMITS;
 
 impl RedisStore {
     // ----- admin: keys -----------------------------------------------------------------------
@@ -209,9 +209,10 @@ impl RedisStore {
                     self.call(
                         redis::cmd("HGETALL")
                             .arg(key)
-                            .query_async::<HashMap<String, String>>(&mut c),
+                            .query_async::<HashMap<String, Vec<u8>>>(&mut c),
                     )
                     .await
+                    .map(layout::text_fields)
                 }
             });
             let maps = futures_util::future::join_all(reads)
@@ -411,25 +412,28 @@ impl RedisStore {
     /// Live usage of key `id` (nothing consumed).
     pub(super) async fn usage_of(&self, id: KeyId) -> Result<Usage, StoreError> {
         let mut c = self.conn.clone();
-        let m: HashMap<String, String> = self
+        let m: HashMap<String, Vec<u8>> = self
             .call(
                 redis::cmd("HGETALL")
                     .arg(self.k_key(id.slot()))
                     .query_async(&mut c),
             )
             .await?;
-        let rec = Rec::parse(&m).map_err(|_| StoreError::UnknownKey)?;
+        let counters = Counters::read(&m);
+        let rec = Rec::parse(&layout::text_fields(m)).map_err(|_| StoreError::UnknownKey)?;
         if rec.id != id {
             return Err(StoreError::UnknownKey);
         }
         let cat = self.catalog.load();
         // On a tier counting by consumer, the figures are the consumer's group's.
-        let counters = self.counters_hash(&rec, &cat.1);
-        let m: HashMap<String, String> = if counters == self.k_key(id.slot()) {
-            m
+        let group = self.counters_hash(&rec, &cat.1);
+        let counters = if group == self.k_key(id.slot()) {
+            counters
         } else {
-            self.call(redis::cmd("HGETALL").arg(counters).query_async(&mut c))
-                .await?
+            let m: HashMap<String, Vec<u8>> = self
+                .call(redis::cmd("HGETALL").arg(group).query_async(&mut c))
+                .await?;
+            Counters::read(&m)
         };
         let tier = cat
             .1
@@ -437,33 +441,36 @@ impl RedisStore {
             .and_then(|i| cat.1.tier(i))
             .ok_or_else(|| crate::engine::PolicyError::UnknownTier(rec.tier.clone()))?;
         let now = self.clock.now_ns() / 1_000 * 1_000;
-        let num = |f: String| m.get(&f).and_then(|v| v.parse::<u64>().ok());
         let limits = tier
             .limits
             .iter()
             .map(|l| {
                 let l = l.to_micros();
-                let tat = (1..=MAX_LIMITS)
-                    .find(|i| num(format!("p{i}")) == Some(l.period_secs()))
-                    .and_then(|i| {
-                        let old_iv = num(format!("i{i}"))?.saturating_mul(1_000);
-                        let t = num(format!("t{i}"))?.saturating_mul(1_000);
-                        Some(reexpress(t, now, old_iv, l.interval_ns()))
+                let tat = counters
+                    .buckets
+                    .iter()
+                    .find(|b| b.period_secs == l.period_secs())
+                    .map(|b| {
+                        let (t, iv) = (
+                            b.tat_us.saturating_mul(1_000),
+                            b.interval_us.saturating_mul(1_000),
+                        );
+                        reexpress(t, now, iv, l.interval_ns())
                     })
                     .unwrap_or(0);
                 limits::limit_usage(tat, now, &l)
             })
             .collect();
         let month = MonthWindow::containing(now);
-        let used = match num("m".into()).and_then(|m| u32::try_from(m).ok()) {
-            Some(m) => limits::used_this_month(m, num("u".into()).unwrap_or(0), &month),
+        let used = match counters.month {
+            Some(m) => limits::used_this_month(m, counters.used, &month),
             None => 0,
         };
         Ok(Usage {
             limits,
             monthly_used: used,
             monthly_quota: limits::quota_of(rec.quota, tier),
-            last_used_at: num("lu".into()).filter(|v| *v != 0),
+            last_used_at: counters.last_use,
         })
     }
 }

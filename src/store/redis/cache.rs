@@ -7,6 +7,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use super::conn::RedisError;
+use super::layout;
 use super::lease::Lease;
 use super::record::Rec;
 use super::RedisStore;
@@ -31,9 +32,10 @@ impl RedisStore {
     pub(super) async fn fetch(&self, id: KeyId) -> Result<Option<Arc<Rec>>, RedisError> {
         let mut c = self.conn.clone();
         let key = self.k_key(id.slot());
-        let m: HashMap<String, String> = self
+        let m: HashMap<String, Vec<u8>> = self
             .call(redis::cmd("HGETALL").arg(&key).query_async(&mut c))
             .await?;
+        let m = layout::text_fields(m);
         if m.is_empty() {
             self.cache.remove(&id.0);
             return Ok(None);

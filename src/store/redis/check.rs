@@ -8,6 +8,7 @@ use redis::Value;
 
 use super::cache::Cached;
 use super::conn::{int, RedisError};
+use super::layout;
 use super::lease::Lease;
 use super::options::{FailPolicy, Mode};
 use super::record::Rec;
@@ -351,18 +352,12 @@ impl RedisStore {
                 .await;
         }
         let mut inv = self.check.key(self.k_key(id.slot()));
-        inv.arg(rec.version)
-            .arg(now_us)
-            .arg(cost)
-            .arg(want)
-            .arg(month)
-            .arg(quota.map_or(-1i64, |q| q.min(i64::MAX as u64) as i64))
-            .arg(limits.len());
-        for l in limits {
-            inv.arg(l.period_secs())
-                .arg(l.interval_ns() / 1_000)
-                .arg(l.requests());
-        }
+        layout::check_args(
+            &mut inv,
+            Some(rec.version),
+            (now_us, cost, want),
+            (limits, quota, month),
+        );
         let mut c = self.conn.clone();
         let v: Vec<Value> = self.call(inv.invoke_async(&mut c)).await?;
         outcome(&v, limits.len())

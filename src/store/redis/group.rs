@@ -15,6 +15,7 @@ use futures_util::future::join_all;
 
 use super::check::{outcome, Outcome};
 use super::conn::RedisError;
+use super::layout;
 use super::record::Rec;
 use super::RedisStore;
 use crate::engine::admission;
@@ -52,18 +53,7 @@ impl RedisStore {
         now_us: u64,
     ) -> Result<Outcome, RedisError> {
         let mut inv = self.check.key(group);
-        inv.arg("")
-            .arg(now_us)
-            .arg(cost)
-            .arg(cost)
-            .arg(month)
-            .arg(quota.map_or(-1i64, |q| q.min(i64::MAX as u64) as i64))
-            .arg(limits.len());
-        for l in limits {
-            inv.arg(l.period_secs())
-                .arg(l.interval_ns() / 1_000)
-                .arg(l.requests());
-        }
+        layout::check_args(&mut inv, None, (now_us, cost, cost), (limits, quota, month));
         let (mut c1, mut c2) = (self.conn.clone(), self.conn.clone());
         let mut version = redis::cmd("HGET");
         version.arg(self.k_key(id.slot())).arg("v");
@@ -84,10 +74,7 @@ impl RedisStore {
         if let Outcome::State { granted, .. } = out {
             if granted > 0 {
                 let mut back = self.give_back.key(group);
-                back.arg(granted).arg(month).arg(limits.len());
-                for l in limits {
-                    back.arg(l.period_secs()).arg(l.interval_ns() / 1_000);
-                }
+                layout::return_args(&mut back, granted, month, layout::signature(limits));
                 let mut c = self.conn.clone();
                 self.call(back.invoke_async::<i64>(&mut c)).await?;
             }

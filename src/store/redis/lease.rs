@@ -3,8 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
+use super::layout;
 use super::options::Mode;
 use super::RedisStore;
+use crate::engine::bucket::Limit;
 use crate::engine::catalog::CompiledTier;
 use crate::engine::clock::NANOS_PER_SEC;
 use crate::engine::decision::Decision;
@@ -67,25 +69,19 @@ impl RedisStore {
     }
 
     pub(super) async fn give_back(&self, id: KeyId, l: &Lease) {
-        // The buckets the lease was taken from: (period s, interval µs) of each limit then.
-        let buckets: Vec<(u64, u64)> = {
+        // The limits the lease was taken under, at the script's resolution.
+        let sig = {
             let cat = self.catalog.load();
             match cat.1.tier(l.tier).and_then(|t| t.limits_at(l.version)) {
-                Some(limits) => limits
-                    .iter()
-                    .map(|lim| {
-                        let m = lim.to_micros();
-                        (m.period_secs(), m.interval_ns() / 1_000)
-                    })
-                    .collect(),
+                Some(limits) => {
+                    let m: Vec<Limit> = limits.iter().map(Limit::to_micros).collect();
+                    layout::signature(&m)
+                }
                 None => return,
             }
         };
         let mut inv = self.give_back.key(self.k_key(id.slot()));
-        inv.arg(l.left).arg(l.month).arg(buckets.len());
-        for (period, interval_us) in buckets {
-            inv.arg(period).arg(interval_us);
-        }
+        layout::return_args(&mut inv, l.left, l.month, sig);
         let mut c = self.conn.clone();
         match self.call(inv.invoke_async::<i64>(&mut c)).await {
             Ok(_) => {

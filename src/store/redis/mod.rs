@@ -33,6 +33,7 @@ mod check;
 mod conn;
 mod group;
 mod import;
+mod layout;
 mod lease;
 mod options;
 mod record;

@@ -1,7 +1,6 @@
 //! A key record as it is kept in Redis: one hash per key, `<ns>:{<slot>}`, holding the record
-//! fields below and the key's counters (`p1..p4`, `i1..i4`, `t1..t4`: period, interval and TAT
-//! of each bucket; `m`, `u`: month id and its usage; `lu`: last use). One hash, one hash slot:
-//! every script of a check touches exactly this key.
+//! fields below and the key's counters (`L`, `c`: packed, see `layout.rs`). One hash, one hash
+//! slot: every script of a check touches exactly this key.
 //!
 //! | field | meaning |
 //! |-------|---------|

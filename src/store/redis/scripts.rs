@@ -2,162 +2,187 @@
 //! a Redis Cluster each runs on the one master owning that key's slot, atomically.
 //!
 //! Lua numbers are doubles: every quantity here (microseconds since 1970, token counts, month ids)
-//! stays below 2^53, where doubles are exact integers, and numbers are written back with
-//! `string.format('%d')` (through a C `long`, exact for them, and cheaper than `'%.0f'`) so that
-//! none is ever stored in exponent form. The bucket math is the one of `engine::bucket::evaluate`,
-//! in microseconds; the node recomputes the figures from the state the script returns with the
-//! Rust function, so both stores render the same decision.
+//! stays below 2^53, where doubles are exact integers. Counters and the check's numbers travel as
+//! packed little-endian 64-bit integers (`struct.pack`/`struct.unpack`, the layout of `layout.rs`):
+//! exact, and far cheaper on the master than decimal text through `tonumber` and
+//! `string.format`. The bucket math is the one of `engine::bucket::evaluate`, in microseconds;
+//! the node recomputes the figures from the state the script returns with the Rust function, so
+//! both stores render the same decision.
 
 /// One check (exact mode: `want` = cost) or one lease (lease mode: `want` = the lease size).
 ///
-/// `KEYS[1]`: the key's hash, or its consumer group's (a tier counting by consumer). `ARGV`: record
-/// version the node holds (empty for a group's hash, which holds no record: the node reads the
-/// version beside the call), now (µs), cost, want, month id, quota (-1 = none), number of limits
-/// n, then n × (period s, interval µs, requests).
+/// `KEYS[1]`: the key's hash, or its consumer group's (a tier counting by consumer). `ARGV`: the
+/// record version the node holds (empty for a group's hash, which holds no record: the node reads
+/// the version beside the call); the packed numbers now (µs), cost, want, month id, quota (-1 =
+/// none), then interval (µs) and capacity (µs) of each of the n limits; the limits signature
+/// (`period:interval,…`).
 ///
 /// Returns `{0}` when the key does not exist, `{1, version}` when the node's copy of the record
 /// is stale (nothing consumed: the node refreshes and asks again), else
 /// `{2, granted, used, tat_1..tat_n}`: the state *before* this request (buckets re-expressed in
-/// the current limits) and how many tokens were taken (0 = denied, nothing written).
+/// the current limits, as `engine::limits::reexpress_buckets` does) and how many tokens were
+/// taken (0 = denied, nothing written).
 ///
 /// Granting: `avail` = the fewest tokens any limit or the quota has left. Denied when
 /// `avail < cost`; else `granted = min(want, max(cost, floor(avail / 4)))`: a lease shrinks as a
 /// limit nears exhaustion, down to just the request's cost.
+///
+/// A hash still in the decimal layout of earlier versions (`p/i/t1..4`, `m`, `u`, `lu`) is read
+/// as if its signature were its stored limits and rewritten packed by its first counted check.
 pub const CHECK: &str = r#"
 local k = KEYS[1]
-local old = redis.call('HMGET', k, 'v', 'p1','i1','t1','p2','i2','t2','p3','i3','t3','p4','i4','t4','m','u')
+local old = redis.call('HMGET', k, 'v', 'L', 'c')
 local v = old[1]
 if ARGV[1] ~= '' then
   if not v then return {0} end
   if v ~= ARGV[1] then return {1, tonumber(v)} end
 end
-local now = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local month = ARGV[5]
-local quota = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
-local tats, ivs, pers = {}, {}, {}
--- The fewest tokens any limit or the quota has left (capped by `want` only after the quarter).
+local a, sig = ARGV[2], ARGV[3]
+local n = (#a - 40) / 16
+local now, cost, want, month, quota = struct.unpack('<i8i8i8i8i8', a)
+-- The stored state: the month's usage, each bucket's TAT (ot) under the limits ol.
+local used, ot, ol, legacy = 0, {}, old[2], false
+local c = old[3]
+if c then
+  local s = {struct.unpack('<' .. string.rep('i8', #c / 8), c)}
+  -- A stored month later than the node's clock keeps its usage and stays (months never go back).
+  if s[1] >= month then
+    used = s[2]
+    month = s[1]
+  end
+  for i = 4, #c / 8 do ot[i - 3] = s[i] end
+else
+  local l = redis.call('HMGET', k, 'm', 'u', 'p1', 'i1', 't1', 'p2', 'i2', 't2', 'p3', 'i3', 't3', 'p4', 'i4', 't4')
+  local sm = tonumber(l[1])
+  if sm and sm >= month then
+    used = tonumber(l[2]) or 0
+    month = sm
+  end
+  local parts = {}
+  for i = 0, 3 do
+    if l[3 * i + 3] and l[3 * i + 4] then
+      parts[#parts + 1] = l[3 * i + 3] .. ':' .. l[3 * i + 4]
+      ot[#parts] = tonumber(l[3 * i + 5]) or 0
+    end
+  end
+  legacy = sm ~= nil or #parts > 0
+  if legacy then ol = table.concat(parts, ',') end
+end
+-- Written under other limits (a tier change): each bucket whose period is unchanged keeps the
+-- tokens it owed, counted in the new interval; the others start full.
+local same = ol == sig
+local op, oi, np
+if not same and ol then
+  op, oi, np = {}, {}, {}
+  for p, i in string.gmatch(ol, '(%d+):(%d+)') do
+    op[#op + 1] = p
+    oi[#oi + 1] = tonumber(i)
+  end
+  for p in string.gmatch(sig, '(%d+):') do np[#np + 1] = p end
+end
+local tats, ivs = {}, {}
 local avail = math.huge
 for j = 1, n do
-  local b = 7 + 3 * (j - 1)
-  local p = ARGV[b + 1]
-  local iv = tonumber(ARGV[b + 2])
-  local cap = iv * tonumber(ARGV[b + 3])
-  pers[j] = p
+  local iv, cap = struct.unpack('<i8i8', a, 25 + 16 * j)
   ivs[j] = iv
   local t = 0
-  for i = 0, 3 do
-    if old[3 * i + 2] == p then
-      local oi = tonumber(old[3 * i + 3])
-      local ot = tonumber(old[3 * i + 4])
-      if oi and ot and ot > now then
-        if oi == iv then
-          t = ot
-        else
-          t = now + math.floor((ot - now + oi - 1) / oi) * iv
+  if same then
+    t = ot[j] or 0
+  elseif op then
+    for i = 1, #op do
+      if op[i] == np[j] then
+        t = ot[i] or 0
+        if t > now and oi[i] ~= iv then
+          t = now + math.floor((t - now + oi[i] - 1) / oi[i]) * iv
         end
       end
     end
   end
+  if t <= now then t = 0 end
   tats[j] = t
   local horizon = now + cap
   local base = t
   if base < now then base = now end
   if base > horizon then base = horizon end
-  local a = math.floor((horizon - base) / iv)
-  if a < avail then avail = a end
+  local x = math.floor((horizon - base) / iv)
+  if x < avail then avail = x end
 end
-local used = 0
--- A stored month later than the node's clock keeps its usage and stays (months never go back).
-local sm = tonumber(old[14])
-if sm and sm >= tonumber(month) then
-  used = tonumber(old[15]) or 0
-  month = old[14]
-end
-if quota >= 0 then
-  local a = quota - used
-  if a < avail then avail = a end
-end
+if quota >= 0 and quota - used < avail then avail = quota - used end
 local g = 0
 if avail >= cost then
   g = math.floor(avail / 4)
-  if g < cost then g = cost end
   if g > want then g = want end
   if g < cost then g = cost end
 end
 if g > 0 then
-  local f = {}
+  local nt = {month, used + g, math.floor(now / 1000000)}
   for j = 1, n do
     local base = tats[j]
     if base < now then base = now end
-    local iv = string.format('%d', ivs[j])
-    -- Period and interval are written only when they change (a new key, a tier change).
-    if old[3 * (j - 1) + 2] ~= pers[j] or old[3 * (j - 1) + 3] ~= iv then
-      f[#f + 1] = 'p' .. j
-      f[#f + 1] = pers[j]
-      f[#f + 1] = 'i' .. j
-      f[#f + 1] = iv
-    end
-    f[#f + 1] = 't' .. j
-    f[#f + 1] = string.format('%d', base + g * ivs[j])
+    nt[3 + j] = base + g * ivs[j]
   end
-  for j = n + 1, 4 do
-    if old[3 * (j - 1) + 2] then
-      redis.call('HDEL', k, 'p' .. j, 'i' .. j, 't' .. j)
-    end
+  local f = struct.pack('<' .. string.rep('i8', n + 3), unpack(nt))
+  if same and not legacy then
+    redis.call('HSET', k, 'c', f)
+  else
+    redis.call('HSET', k, 'c', f, 'L', sig)
   end
-  f[#f + 1] = 'm'
-  f[#f + 1] = month
-  f[#f + 1] = 'u'
-  f[#f + 1] = string.format('%d', used + g)
-  f[#f + 1] = 'lu'
-  f[#f + 1] = string.format('%d', math.floor(now / 1000000))
-  redis.call('HSET', k, unpack(f))
+  if legacy then
+    redis.call('HDEL', k, 'm', 'u', 'lu', 'p1', 'i1', 't1', 'p2', 'i2', 't2', 'p3', 'i3', 't3', 'p4', 'i4', 't4')
+  end
 end
-local out = {2, g, used}
-for j = 1, n do out[#out + 1] = tats[j] end
-return out
+return {2, g, used, unpack(tats, 1, n)}
 "#;
 
-/// Gives back the unused part of a lease: `KEYS[1]` the key's hash; `ARGV`: tokens, month id, n,
-/// then n × (period s, interval µs). Each bucket still on the same limit moves back by
-/// `tokens × interval`; the month's usage drops by `tokens` if the month is the same.
+/// Gives back the unused part of a lease: `KEYS[1]` the key's hash; `ARGV`: tokens and month id
+/// packed, then the signature of the limits the lease was taken under. Each bucket still on the
+/// same limit (period and interval) moves back by `tokens × interval`; the month's usage drops by
+/// `tokens` if the month is the same. Returns 1, or 0 when the hash holds no counters.
 pub const RETURN: &str = r#"
 local k = KEYS[1]
-if redis.call('EXISTS', k) == 0 then return 0 end
-local r = tonumber(ARGV[1])
-local month = ARGV[2]
-local n = tonumber(ARGV[3])
-for j = 1, n do
-  local p = ARGV[3 + 2 * (j - 1) + 1]
-  local iv = ARGV[3 + 2 * (j - 1) + 2]
-  for i = 1, 4 do
-    local s = redis.call('HMGET', k, 'p' .. i, 'i' .. i, 't' .. i)
-    if s[1] == p and s[2] == iv and s[3] then
-      local t = tonumber(s[3]) - r * tonumber(iv)
-      if t < 0 then t = 0 end
-      redis.call('HSET', k, 't' .. i, string.format('%d', t))
-    end
+local old = redis.call('HMGET', k, 'L', 'c')
+local c = old[2]
+if not c then return 0 end
+local r, month = struct.unpack('<i8i8', ARGV[1])
+local m = #c / 8
+local s = {struct.unpack('<' .. string.rep('i8', m), c)}
+local back = {}
+for l in string.gmatch(ARGV[2], '[^,]+') do back[l] = true end
+local i = 3
+for l in string.gmatch(old[1] or '', '[^,]+') do
+  i = i + 1
+  if back[l] and i <= m then
+    local t = s[i] - r * tonumber(string.match(l, ':(%d+)$'))
+    if t < 0 then t = 0 end
+    s[i] = t
   end
 end
-local s = redis.call('HMGET', k, 'm', 'u')
-if s[1] == month and s[2] then
-  local u = tonumber(s[2]) - r
+if s[1] == month then
+  local u = s[2] - r
   if u < 0 then u = 0 end
-  redis.call('HSET', k, 'u', string.format('%d', u))
+  s[2] = u
 end
+redis.call('HSET', k, 'c', struct.pack('<' .. string.rep('i8', m), unpack(s, 1, m)))
 return 1
 "#;
 
 /// An operator's reset of a key's counters. `KEYS[1]`: the key's hash (or its consumer group's,
 /// with an empty key id); `ARGV`: the key id,
 /// `1` to set every burst bucket to full (TAT 0), `1` to set the month's usage to 0. Returns 1,
-/// or 0 when the hash holds no such key.
+/// or 0 when the hash holds no such key. Hashes in the decimal layout are reset in place.
 pub const RESET: &str = r#"
 local k = KEYS[1]
 if ARGV[1] ~= '' and redis.call('HGET', k, 'id') ~= ARGV[1] then return 0 end
+local c = redis.call('HGET', k, 'c')
+if c then
+  local m = #c / 8
+  local s = {struct.unpack('<' .. string.rep('i8', m), c)}
+  if ARGV[2] == '1' then
+    for i = 4, m do s[i] = 0 end
+  end
+  if ARGV[3] == '1' and m >= 2 then s[2] = 0 end
+  redis.call('HSET', k, 'c', struct.pack('<' .. string.rep('i8', m), unpack(s, 1, m)))
+end
 if ARGV[2] == '1' then
   for i = 1, 4 do
     if redis.call('HEXISTS', k, 't' .. i) == 1 then redis.call('HSET', k, 't' .. i, '0') end
