@@ -58,22 +58,23 @@ def reply():
         if n >= 0: f.read(n + 2)
     elif line[:1] == b"-":
         sys.exit("redis: " + line.decode())
+# now (µs), cost, want, month, quota (-1: none); then interval and capacity (µs) of 300/min and
+# 10,000/h; then the limits signature
+packed = struct.pack("<5q", 1_700_000_000_000_000, 1, 20, 677, -1) + struct.pack("<4q", 200_000, 60_000_000, 360_000, 3_600_000_000)
+def check(key):
+    return cmd([b"EVALSHA", sha, b"1", key, b"1", packed, b"60:200000,3600:360000"])
 def run(keys, n):
     """n pipelined calls on `keys`, 16 at a time"""
-    now = 1_700_000_000_000_000
-    # now, cost, want, month, quota (-1: none); then interval and capacity (µs) of 300/min, 10,000/h
-    packed = struct.pack("<5q", now, 1, 20, 677, -1) + struct.pack("<4q", 200_000, 60_000_000, 360_000, 3_600_000_000)
     rnd = random.Random(7)
     for _ in range(n // 16):
-        batch = [cmd([b"EVALSHA", sha, b"1", rnd.choice(keys), b"1", packed, b"60:200000,3600:360000"]) for _ in range(16)]
-        s.sendall(b"".join(batch))
+        s.sendall(b"".join(check(rnd.choice(keys)) for _ in range(16)))
         for _ in range(16): reply()
 keys = [b"k:%012d" % i for i in range(1000)]
 # The keys' records (version 1), then one lease each so that every measured call finds counters.
 s.sendall(b"".join(cmd([b"HSET", k, b"v", b"1", b"id", b"1"]) for k in keys))
 for _ in keys: reply()
 for k in keys:
-    s.sendall(cmd([b"EVALSHA", sha, b"1", k, b"1", struct.pack("<5q", 1_700_000_000_000_000, 1, 20, 677, -1) + struct.pack("<4q", 200_000, 60_000_000, 360_000, 3_600_000_000), b"60:200000,3600:360000"]))
+    s.sendall(check(k))
     reply()
 subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
 run(keys, calls)

@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::blocking::Blocking;
 use common::redis::RedisServer;
 use common::runtime;
-use quotad::keys::NewKey;
+use quotad::keys::record::{Reset, Usage};
+use quotad::keys::{KeyId, NewKey};
 use quotad::store::redis::{Mode, RedisOptions, RedisStore};
 use quotad::{AuthFailure, FakeClock, Verdict};
 
@@ -25,7 +26,7 @@ fn connect(server: &RedisServer) -> Blocking<RedisStore> {
     })
 }
 
-fn new_key(store: &Blocking<RedisStore>) -> (quotad::keys::KeyId, String) {
+fn new_key(store: &Blocking<RedisStore>) -> (KeyId, String) {
     let k = store
         .create_key(NewKey {
             consumer: "acme".into(),
@@ -120,15 +121,14 @@ fn a_bad_store_url_is_refused_with_a_clear_message() {
     assert!(err.contains("redis://HOST:PORT"), "{err}");
 }
 
+/// Resets key `id`'s burst windows and/or month; the usage before and after.
+fn reset(store: &Blocking<RedisStore>, id: KeyId, burst: bool, monthly: bool) -> (Usage, Usage) {
+    store.reset_counters(id, Reset { burst, monthly }).unwrap()
+}
+
 /// Rewrites key `id`'s counters in the decimal layout of quotad before the packed one: the `pro`
 /// tier's two buckets owing `owed` tokens each at `now_s`, `used` counted this month.
-fn write_decimal_counters(
-    server: &RedisServer,
-    id: quotad::keys::KeyId,
-    now_s: u64,
-    owed: u64,
-    used: u64,
-) {
+fn write_decimal_counters(server: &RedisServer, id: KeyId, now_s: u64, owed: u64, used: u64) {
     let key = format!("quotad:{{{}}}", id.slot());
     let now_us = now_s * 1_000_000;
     let month = quotad::engine::month::month_of(now_s).to_string();
@@ -194,27 +194,11 @@ fn counters_in_the_decimal_layout_are_read_counted_on_and_converted() {
 
     // A reset of a hash still in the decimal layout resets it too.
     write_decimal_counters(&server, id, now_s, 7, 900);
-    let (before, after) = store
-        .reset_counters(
-            id,
-            quotad::keys::record::Reset {
-                burst: false,
-                monthly: true,
-            },
-        )
-        .unwrap();
+    let (before, after) = reset(&store, id, false, true);
     assert_eq!(before.monthly_used, 900);
     assert_eq!(after.monthly_used, 0);
     assert_eq!(after.limits[0].remaining, 300 - 7, "burst untouched");
-    let (_, after) = store
-        .reset_counters(
-            id,
-            quotad::keys::record::Reset {
-                burst: true,
-                monthly: false,
-            },
-        )
-        .unwrap();
+    let (_, after) = reset(&store, id, true, false);
     assert_eq!(after.limits[0].remaining, 300);
     assert_eq!(after.limits[1].remaining, 10_000);
 }
@@ -229,25 +213,9 @@ fn packed_counters_reset_exactly() {
     }
     let u = store.usage(id).unwrap();
     assert_eq!((u.monthly_used, u.limits[0].remaining), (7, 300 - 7));
-    let (_, after) = store
-        .reset_counters(
-            id,
-            quotad::keys::record::Reset {
-                burst: true,
-                monthly: false,
-            },
-        )
-        .unwrap();
+    let (_, after) = reset(&store, id, true, false);
     assert_eq!((after.monthly_used, after.limits[0].remaining), (7, 300));
-    let (_, after) = store
-        .reset_counters(
-            id,
-            quotad::keys::record::Reset {
-                burst: false,
-                monthly: true,
-            },
-        )
-        .unwrap();
+    let (_, after) = reset(&store, id, false, true);
     assert_eq!((after.monthly_used, after.limits[0].remaining), (0, 300));
     let d = store.check(Some(&raw), None, 1);
     assert_eq!(d.limits()[0].remaining, 300 - 1);

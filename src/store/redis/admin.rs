@@ -212,7 +212,7 @@ impl RedisStore {
                             .query_async::<HashMap<String, Vec<u8>>>(&mut c),
                     )
                     .await
-                    .map(layout::text_fields)
+                    .map(|m| layout::text_fields(&m))
                 }
             });
             let maps = futures_util::future::join_all(reads)
@@ -419,8 +419,7 @@ impl RedisStore {
                     .query_async(&mut c),
             )
             .await?;
-        let counters = Counters::read(&m);
-        let rec = Rec::parse(&layout::text_fields(m)).map_err(|_| StoreError::UnknownKey)?;
+        let rec = Rec::parse(&layout::text_fields(&m)).map_err(|_| StoreError::UnknownKey)?;
         if rec.id != id {
             return Err(StoreError::UnknownKey);
         }
@@ -428,7 +427,7 @@ impl RedisStore {
         // On a tier counting by consumer, the figures are the consumer's group's.
         let group = self.counters_hash(&rec, &cat.1);
         let counters = if group == self.k_key(id.slot()) {
-            counters
+            Counters::read(&m)
         } else {
             let m: HashMap<String, Vec<u8>> = self
                 .call(redis::cmd("HGETALL").arg(group).query_async(&mut c))

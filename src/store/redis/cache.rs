@@ -35,7 +35,7 @@ impl RedisStore {
         let m: HashMap<String, Vec<u8>> = self
             .call(redis::cmd("HGETALL").arg(&key).query_async(&mut c))
             .await?;
-        let m = layout::text_fields(m);
+        let m = layout::text_fields(&m);
         if m.is_empty() {
             self.cache.remove(&id.0);
             return Ok(None);

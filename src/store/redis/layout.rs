@@ -160,10 +160,10 @@ impl Counters {
 }
 
 /// The text fields of a hash read with `HGETALL` (the record's), leaving out the packed counters.
-pub(super) fn text_fields(m: HashMap<String, Vec<u8>>) -> HashMap<String, String> {
-    m.into_iter()
-        .filter(|(f, _)| f != COUNTERS)
-        .filter_map(|(f, v)| Some((f, String::from_utf8(v).ok()?)))
+pub(super) fn text_fields(m: &HashMap<String, Vec<u8>>) -> HashMap<String, String> {
+    m.iter()
+        .filter(|(f, _)| *f != COUNTERS)
+        .filter_map(|(f, v)| Some((f.clone(), String::from_utf8(v.clone()).ok()?)))
         .collect()
 }
 
@@ -205,7 +205,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(text_fields(m).get("v").map(String::as_str), Some("3"));
+        assert_eq!(text_fields(&m).get("v").map(String::as_str), Some("3"));
     }
 
     #[test]
