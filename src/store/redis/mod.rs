@@ -41,6 +41,7 @@ mod renew;
 mod reset;
 mod scripts;
 mod service;
+mod slots;
 mod stats;
 
 use std::sync::Arc;
@@ -95,9 +96,18 @@ pub struct RedisStore {
     renew_tx: tokio::sync::mpsc::Sender<u64>,
     renew_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<u64>>>,
     renew_stop: tokio::sync::Notify,
+    /// On a cluster, which master owns each slot (read when first needed, again after a
+    /// refused renewal call), so that renewals go one call per master.
+    slots: arc_swap::ArcSwapOption<slots::SlotMap>,
+    /// When the slot map was last asked for, ns (asked at most once a second).
+    slots_asked_ns: std::sync::atomic::AtomicU64,
+    /// Whether renewals may go several to a call: cleared if Redis refuses [`scripts::CHECK_MANY`]
+    /// as a script (a Redis before 7.0).
+    renew_many: std::sync::atomic::AtomicBool,
     digest: keyfmt::FastDigest,
     stats: StoreStats,
     check: Script,
+    check_many: Script,
     give_back: Script,
     update: Script,
     delete: Script,
@@ -139,10 +149,14 @@ impl RedisStore {
             renew_tx,
             renew_rx: parking_lot::Mutex::new(Some(renew_rx)),
             renew_stop: tokio::sync::Notify::new(),
+            slots: arc_swap::ArcSwapOption::empty(),
+            slots_asked_ns: std::sync::atomic::AtomicU64::new(0),
+            renew_many: std::sync::atomic::AtomicBool::new(true),
             digest: keyfmt::FastDigest::random()
                 .map_err(|e| StoreError::invalid(format!("OS random source failed: {e}")))?,
             stats: StoreStats::default(),
             check: Script::new(scripts::CHECK),
+            check_many: Script::new(scripts::CHECK_MANY),
             give_back: Script::new(scripts::RETURN),
             update: Script::new(scripts::UPDATE_RECORD),
             delete: Script::new(scripts::DELETE_RECORD),

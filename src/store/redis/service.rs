@@ -290,6 +290,12 @@ impl Store for RedisStore {
                 st.lease_renewals(),
             ),
             g(
+                "quotad_store_lease_renewal_calls_total",
+                "counter",
+                "Script calls made to renew leases: renewals of keys on one master share a call.",
+                st.renewal_calls(),
+            ),
+            g(
                 "quotad_store_lease_tokens_returned_total",
                 "counter",
                 "Unspent lease tokens given back to Redis.",

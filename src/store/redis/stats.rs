@@ -14,6 +14,7 @@ pub struct StoreStats {
     pub(super) stale_records: AtomicU64,
     pub(super) leases_taken: AtomicU64,
     pub(super) lease_renewals: AtomicU64,
+    pub(super) renewal_calls: AtomicU64,
     pub(super) leases_returned_tokens: AtomicU64,
     pub(super) local_spends: AtomicU64,
     pub(super) unreplicated: AtomicU64,
@@ -54,6 +55,10 @@ impl StoreStats {
     /// Leases topped up before they ran out (lease mode; also counted in `leases_taken`).
     pub fn lease_renewals(&self) -> u64 {
         self.lease_renewals.load(Ordering::Relaxed)
+    }
+    /// Script calls made to renew leases (several renewals of one master share a call).
+    pub fn renewal_calls(&self) -> u64 {
+        self.renewal_calls.load(Ordering::Relaxed)
     }
     /// Unspent lease tokens given back.
     pub fn leases_returned_tokens(&self) -> u64 {
