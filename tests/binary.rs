@@ -331,13 +331,7 @@ fn malformed_input_gets_an_error_frame_or_a_clean_close_and_others_keep_being_se
         "allowed"
     );
     // A batch with one bad check is refused whole: its good checks are not counted either.
-    let used = |d: &Daemon| {
-        d.client()
-            .admin(reqwest::Method::GET, &format!("/keys/{key_id}"), None)
-            .body["usage"]["monthlyUsed"]
-            .as_u64()
-            .unwrap()
-    };
+    let used = |d: &Daemon| d.client().monthly_used(&key_id);
     let before = used(&d);
     assert!(before > 0);
     let r = rt.block_on(healthy.check_batch(&[

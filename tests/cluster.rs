@@ -23,12 +23,10 @@ fn node(store: &str, extra: &[&str]) -> (Daemon, tempfile::TempDir) {
 }
 
 fn metered_tier(c: &Client, burst: u64, quota: u64) {
-    let r = c.admin(
-        Method::PUT,
-        "/tiers/metered",
-        Some(json!({"limits": [{"requests": burst, "periodSeconds": 60}], "monthlyQuota": quota})),
+    c.put_tier(
+        "metered",
+        json!({"limits": [{"requests": burst, "periodSeconds": 60}], "monthlyQuota": quota}),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 /// `n` new keys on tier `metered`, created through `d`.
@@ -332,8 +330,7 @@ fn checks_resume_after_a_master_fails_over_to_its_replica() {
     assert!(a.client().get("/health").status == 200);
     // What Redis counted against what quotad admitted: every admission before the kill had
     // reached the replica, so none is lost; a check answered 503 may still have been counted.
-    let r = a.client().admin(Method::GET, &format!("/keys/{id}"), None);
-    let counted = r.body["usage"]["monthlyUsed"].as_u64().unwrap();
+    let counted = a.client().monthly_used(&id);
     eprintln!("failover: admitted {allowed}, counted {counted}");
     assert!(
         counted >= allowed,
@@ -595,19 +592,14 @@ fn lease_grants_are_the_documented_size() {
         ],
     );
     let c = a.client();
-    let taken = |id: &str| -> u64 {
-        let r = c.admin(Method::GET, &format!("/keys/{id}"), None);
-        r.body["usage"]["monthlyUsed"].as_u64().unwrap()
-    };
-    let r = c.admin(
-        Method::PUT,
-        "/tiers/roomy",
-        Some(json!({
+    let taken = |id: &str| c.monthly_used(id);
+    c.put_tier(
+        "roomy",
+        json!({
             "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
             "monthlyQuota": 10_000
-        })),
+        }),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
     let (id, k) = c.create_key(json!({"consumer": "roomy", "tier": "roomy"}));
     assert_eq!(c.check(Some(&k), &[]).status, 200);
     assert_eq!(taken(&id), 20, "the first check takes a whole lease");
@@ -643,12 +635,10 @@ fn lease_grants_are_the_documented_size() {
 
     // 40 per hour (no refill to speak of): the first lease is a quarter of 40, and grants shrink
     // to exactly the cost near the end: exactly 40 admitted, and nothing held once spent.
-    let r = c.admin(
-        Method::PUT,
-        "/tiers/tight",
-        Some(json!({"limits": [{"requests": 40, "periodSeconds": 3600}]})),
+    c.put_tier(
+        "tight",
+        json!({"limits": [{"requests": 40, "periodSeconds": 3600}]}),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
     let (id, k) = c.create_key(json!({"consumer": "tight", "tier": "tight"}));
     assert_eq!(c.check(Some(&k), &[]).status, 200);
     assert_eq!(taken(&id), 10, "a quarter of the 40 available");

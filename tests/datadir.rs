@@ -46,9 +46,7 @@ fn newest_half(path: &Path, slot: u64, slot_size: u64) -> u64 {
 }
 
 fn usage_of(d: &Daemon, id: &str) -> u64 {
-    let r = d.client().admin(Method::GET, &format!("/keys/{id}"), None);
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body["usage"]["monthlyUsed"].as_u64().unwrap()
+    d.client().monthly_used(id)
 }
 
 fn use_key(d: &Daemon, raw: &str, n: usize) {

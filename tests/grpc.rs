@@ -143,11 +143,6 @@ fn tier(c: &Client, name: &str, per_minute: u64, quota: Option<u64>, scopes: &[&
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
-fn monthly_used(c: &Client, id: &str) -> u64 {
-    let r = c.admin(Method::GET, &format!("/keys/{id}"), None);
-    r.body["usage"]["monthlyUsed"].as_u64().unwrap()
-}
-
 fn start() -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&dir.path().join("d"), &[]);
@@ -228,7 +223,7 @@ fn the_rate_limit_service_checks_keyed_descriptors_and_reports_the_tightest_wind
         rls_key(&rt, &ch, &key).unwrap().overall_code,
         Code::Ok as i32
     );
-    assert_eq!(monthly_used(&c, &id), 5);
+    assert_eq!(c.monthly_used(&id), 5);
     assert_eq!(
         rls_key(&rt, &ch, &key).unwrap().overall_code,
         Code::OverLimit as i32
@@ -337,7 +332,7 @@ fn malformed_requests_are_invalid_argument_and_count_nothing() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(says), "{e:?}");
     }
-    assert_eq!(monthly_used(&c, &id), 0, "nothing was counted");
+    assert_eq!(c.monthly_used(&id), 0, "nothing was counted");
     let m = c.get("/metrics").text;
     assert!(
         m.contains("quotad_bad_requests_total{transport=\"grpc\"} 8"),

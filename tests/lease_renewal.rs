@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::redis::{RedisCluster, RedisServer};
 use common::{metric_sum, Daemon};
 use quotad::protocol::client::{Check, Client as BinClient};
-use reqwest::Method;
 use serde_json::json;
 
 const KEYS: usize = 48;
@@ -40,12 +39,8 @@ fn spend(addr: SocketAddr, keys: &[String], rounds: usize, admitted: &mut [u64])
 /// unspent tokens have gone back (TTL 300 ms).
 fn used_after_leases_end(d: &Daemon, ids: &[String]) -> Vec<u64> {
     std::thread::sleep(Duration::from_millis(900));
-    ids.iter()
-        .map(|id| {
-            let r = d.client().admin(Method::GET, &format!("/keys/{id}"), None);
-            r.body["usage"]["monthlyUsed"].as_u64().unwrap()
-        })
-        .collect()
+    let c = d.client();
+    ids.iter().map(|id| c.monthly_used(id)).collect()
 }
 
 fn renewals(d: &Daemon) -> (u64, u64) {
@@ -104,15 +99,13 @@ fn leasing_node(url: &str, dir: &std::path::Path) -> (Daemon, Vec<String>, Vec<S
         ],
     );
     let c = a.client();
-    let r = c.admin(
-        Method::PUT,
-        "/tiers/roomy",
-        Some(json!({
+    c.put_tier(
+        "roomy",
+        json!({
             "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
             "monthlyQuota": 1_000_000
-        })),
+        }),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
     let (ids, keys) = (0..KEYS)
         .map(|i| c.create_key(json!({"consumer": format!("c{i}"), "tier": "roomy"})))
         .unzip();

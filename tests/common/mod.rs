@@ -333,6 +333,19 @@ impl Client {
         r
     }
 
+    /// Creates or replaces tier `name` (`PUT /admin/v1/tiers/{name}`), which must succeed.
+    pub fn put_tier(&self, name: &str, body: serde_json::Value) {
+        let r = self.admin(reqwest::Method::PUT, &format!("/tiers/{name}"), Some(body));
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
+    /// Key `id`'s usage this month, as the admin API reports it.
+    pub fn monthly_used(&self, id: &str) -> u64 {
+        let r = self.admin(reqwest::Method::GET, &format!("/keys/{id}"), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["usage"]["monthlyUsed"].as_u64().unwrap()
+    }
+
     pub fn create_key(&self, body: serde_json::Value) -> (String, String) {
         let r = self.admin(reqwest::Method::POST, "/keys", Some(body));
         assert_eq!(r.status, 201, "{}", r.text);
