@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
@@ -14,10 +13,19 @@ use serde_json::json;
 
 const KEYS: usize = 48;
 
-/// `rounds` CHECK_BATCH frames, each checking every key once: all admitted, counted per key.
-fn spend(addr: SocketAddr, keys: &[String], rounds: usize, admitted: &mut [u64]) {
+/// `rounds` CHECK_BATCH frames to node `d`, each checking every key once, admitted checks
+/// counted per key: all admitted, or with `unavailable_ok`, some answered `unavailable` (the
+/// fail-closed answer, counted nowhere), how many returned. Any other refusal shows the node's
+/// log.
+fn spend(
+    d: &Daemon,
+    keys: &[String],
+    rounds: usize,
+    admitted: &mut [u64],
+    unavailable_ok: bool,
+) -> u64 {
     common::runtime().block_on(async {
-        let c = BinClient::connect_tcp(addr).await.unwrap();
+        let c = BinClient::connect_tcp(d.binary).await.unwrap();
         let checks: Vec<Check<'_>> = keys
             .iter()
             .map(|k| Check {
@@ -26,13 +34,18 @@ fn spend(addr: SocketAddr, keys: &[String], rounds: usize, admitted: &mut [u64])
                 cost: 1,
             })
             .collect();
+        let mut unavailable = 0;
         for _ in 0..rounds {
             for (i, r) in c.check_batch(&checks).await.unwrap().iter().enumerate() {
-                assert_eq!(r.decision, 0, "key {i} refused: {r:?}");
-                admitted[i] += 1;
+                match r.decision {
+                    0 => admitted[i] += 1,
+                    6 if unavailable_ok => unavailable += 1,
+                    _ => panic!("key {i} refused: {r:?}; node log:\n{}", d.log_text()),
+                }
             }
         }
-    });
+        unavailable
+    })
 }
 
 /// Each key's month usage as Redis has it, once the node's leases have expired and their
@@ -43,6 +56,10 @@ fn used_after_leases_end(d: &Daemon, ids: &[String]) -> Vec<u64> {
     ids.iter().map(|id| c.monthly_used(id)).collect()
 }
 
+fn d_metrics(d: &Daemon) -> String {
+    d.client().get("/metrics").text
+}
+
 fn renewals(d: &Daemon) -> (u64, u64) {
     let text = d.client().get("/metrics").text;
     (
@@ -51,36 +68,14 @@ fn renewals(d: &Daemon) -> (u64, u64) {
     )
 }
 
-/// Moves the slot of one of the keys' hashes from master `from` to master `to`, as
-/// `redis-cli --cluster reshard` does: importing/migrating, `MIGRATE`, then the new owner.
-fn move_a_key_slot(masters: &[&RedisServer], from: usize, to: usize) {
-    let (src, dst) = (masters[from], masters[to]);
-    let scan = src.cli(&["--scan", "--pattern", "quotad:{*}"]);
-    let hash = scan
+/// The hash of one of the keys on master `m` (a key's record and counters).
+fn a_key_hash_on(cluster: &RedisCluster, m: usize) -> String {
+    cluster.nodes[m]
+        .cli(&["--scan", "--pattern", "quotad:{*}"])
         .lines()
         .find(|k| !k.contains("{meta}") && !k.contains("{g"))
-        .expect("a key's hash on the first master")
-        .to_string();
-    let slot = src.cli(&["CLUSTER", "KEYSLOT", &hash]).trim().to_string();
-    let src_id = src.cli(&["CLUSTER", "MYID"]).trim().to_string();
-    let dst_id = dst.cli(&["CLUSTER", "MYID"]).trim().to_string();
-    assert!(dst
-        .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id])
-        .contains("OK"));
-    assert!(src
-        .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id])
-        .contains("OK"));
-    for k in src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).lines() {
-        let port = dst.port.to_string();
-        let r = src.cli(&["MIGRATE", "127.0.0.1", &port, k, "0", "5000"]);
-        assert!(r.contains("OK"), "MIGRATE {k}: {r}");
-    }
-    for m in masters {
-        assert!(m
-            .cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id])
-            .contains("OK"));
-    }
-    assert!(dst.cli(&["EXISTS", &hash]).contains('1'), "{hash} moved");
+        .expect("a key's hash on the master")
+        .to_string()
 }
 
 /// A node in lease mode on `url`, with a roomy tier and [`KEYS`] keys on it: (ids, keys).
@@ -116,7 +111,7 @@ fn leasing_node(url: &str, dir: &std::path::Path) -> (Daemon, Vec<String>, Vec<S
 /// together: they share calls, and every token they took is spent or given back.
 fn renewals_share_calls(a: &Daemon, ids: &[String], keys: &[String]) -> Vec<u64> {
     let mut admitted = vec![0u64; KEYS];
-    spend(a.binary, keys, 60, &mut admitted);
+    spend(a, keys, 60, &mut admitted, false);
     let (renewed, calls) = renewals(a);
     assert!(
         renewed >= KEYS as u64,
@@ -140,27 +135,61 @@ fn on_one_redis_server_renewals_share_calls_and_count_exactly() {
 
 #[test]
 fn renewals_share_a_call_per_master_and_count_exactly_across_a_slot_move() {
-    let cluster = RedisCluster::start();
+    // Node timeout 15 s: a stall of the machine must not fail a master over mid-test.
+    let timeout = ["--cluster-node-timeout", "15000"].map(String::from);
+    let cluster = RedisCluster::start_secure(&timeout, &[], false, 1);
     let dir = tempfile::tempdir().unwrap();
     let (a, ids, keys) = leasing_node(&cluster.url(), dir.path());
     let mut admitted = renewals_share_calls(&a, &ids, &keys);
 
     // A slot moves while the node's map still has it on its old master: the renewal call to
     // the old master cannot reach that key, which the node then renews on its own.
-    let masters: Vec<&RedisServer> = cluster
-        .nodes
-        .iter()
-        .filter(|n| n.cli(&["INFO", "replication"]).contains("role:master"))
+    let masters: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|&i| {
+            cluster.nodes[i]
+                .cli(&["INFO", "replication"])
+                .contains("role:master")
+        })
         .collect();
     assert_eq!(masters.len(), 3);
-    spend(a.binary, &keys, 20, &mut admitted);
-    move_a_key_slot(&masters, 0, 1);
+    spend(&a, &keys, 20, &mut admitted, false);
+    cluster.move_slot_of(&a_key_hash_on(&cluster, masters[0]), masters[1]);
+    // The redis crate's cluster client may stall while it re-reads the slot map after the
+    // first redirect, until the node replaces it (docs/SCALING.md, "Reshards"): checks
+    // meanwhile fail closed, counted nowhere; then every check is answered again, and the
+    // leases are renewed again.
+    let failed = spend(&a, &keys, 60, &mut admitted, true);
     let before = renewals(&a).0;
-    spend(a.binary, &keys, 60, &mut admitted);
+    spend(&a, &keys, 60, &mut admitted, false);
     assert!(renewals(&a).0 >= before + KEYS as u64, "renewals went on");
-    assert_eq!(
-        used_after_leases_end(&a, &ids),
-        admitted,
-        "no token lost or doubled across the move"
+    assert!(
+        a.log_text()
+            .contains("a master no longer holds keys of a renewal call"),
+        "a renewal call met the moved key on its old master"
     );
+    let used = used_after_leases_end(&a, &ids);
+    if failed == 0 {
+        assert_eq!(used, admitted, "no token lost or doubled across the move");
+    } else {
+        // Tokens a node held when its calls began to fail stay spent (a lease it could not
+        // give back, a renewal whose answer it did not get): at most two leases a key, and
+        // never a check admitted uncounted.
+        let text = d_metrics(&a);
+        let replaced: Vec<String> = a
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("replaced the cluster client"))
+            .map(String::from)
+            .collect();
+        eprintln!(
+            "{failed} checks failed closed; client replacements: {} {replaced:?}",
+            metric_sum(&text, "quotad_store_client_replacements_total", &[])
+        );
+        for (u, a) in used.iter().zip(&admitted) {
+            assert!(
+                a <= u && *u <= a + 2 * 20,
+                "used {used:?}\nadmitted {admitted:?}"
+            );
+        }
+    }
 }

@@ -366,6 +366,57 @@ impl RedisCluster {
         format!("redis-cluster://{}", addrs.join(","))
     }
 
+    /// Moves the slot of `key` from its master to master `to` as the `CLUSTER SETSLOT` manual
+    /// orders a reshard: importing/migrating, `MIGRATE` of the slot's keys, then the new owner
+    /// on the destination first and the source next (so that the two never redirect to each
+    /// other), then every other master; returns once every node sends the slot's commands to
+    /// the new owner.
+    pub fn move_slot_of(&self, key: &str, to: usize) {
+        let (src, dst) = (&self.nodes[self.master_of(key)], &self.nodes[to]);
+        assert_ne!(src.port, dst.port, "{key} is on master {to} already");
+        let slot = src.cli(&["CLUSTER", "KEYSLOT", key]).trim().to_string();
+        let src_id = src.cli(&["CLUSTER", "MYID"]).trim().to_string();
+        let dst_id = dst.cli(&["CLUSTER", "MYID"]).trim().to_string();
+        let ok = |n: &RedisServer, args: &[&str]| {
+            let r = n.cli(args);
+            assert!(r.contains("OK"), "{args:?} on {}: {r}", n.port);
+        };
+        ok(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+        ok(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+        let port = dst.port.to_string();
+        for k in src
+            .cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"])
+            .lines()
+        {
+            ok(src, &["MIGRATE", "127.0.0.1", &port, k, "0", "5000"]);
+        }
+        let masters = self.nodes.iter().filter(|n| {
+            n.child.is_some() && n.cli(&["INFO", "replication"]).contains("role:master")
+        });
+        let others: Vec<&RedisServer> = masters
+            .filter(|m| m.port != dst.port && m.port != src.port)
+            .collect();
+        for m in [dst, src].into_iter().chain(others) {
+            ok(m, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+        }
+        let redirect = format!("MOVED {slot} 127.0.0.1:{}", dst.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.port != dst.port)
+        {
+            while !n.cli(&["EXISTS", key]).contains(&redirect) {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} still sends slot {slot} elsewhere",
+                    n.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Index of the master serving `key`.
     pub fn master_of(&self, key: &str) -> usize {
         let slot: u16 = self.nodes[0]

@@ -24,7 +24,7 @@ impl RedisStore {
 
     /// Slots ever handed out (deleted keys' included): the bound of a listing.
     async fn slot_count(&self) -> Result<u64, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let n: Option<u64> = self
             .call(redis::cmd("GET").arg(self.k_next()).query_async(&mut c))
             .await?;
@@ -33,7 +33,7 @@ impl RedisStore {
 
     /// Keys (created and not deleted).
     pub(super) async fn count_keys(&self) -> Result<u64, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (n, deleted): (Option<u64>, Option<u64>) = self
             .call(
                 redis::cmd("MGET")
@@ -85,7 +85,7 @@ impl RedisStore {
         if news.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         let last: u64 = self
             .admin_call(
                 redis::cmd("INCRBY")
@@ -154,7 +154,7 @@ impl RedisStore {
         }
         for chunk in cmds.chunks(512) {
             let writes = chunk.iter().map(|cmd| {
-                let mut c = self.admin.clone();
+                let mut c = self.admin();
                 async move { self.admin_call(cmd.query_async::<i64>(&mut c)).await }
             });
             for r in futures_util::future::join_all(writes).await {
@@ -171,7 +171,7 @@ impl RedisStore {
     }
 
     async fn bump_tier_use(&self, tier: &str, by: i64) -> Result<(), StoreError> {
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         self.admin_call(
             redis::cmd("HINCRBY")
                 .arg(self.k_tier_use())
@@ -203,7 +203,7 @@ impl RedisStore {
         while slot < n {
             let end = (slot + 256).min(n);
             let reads = (slot..end).map(|s| {
-                let mut c = self.conn.clone();
+                let mut c = self.conn();
                 let key = self.k_key(s as u32);
                 async move {
                     self.call(
@@ -245,7 +245,7 @@ impl RedisStore {
             for (k, v) in rec.fields() {
                 inv.arg(k).arg(v);
             }
-            let mut c = self.admin.clone();
+            let mut c = self.admin();
             let r: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
             match r {
                 -1 => return Err(StoreError::UnknownKey),
@@ -332,14 +332,14 @@ impl RedisStore {
             let old = self.read(id).await?;
             let mut inv = self.delete.key(self.k_key(id.slot()));
             inv.arg(old.version);
-            let mut c = self.admin.clone();
+            let mut c = self.admin();
             let r: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
             match r {
                 -1 => return Err(StoreError::UnknownKey),
                 -2 => continue,
                 _ => {
                     self.cache.remove(&id.0);
-                    let mut c = self.admin.clone();
+                    let mut c = self.admin();
                     self.admin_call(
                         redis::cmd("INCR")
                             .arg(self.k_deleted())
@@ -411,7 +411,7 @@ impl RedisStore {
 
     /// Live usage of key `id` (nothing consumed).
     pub(super) async fn usage_of(&self, id: KeyId) -> Result<Usage, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let m: HashMap<String, Vec<u8>> = self
             .call(
                 redis::cmd("HGETALL")

@@ -30,7 +30,7 @@ pub(super) struct Cached {
 
 impl RedisStore {
     pub(super) async fn fetch(&self, id: KeyId) -> Result<Option<Arc<Rec>>, RedisError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let key = self.k_key(id.slot());
         let m: HashMap<String, Vec<u8>> = self
             .call(redis::cmd("HGETALL").arg(&key).query_async(&mut c))

@@ -46,7 +46,7 @@ impl RedisStore {
     }
 
     async fn read_catalog(&self) -> Result<(u64, Option<CatalogDoc>), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let key = self.k_catalog();
         let (rev, doc): (Option<u64>, Option<String>) = self
             .call(
@@ -69,7 +69,7 @@ impl RedisStore {
     async fn cas_catalog(&self, rev: u64, doc: &CatalogDoc) -> Result<Option<u64>, StoreError> {
         let json =
             serde_json::to_string(doc).map_err(|e| StoreError::invalid(format!("catalog: {e}")))?;
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         let r: i64 = self
             .admin_call(
                 self.put_catalog
@@ -83,7 +83,7 @@ impl RedisStore {
     }
 
     pub(super) async fn tier_use(&self, doc: &CatalogDoc) -> Result<Vec<u64>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let m: HashMap<String, u64> = self
             .call(
                 redis::cmd("HGETALL")
@@ -104,7 +104,7 @@ impl RedisStore {
 
     /// Re-reads the catalog if its revision moved. Returns whether it changed.
     pub(super) async fn poll_catalog(&self) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let rev: Option<u64> = self
             .call(
                 redis::cmd("HGET")

@@ -358,7 +358,7 @@ impl RedisStore {
             (now_us, cost, want),
             (limits, quota, month),
         );
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let v: Vec<Value> = self.call(inv.invoke_async(&mut c)).await?;
         outcome(&v, limits.len())
     }

@@ -90,6 +90,17 @@ impl Target {
     }
 }
 
+/// The most retries of a cluster call (redirects, reconnects): enough for the redirects of a
+/// slot moving (MOVED to the new owner, ASK while its keys migrate, MOVED again after a map
+/// refresh read from a node that had not heard yet).
+const REDIRECTS: u32 = 5;
+
+/// How long every call must have failed before the cluster client is replaced: twice the
+/// store's timeout, at least a second.
+fn stuck_after(opts: &RedisOptions) -> Duration {
+    (opts.timeout * 2).max(Duration::from_secs(1))
+}
+
 /// A failed Redis call.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -174,10 +185,12 @@ impl RedisStore {
             (None, _) => None,
         };
         Ok(if target.cluster {
+            // A call in a reshard may meet MOVED, then ASK, then a refreshed map: redirects are
+            // followed at once, and the store's timeout bounds the whole call.
             let mut b = redis::cluster::ClusterClientBuilder::new(target.nodes)
                 .connection_timeout(opts.timeout)
                 .response_timeout(reply_within)
-                .retries(2)
+                .retries(REDIRECTS)
                 .min_retry_wait(10)
                 .max_retry_wait(200);
             if let Some(c) = certs {
@@ -234,6 +247,64 @@ impl RedisStore {
     /// never reused) spends, on a tier counting by consumer.
     pub(super) fn k_group(&self, tier: u16, consumer: &str) -> String {
         format!("{}:{{g{tier}:{consumer}}}", self.opts.namespace)
+    }
+
+    /// The connection for checks and reads.
+    pub(super) fn conn(&self) -> Conn {
+        Conn::clone(&self.conn.load())
+    }
+
+    /// The connection for admin writes and their `WAIT`.
+    pub(super) fn admin(&self) -> Conn {
+        Conn::clone(&self.admin.load())
+    }
+
+    /// Replaces the cluster client once every call has failed for [`stuck_after`]: the redis
+    /// crate's cluster client can stop answering for good while it re-reads the slot map after
+    /// a redirect (a slot moved), though every master answers (`docs/SCALING.md`, "Reshards").
+    /// A new client is opened beside the old one and takes its place only if it connects; when
+    /// Redis itself is down that fails, and the old client goes on reconnecting by itself.
+    /// Tried at most once per [`stuck_after`]; called from the upkeep.
+    pub(super) async fn reopen_if_stuck(&self) {
+        let Some(since) = self.stats.down_since_ns() else {
+            return;
+        };
+        if !matches!(*self.conn.load_full(), Conn::Cluster(_)) {
+            return;
+        }
+        let (now, after) = (
+            self.clock.now_ns(),
+            stuck_after(&self.opts).as_nanos() as u64,
+        );
+        let last = self.reopened_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(since) < after || (last != 0 && now.saturating_sub(last) < after) {
+            return;
+        }
+        self.reopened_ns.store(now.max(1), Ordering::Relaxed);
+        let opened = async {
+            let conn = Self::open(&self.opts, self.opts.timeout).await?;
+            let admin = if self.opts.replica_acks > 0 {
+                Self::open(&self.opts, self.opts.admin_within()).await?
+            } else {
+                conn.clone()
+            };
+            Ok::<_, StoreError>((conn, admin))
+        };
+        match opened.await {
+            Ok((conn, admin)) => {
+                self.conn.store(std::sync::Arc::new(conn));
+                self.admin.store(std::sync::Arc::new(admin));
+                self.stats
+                    .client_replacements
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    store = %self.opts.shown_url(),
+                    down_ms = now.saturating_sub(since) / 1_000_000,
+                    "redis calls failing although the cluster answers a new client: replaced the cluster client"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "a new redis cluster client could not connect"),
+        }
     }
 
     /// Runs one Redis call with the store's timeout, keeping the reachability state.
@@ -306,7 +377,7 @@ impl RedisStore {
         let mut keys: Vec<&String> = keys.iter().collect();
         keys.sort();
         keys.dedup();
-        let acks: Vec<Result<i64, RedisError>> = match &self.admin {
+        let acks: Vec<Result<i64, RedisError>> = match &self.admin() {
             // On a cluster, a few keys: ask the masters holding them.
             Conn::Cluster(c) if keys.len() <= 8 => {
                 let asks = keys.iter().map(|k| {

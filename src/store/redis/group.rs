@@ -54,7 +54,7 @@ impl RedisStore {
     ) -> Result<Outcome, RedisError> {
         let mut inv = self.check.key(group);
         layout::check_args(&mut inv, None, (now_us, cost, cost), (limits, quota, month));
-        let (mut c1, mut c2) = (self.conn.clone(), self.conn.clone());
+        let (mut c1, mut c2) = (self.conn(), self.conn());
         let mut version = redis::cmd("HGET");
         version.arg(self.k_key(id.slot())).arg("v");
         let (v, version) = tokio::join!(
@@ -75,7 +75,7 @@ impl RedisStore {
             if granted > 0 {
                 let mut back = self.give_back.key(group);
                 layout::return_args(&mut back, granted, month, layout::signature(limits));
-                let mut c = self.conn.clone();
+                let mut c = self.conn();
                 self.call(back.invoke_async::<i64>(&mut c)).await?;
             }
         }

@@ -19,7 +19,7 @@ impl RedisStore {
         id: KeyId,
         shown: &str,
     ) -> Result<(), StoreError> {
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         let set: i64 = self
             .admin_call(
                 redis::cmd("HSETNX")
@@ -49,7 +49,7 @@ impl RedisStore {
         for h in hashes {
             cmd.arg(hex(h));
         }
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         if let Err(e) = self.admin_call(cmd.query_async::<i64>(&mut c)).await {
             tracing::warn!(error = %e, "could not release the digests of a failed import");
         }
@@ -57,7 +57,7 @@ impl RedisStore {
 
     /// Drops deleted key `id`'s digests (`hashes`: its current and previous) from the index.
     pub(super) async fn forget_imports(&self, id: KeyId, hashes: [[u8; 32]; 2]) {
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         for h in hashes {
             let field = hex(&h);
             let held: Option<u64> = self
@@ -90,7 +90,7 @@ impl RedisStore {
     /// Notes whether the index holds any digest (at each upkeep): a key imported through
     /// another node is looked up here from the next upkeep on.
     pub(super) async fn poll_imports(&self) {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let n: Result<u64, _> = self
             .call(
                 redis::cmd("HLEN")
@@ -113,7 +113,7 @@ impl RedisStore {
         if let Some(id) = self.import_ids.get(&hash) {
             return Some(*id);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let id: Option<u64> = self
             .call(
                 redis::cmd("HGET")

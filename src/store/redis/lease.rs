@@ -63,9 +63,10 @@ impl RedisStore {
                 }
             }
         }
-        for (id, l) in back {
-            self.give_back(KeyId(id), &l).await;
-        }
+        // All at once: one by one, a Redis that does not answer would hold the upkeep for a
+        // timeout per lease.
+        futures_util::future::join_all(back.iter().map(|(id, l)| self.give_back(KeyId(*id), l)))
+            .await;
     }
 
     pub(super) async fn give_back(&self, id: KeyId, l: &Lease) {
@@ -82,7 +83,7 @@ impl RedisStore {
         };
         let mut inv = self.give_back.key(self.k_key(id.slot()));
         layout::return_args(&mut inv, l.left, l.month, sig);
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         match self.call(inv.invoke_async::<i64>(&mut c)).await {
             Ok(_) => {
                 self.stats

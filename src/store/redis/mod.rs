@@ -73,11 +73,13 @@ const RENEWALS_QUEUED: usize = 4096;
 
 /// The Redis store. Every method takes `&self`; share it behind an `Arc`.
 pub struct RedisStore {
-    /// Checks and reads.
-    conn: Conn,
+    /// Checks and reads (replaced when a cluster client stops answering: `conn.rs`).
+    conn: ArcSwap<Conn>,
     /// Admin writes and their `WAIT` (a `WAIT` holds its connection until the replicas answer,
     /// so it must not share one with checks). The same as `conn` when no replica is waited for.
-    admin: Conn,
+    admin: ArcSwap<Conn>,
+    /// When the connections were last replaced (or tried to be), ns; 0: never.
+    reopened_ns: std::sync::atomic::AtomicU64,
     opts: RedisOptions,
     clock: Arc<dyn Clock>,
     catalog: ArcSwap<(u64, Catalog)>,
@@ -137,8 +139,9 @@ impl RedisStore {
         let empty = Catalog::compile(CatalogDoc::new(0, Vec::new()))?;
         let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(RENEWALS_QUEUED);
         let store = RedisStore {
-            conn,
-            admin,
+            conn: ArcSwap::from_pointee(conn),
+            admin: ArcSwap::from_pointee(admin),
+            reopened_ns: std::sync::atomic::AtomicU64::new(0),
             clock,
             catalog: ArcSwap::from_pointee((0, empty)),
             cache: DashMap::with_hasher(Default::default()),

@@ -99,7 +99,7 @@ impl RedisStore {
             .collect();
         let mut groups: Vec<Vec<Renewal>> = Vec::new();
         let many = self.renew_many.load(Ordering::Relaxed);
-        match (&self.conn, many) {
+        match (&self.conn(), many) {
             (Conn::Single(_), true) => groups.push(all),
             (Conn::Cluster(_), true) => {
                 let map = self.slot_map().await;
@@ -198,7 +198,7 @@ impl RedisStore {
             );
         }
         self.stats.renewal_calls.fetch_add(1, Ordering::Relaxed);
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let v: Value = self.call(inv.invoke_async(&mut c)).await?;
         let bad = || RedisError::Reply(format!("renewal script returned {v:?}"));
         let Value::Array(answers) = &v else {
@@ -229,7 +229,7 @@ impl RedisStore {
             return None;
         }
         self.slots_asked_ns.store(now.max(1), Ordering::Relaxed);
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let v: Value = self
             .call(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c))
             .await

@@ -41,7 +41,7 @@ impl RedisStore {
             None => inv.arg(""),
         };
         inv.arg(u8::from(what.burst)).arg(u8::from(what.monthly));
-        let mut c = self.admin.clone();
+        let mut c = self.admin();
         let done: i64 = self.admin_call(inv.invoke_async(&mut c)).await?;
         if done == 0 {
             return Err(StoreError::UnknownKey);

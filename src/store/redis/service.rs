@@ -183,6 +183,7 @@ impl Store for RedisStore {
 
     async fn upkeep(&self, last: bool) -> Result<(), StoreError> {
         if !last {
+            self.reopen_if_stuck().await;
             if let Err(e) = self.poll_catalog().await {
                 tracing::debug!(error = %e, "catalog poll failed");
             }
@@ -294,6 +295,12 @@ impl Store for RedisStore {
                 "counter",
                 "Script calls made to renew leases: renewals of keys on one master share a call.",
                 st.renewal_calls(),
+            ),
+            g(
+                "quotad_store_client_replacements_total",
+                "counter",
+                "Redis cluster clients replaced because every call failed although the cluster answered a new client.",
+                st.client_replacements(),
             ),
             g(
                 "quotad_store_lease_tokens_returned_total",

@@ -15,6 +15,7 @@ pub struct StoreStats {
     pub(super) leases_taken: AtomicU64,
     pub(super) lease_renewals: AtomicU64,
     pub(super) renewal_calls: AtomicU64,
+    pub(super) client_replacements: AtomicU64,
     pub(super) leases_returned_tokens: AtomicU64,
     pub(super) local_spends: AtomicU64,
     pub(super) unreplicated: AtomicU64,
@@ -59,6 +60,10 @@ impl StoreStats {
     /// Script calls made to renew leases (several renewals of one master share a call).
     pub fn renewal_calls(&self) -> u64 {
         self.renewal_calls.load(Ordering::Relaxed)
+    }
+    /// Cluster clients replaced because every call failed while the cluster answered.
+    pub fn client_replacements(&self) -> u64 {
+        self.client_replacements.load(Ordering::Relaxed)
     }
     /// Unspent lease tokens given back.
     pub fn leases_returned_tokens(&self) -> u64 {
