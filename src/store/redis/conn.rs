@@ -101,6 +101,17 @@ fn stuck_after(opts: &RedisOptions) -> Duration {
     (opts.timeout * 2).max(Duration::from_secs(1))
 }
 
+/// Whether something done at most once per `every_ns` is due at `now` (`last`: when it was
+/// last done, 0 for never); if so, notes it as done now.
+pub(super) fn once_per(last: &std::sync::atomic::AtomicU64, now: u64, every_ns: u64) -> bool {
+    let then = last.load(Ordering::Relaxed);
+    if then != 0 && now.saturating_sub(then) < every_ns {
+        return false;
+    }
+    last.store(now.max(1), Ordering::Relaxed);
+    true
+}
+
 /// A failed Redis call.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -249,6 +260,23 @@ impl RedisStore {
         format!("{}:{{g{tier}:{consumer}}}", self.opts.namespace)
     }
 
+    /// The connection for checks and reads, and the one for admin writes: a second one when
+    /// admin writes wait for replicas.
+    pub(super) async fn open_both(opts: &RedisOptions) -> Result<(Conn, Conn), StoreError> {
+        let conn = Self::open(opts, opts.timeout).await?;
+        let admin = if opts.replica_acks > 0 {
+            Self::open(opts, opts.admin_within()).await?
+        } else {
+            conn.clone()
+        };
+        Ok((conn, admin))
+    }
+
+    /// Whether the store is on a Redis Cluster.
+    pub(super) fn on_cluster(&self) -> bool {
+        matches!(**self.conn.load(), Conn::Cluster(_))
+    }
+
     /// The connection for checks and reads.
     pub(super) fn conn(&self) -> Conn {
         Conn::clone(&self.conn.load())
@@ -269,28 +297,17 @@ impl RedisStore {
         let Some(since) = self.stats.down_since_ns() else {
             return;
         };
-        if !matches!(*self.conn.load_full(), Conn::Cluster(_)) {
-            return;
-        }
         let (now, after) = (
             self.clock.now_ns(),
             stuck_after(&self.opts).as_nanos() as u64,
         );
-        let last = self.reopened_ns.load(Ordering::Relaxed);
-        if now.saturating_sub(since) < after || (last != 0 && now.saturating_sub(last) < after) {
+        if !self.on_cluster()
+            || now.saturating_sub(since) < after
+            || !once_per(&self.reopened_ns, now, after)
+        {
             return;
         }
-        self.reopened_ns.store(now.max(1), Ordering::Relaxed);
-        let opened = async {
-            let conn = Self::open(&self.opts, self.opts.timeout).await?;
-            let admin = if self.opts.replica_acks > 0 {
-                Self::open(&self.opts, self.opts.admin_within()).await?
-            } else {
-                conn.clone()
-            };
-            Ok::<_, StoreError>((conn, admin))
-        };
-        match opened.await {
+        match Self::open_both(&self.opts).await {
             Ok((conn, admin)) => {
                 self.conn.store(std::sync::Arc::new(conn));
                 self.admin.store(std::sync::Arc::new(admin));

@@ -130,12 +130,7 @@ impl RedisStore {
     /// Connects, loads (or initializes) the catalog, and starts nothing: call
     /// [`crate::store::Store::upkeep`] periodically to poll the catalog and expire leases.
     pub async fn connect(opts: RedisOptions, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        let conn = Self::open(&opts, opts.timeout).await?;
-        let admin = if opts.replica_acks > 0 {
-            Self::open(&opts, opts.admin_within()).await?
-        } else {
-            conn.clone()
-        };
+        let (conn, admin) = Self::open_both(&opts).await?;
         let empty = Catalog::compile(CatalogDoc::new(0, Vec::new()))?;
         let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(RENEWALS_QUEUED);
         let store = RedisStore {

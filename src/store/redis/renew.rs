@@ -9,7 +9,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 
 use super::check::{outcome, Outcome};
-use super::conn::{int, Conn, RedisError};
+use super::conn::{int, once_per, RedisError};
 use super::layout;
 use super::lease::Lease;
 use super::options::Mode;
@@ -99,9 +99,9 @@ impl RedisStore {
             .collect();
         let mut groups: Vec<Vec<Renewal>> = Vec::new();
         let many = self.renew_many.load(Ordering::Relaxed);
-        match (&self.conn(), many) {
-            (Conn::Single(_), true) => groups.push(all),
-            (Conn::Cluster(_), true) => {
+        match (self.on_cluster(), many) {
+            (false, true) => groups.push(all),
+            (true, true) => {
                 let map = self.slot_map().await;
                 let mut by: Vec<(u16, Vec<Renewal>)> = Vec::new();
                 for r in all {
@@ -223,12 +223,9 @@ impl RedisStore {
         if let Some(m) = self.slots.load_full() {
             return Some(m);
         }
-        let now = self.clock.now_ns();
-        let last = self.slots_asked_ns.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < SLOTS_EVERY_NS {
+        if !once_per(&self.slots_asked_ns, self.clock.now_ns(), SLOTS_EVERY_NS) {
             return None;
         }
-        self.slots_asked_ns.store(now.max(1), Ordering::Relaxed);
         let mut c = self.conn();
         let v: Value = self
             .call(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c))
