@@ -142,16 +142,8 @@ fn two_nodes_in_exact_mode_admit_exactly_the_quota_over_both_transports() {
 fn lease_mode_admits_no_more_than_the_quota_and_returns_what_it_did_not_spend() {
     const LEASE: u64 = 20;
     let cluster = RedisCluster::start();
-    let lease = [
-        "--store-mode",
-        "lease",
-        "--lease-size",
-        "20",
-        "--lease-ttl-ms",
-        "300",
-    ];
-    let (a, _da) = node(&cluster.url(), &lease);
-    let (b, _db) = node(&cluster.url(), &lease);
+    let (a, _da) = node(&cluster.url(), &common::LEASE_20);
+    let (b, _db) = node(&cluster.url(), &common::LEASE_20);
     metered_tier(&a.client(), 1_000_000, QUOTA);
     let keys = metered_keys(&a, 3);
     let mut total = spend_from_both(&a, &b, &keys);

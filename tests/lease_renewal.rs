@@ -7,9 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
-use common::{metric_sum, Daemon};
-use quotad::protocol::client::{Check, Client as BinClient};
-use serde_json::json;
+use common::{metric_sum, Daemon, LEASE_20};
+use quotad::protocol::client::Client as BinClient;
 
 const KEYS: usize = 48;
 
@@ -26,14 +25,7 @@ fn spend(
 ) -> u64 {
     common::runtime().block_on(async {
         let c = BinClient::connect_tcp(d.binary).await.unwrap();
-        let checks: Vec<Check<'_>> = keys
-            .iter()
-            .map(|k| Check {
-                key: k,
-                scope: None,
-                cost: 1,
-            })
-            .collect();
+        let checks = common::checks_of(keys);
         let mut unavailable = 0;
         for _ in 0..rounds {
             for (i, r) in c.check_batch(&checks).await.unwrap().iter().enumerate() {
@@ -56,10 +48,6 @@ fn used_after_leases_end(d: &Daemon, ids: &[String]) -> Vec<u64> {
     ids.iter().map(|id| c.monthly_used(id)).collect()
 }
 
-fn d_metrics(d: &Daemon) -> String {
-    d.client().get("/metrics").text
-}
-
 fn renewals(d: &Daemon) -> (u64, u64) {
     let text = d.client().get("/metrics").text;
     (
@@ -68,42 +56,12 @@ fn renewals(d: &Daemon) -> (u64, u64) {
     )
 }
 
-/// The hash of one of the keys on master `m` (a key's record and counters).
-fn a_key_hash_on(cluster: &RedisCluster, m: usize) -> String {
-    cluster.nodes[m]
-        .cli(&["--scan", "--pattern", "quotad:{*}"])
-        .lines()
-        .find(|k| !k.contains("{meta}") && !k.contains("{g"))
-        .expect("a key's hash on the master")
-        .to_string()
-}
-
 /// A node in lease mode on `url`, with a roomy tier and [`KEYS`] keys on it: (ids, keys).
 fn leasing_node(url: &str, dir: &std::path::Path) -> (Daemon, Vec<String>, Vec<String>) {
-    let a = Daemon::start(
-        &dir.join("a"),
-        &[
-            "--store",
-            url,
-            "--store-mode",
-            "lease",
-            "--lease-size",
-            "20",
-            "--lease-ttl-ms",
-            "300",
-        ],
-    );
-    let c = a.client();
-    c.put_tier(
-        "roomy",
-        json!({
-            "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
-            "monthlyQuota": 1_000_000
-        }),
-    );
-    let (ids, keys) = (0..KEYS)
-        .map(|i| c.create_key(json!({"consumer": format!("c{i}"), "tier": "roomy"})))
-        .unzip();
+    let mut args = vec!["--store", url];
+    args.extend(LEASE_20);
+    let a = Daemon::start(&dir.join("a"), &args);
+    let (ids, keys) = a.client().roomy_keys(KEYS);
     (a, ids, keys)
 }
 
@@ -153,7 +111,7 @@ fn renewals_share_a_call_per_master_and_count_exactly_across_a_slot_move() {
         .collect();
     assert_eq!(masters.len(), 3);
     spend(&a, &keys, 20, &mut admitted, false);
-    cluster.move_slot_of(&a_key_hash_on(&cluster, masters[0]), masters[1]);
+    cluster.move_slot_of(&cluster.a_key_hash_on(masters[0]), masters[1]);
     // The redis crate's cluster client may stall while it re-reads the slot map after the
     // first redirect, until the node replaces it (docs/SCALING.md, "Reshards"): checks
     // meanwhile fail closed, counted nowhere; then every check is answered again, and the
@@ -174,7 +132,7 @@ fn renewals_share_a_call_per_master_and_count_exactly_across_a_slot_move() {
         // Tokens a node held when its calls began to fail stay spent (a lease it could not
         // give back, a renewal whose answer it did not get): at most two leases a key, and
         // never a check admitted uncounted.
-        let text = d_metrics(&a);
+        let text = a.client().get("/metrics").text;
         let replaced: Vec<String> = a
             .log_text()
             .lines()

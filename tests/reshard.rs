@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisCluster;
-use common::{metric_sum, Daemon};
-use quotad::protocol::client::{Check, Client as BinClient};
-use serde_json::json;
+use common::{metric_sum, Daemon, LEASE_20};
+use quotad::protocol::client::Client as BinClient;
 
 const KEYS: usize = 16;
 
@@ -35,14 +34,7 @@ type Seen = (Vec<u64>, Vec<(usize, u8, bool)>);
 fn traffic(d: &Daemon, keys: &[String], settled: &AtomicBool, stop: &AtomicBool) -> Seen {
     common::runtime().block_on(async {
         let c = BinClient::connect_tcp(d.binary).await.unwrap();
-        let checks: Vec<Check<'_>> = keys
-            .iter()
-            .map(|k| Check {
-                key: k,
-                scope: None,
-                cost: 1,
-            })
-            .collect();
+        let checks = common::checks_of(keys);
         let (mut admitted, mut refused) = (vec![0u64; keys.len()], Vec::new());
         while !stop.load(Ordering::Relaxed) {
             for (i, r) in c.check_batch(&checks).await.unwrap().iter().enumerate() {
@@ -63,33 +55,11 @@ fn checks_are_answered_and_counted_exactly_while_a_slot_moves() {
     let timeout = ["--cluster-node-timeout", "15000"].map(String::from);
     let cluster = RedisCluster::start_secure(&timeout, &[], false, 0);
     let dir = tempfile::tempdir().unwrap();
-    let lease = [
-        "--store-mode",
-        "lease",
-        "--lease-size",
-        "20",
-        "--lease-ttl-ms",
-        "300",
-    ];
     let exact = Arc::new(node(&cluster.url(), &dir.path().join("exact"), &[]));
-    let leasing = Arc::new(node(&cluster.url(), &dir.path().join("lease"), &lease));
+    let leasing = Arc::new(node(&cluster.url(), &dir.path().join("lease"), &LEASE_20));
     let c = exact.client();
-    c.put_tier(
-        "roomy",
-        json!({
-            "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
-            "monthlyQuota": 1_000_000
-        }),
-    );
-    let (ids, keys): (Vec<String>, Vec<String>) = (0..KEYS)
-        .map(|i| c.create_key(json!({"consumer": format!("c{i}"), "tier": "roomy"})))
-        .unzip();
-    let hash = cluster.nodes[0]
-        .cli(&["--scan", "--pattern", "quotad:{*}"])
-        .lines()
-        .find(|k| !k.contains("{meta}") && !k.contains("{g"))
-        .expect("a key's hash on the first master")
-        .to_string();
+    let (ids, keys) = c.roomy_keys(KEYS);
+    let hash = cluster.a_key_hash_on(0);
 
     let (settled, stop) = (
         Arc::new(AtomicBool::new(false)),

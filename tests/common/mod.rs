@@ -339,6 +339,23 @@ impl Client {
         assert_eq!(r.status, 200, "{}", r.text);
     }
 
+    /// Tier `roomy` (1,000,000 a day and a month: nothing limits a test) and `n` keys on it,
+    /// consumers `c0`, `c1`, …: (ids, keys).
+    pub fn roomy_keys(&self, n: usize) -> (Vec<String>, Vec<String>) {
+        self.put_tier(
+            "roomy",
+            serde_json::json!({
+                "limits": [{"requests": 1_000_000, "periodSeconds": 86_400}],
+                "monthlyQuota": 1_000_000
+            }),
+        );
+        (0..n)
+            .map(|i| {
+                self.create_key(serde_json::json!({"consumer": format!("c{i}"), "tier": "roomy"}))
+            })
+            .unzip()
+    }
+
     /// Key `id`'s usage this month, as the admin API reports it.
     pub fn monthly_used(&self, id: &str) -> u64 {
         let r = self.admin(reqwest::Method::GET, &format!("/keys/{id}"), None);
@@ -379,6 +396,27 @@ impl Client {
 
 /// A current-thread tokio runtime, for a test that drives the async APIs (the binary client, the
 /// Redis store) from a plain `#[test]`.
+/// Lease mode with leases of 20 tokens held at most 300 ms: `quotad serve` arguments.
+pub const LEASE_20: [&str; 6] = [
+    "--store-mode",
+    "lease",
+    "--lease-size",
+    "20",
+    "--lease-ttl-ms",
+    "300",
+];
+
+/// One binary-protocol check of each key, cost 1, no scope.
+pub fn checks_of(keys: &[String]) -> Vec<quotad::protocol::client::Check<'_>> {
+    keys.iter()
+        .map(|k| quotad::protocol::client::Check {
+            key: k,
+            scope: None,
+            cost: 1,
+        })
+        .collect()
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -366,6 +366,16 @@ impl RedisCluster {
         format!("redis-cluster://{}", addrs.join(","))
     }
 
+    /// The hash of one of the keys on node `m` (a key's record and counters).
+    pub fn a_key_hash_on(&self, m: usize) -> String {
+        self.nodes[m]
+            .cli(&["--scan", "--pattern", "quotad:{*}"])
+            .lines()
+            .find(|k| !k.contains("{meta}") && !k.contains("{g"))
+            .expect("a key's hash on the master")
+            .to_string()
+    }
+
     /// Moves the slot of `key` from its master to master `to` as the `CLUSTER SETSLOT` manual
     /// orders a reshard: importing/migrating, `MIGRATE` of the slot's keys, then the new owner
     /// on the destination first and the source next (so that the two never redirect to each
